@@ -1,0 +1,1 @@
+"""toolvault Python SDK."""
