@@ -1,1 +1,59 @@
-"""toolvault Python SDK."""
+"""The toolvault Python SDK: publish, invoke and inspect functions on a toolvault server.
+
+    from pathlib import Path
+
+    from toolvault.client import Client
+
+    with Client("127.0.0.1:50051") as client:
+        client.publish("add", Path("add.py").read_text())
+        print(client.invoke("add", {"a": 1, "b": 2}).result)
+
+Everything public is re-exported here; the modules starting with "_" are private.
+"""
+
+from toolvault.client._client import DEFAULT_TARGET, Client
+from toolvault.client._models import (
+    Execution,
+    ExecutionError,
+    ExecutionStatus,
+    Function,
+    FunctionVersion,
+    Limits,
+)
+from toolvault.client.errors import (
+    AlreadyExists,
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    ToolvaultError,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "AlreadyExists",
+    "Cancelled",
+    "Client",
+    "DeadlineExceeded",
+    "Execution",
+    "ExecutionError",
+    "ExecutionStatus",
+    "FailedPrecondition",
+    "Function",
+    "FunctionVersion",
+    "Internal",
+    "InvalidArgument",
+    "Limits",
+    "NotFound",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "ToolvaultError",
+    "Unauthenticated",
+    "Unavailable",
+]

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# toolvault server image: build a wheel, install it with the server extra, run as non-root.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY proto ./proto
+COPY client ./client
+COPY server ./server
+COPY sandbox ./sandbox
+RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[server]'
+
+FROM ${PYTHON_IMAGE}
+RUN useradd --system --uid 10001 --home-dir /var/lib/toolvault --create-home toolvault
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels 'toolvault[server]' \
+    && rm -rf /wheels
+USER 10001
+ENV TOOLVAULT_LISTEN=0.0.0.0:50051 \
+    TOOLVAULT_DATA_DIR=/var/lib/toolvault \
+    PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/toolvault"]
+EXPOSE 50051
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import grpc; grpc.channel_ready_future(grpc.insecure_channel('127.0.0.1:50051')).result(timeout=4)"]
+ENTRYPOINT ["toolvault"]
+CMD ["serve"]

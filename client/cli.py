@@ -1,0 +1,462 @@
+"""The `toolvault` command: the SDK on the command line, plus `serve` and `db upgrade`.
+
+Commands that talk to a server go through `Client`. `serve` and `db upgrade` load the
+server package only when run, so the CLI works with just the client installed. `--json`
+prints one JSON document per command with the SDK models' field names; otherwise lists
+are aligned tables and single objects "key: value" lines.
+
+Exit codes:
+  0  success
+  1  the function failed (its status is not OK), or the server failed the request
+     (INTERNAL, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...)
+  2  usage error (bad options, unreadable file, --args not a JSON object), or the
+     request was rejected (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+     FAILED_PRECONDITION)
+  3  the server cannot be reached (UNAVAILABLE)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from collections.abc import Collection, Iterable, Iterator, Sequence
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from toolvault.client._client import DEFAULT_TARGET, Client
+from toolvault.client._models import ExecutionStatus
+from toolvault.client.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ToolvaultError,
+    Unavailable,
+)
+
+__all__ = ["main"]
+
+_REJECTED = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
+_EXIT_CODES = "exit codes:" + (__doc__ or "").partition("Exit codes:")[2]
+
+
+class _UsageError(Exception):
+    """A problem with the command line or its files, found before or without the server."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`) and return its exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.local is not None:
+            return int(args.local(args))
+        with Client(args.server) as client:
+            return int(args.call(client, args))
+    except _UsageError as error:
+        return _fail(str(error), 2)
+    except Unavailable as error:
+        return _fail(f"cannot reach the server at {args.server}: {error}", 3)
+    except ToolvaultError as error:
+        return _fail(str(error), 2 if isinstance(error, _REJECTED) else 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolvault",
+        description="Publish, run and inspect sandboxed Python functions on a toolvault server.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=os.environ.get("TOOLVAULT_SERVER", DEFAULT_TARGET),
+        help=f"the server to talk to (env TOOLVAULT_SERVER, default {DEFAULT_TARGET})",
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.set_defaults(local=None)
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+
+    cmd = commands.add_parser("serve", help="run the server")
+    cmd.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
+    _add_storage_options(cmd)
+    cmd.set_defaults(local=_serve)
+
+    db_commands = commands.add_parser("db", help="manage the database").add_subparsers(
+        metavar="COMMAND", required=True
+    )
+    cmd = db_commands.add_parser("upgrade", help="apply the database migrations")
+    _add_storage_options(cmd)
+    cmd.set_defaults(local=_db_upgrade)
+
+    cmd = commands.add_parser("publish", help="publish a function version from a file")
+    cmd.add_argument("name", help="the function's name")
+    cmd.add_argument("file", help="the Python source file; - reads standard input")
+    cmd.add_argument("--entrypoint", default="main", help="the function to call (main)")
+    cmd.add_argument("--description", help="default: the entrypoint's docstring")
+    cmd.add_argument("--timeout-ms", type=_positive_int, metavar="N")
+    cmd.add_argument("--memory-mb", type=_positive_int, metavar="N")
+    cmd.add_argument("--max-output-bytes", type=_positive_int, metavar="N")
+    cmd.add_argument("--input-schema", metavar="FILE", help="JSON Schema of the arguments")
+    cmd.add_argument("--output-schema", metavar="FILE", help="JSON Schema of the result")
+    cmd.add_argument(
+        "--allow-import",
+        action="append",
+        metavar="MODULE",
+        help="a module the code may import (repeatable; default: the server's list)",
+    )
+    cmd.set_defaults(call=_publish)
+
+    cmd = commands.add_parser("invoke", help="run a function; exit 1 if it fails")
+    cmd.add_argument("ref", help="name, name@VERSION or name@ALIAS")
+    cmd.add_argument("--args", metavar="JSON|@FILE", help="the arguments, a JSON object")
+    cmd.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of the call")
+    cmd.set_defaults(call=_invoke)
+
+    cmd = commands.add_parser("get", help="show a version with its source")
+    cmd.add_argument("ref", help="name, name@VERSION or name@ALIAS")
+    cmd.set_defaults(call=_get)
+
+    cmd = commands.add_parser("functions", help="list the functions")
+    cmd.set_defaults(call=_functions)
+
+    cmd = commands.add_parser("versions", help="list a function's versions, newest first")
+    cmd.add_argument("name")
+    cmd.set_defaults(call=_versions)
+
+    cmd = commands.add_parser("alias", help="point an alias at a version")
+    cmd.add_argument("name")
+    cmd.add_argument("alias")
+    cmd.add_argument("version", type=_positive_int)
+    cmd.set_defaults(call=_alias)
+
+    cmd = commands.add_parser("unalias", help="remove an alias")
+    cmd.add_argument("name")
+    cmd.add_argument("alias")
+    cmd.set_defaults(call=_unalias)
+
+    cmd = commands.add_parser("delete", help="delete a function and its versions")
+    cmd.add_argument("name")
+    cmd.set_defaults(call=_delete)
+
+    cmd = commands.add_parser("history", help="list recorded runs, newest first")
+    cmd.add_argument("name", nargs="?", help="only runs of this function")
+    cmd.add_argument("--status", type=_status, help="only runs with this status")
+    cmd.add_argument("--version", type=_positive_int, help="only runs of this version")
+    cmd.add_argument("--limit", type=_positive_int, default=20, help="at most N runs (20)")
+    cmd.set_defaults(call=_history)
+
+    cmd = commands.add_parser("execution", help="show one recorded run")
+    cmd.add_argument("id")
+    cmd.set_defaults(call=_execution)
+    return parser
+
+
+def _add_storage_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--db", metavar="URL", help="database URL (default: the server's)")
+    cmd.add_argument("--data-dir", metavar="DIR", help="directory for the server's files")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer: {text}")
+    return value
+
+
+def _status(text: str) -> ExecutionStatus:
+    try:
+        return ExecutionStatus(text)
+    except ValueError as error:
+        # argparse would replace a ValueError's message with a generic one.
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+# The server is imported inside these two commands only: the client must work without the
+# `server` extra, whose dependencies (SQLAlchemy, RestrictedPython, ...) it does not need.
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.server.cli import serve
+    except ModuleNotFoundError as error:
+        raise _server_missing(error) from error
+    return serve(listen=args.listen, db=args.db, data_dir=args.data_dir)
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.server.cli import db_upgrade
+    except ModuleNotFoundError as error:
+        raise _server_missing(error) from error
+    return db_upgrade(db=args.db, data_dir=args.data_dir)
+
+
+def _server_missing(error: ModuleNotFoundError) -> _UsageError:
+    return _UsageError(f"the server is not installed: pip install 'toolvault[server]' ({error})")
+
+
+def _publish(client: Client, args: argparse.Namespace) -> int:
+    version = client.publish(
+        args.name,
+        _read_text(args.file),
+        entrypoint=args.entrypoint,
+        description=args.description,
+        input_schema=None if args.input_schema is None else _read_json(args.input_schema),
+        output_schema=None if args.output_schema is None else _read_json(args.output_schema),
+        timeout_ms=args.timeout_ms,
+        memory_mb=args.memory_mb,
+        max_output_bytes=args.max_output_bytes,
+        allowed_imports=args.allow_import,
+    )
+    if args.json:
+        _print_json(version)
+    else:
+        _print_pairs(
+            [
+                ("name", version.name),
+                ("version", version.version),
+                ("sha256", version.sha256),
+                ("state", "created" if version.created else "unchanged"),
+            ]
+        )
+    return 0
+
+
+def _invoke(client: Client, args: argparse.Namespace) -> int:
+    arguments = {} if args.args is None else _arguments(args.args)
+    execution = client.invoke(args.ref, arguments, timeout=args.timeout)
+    if args.json:
+        _print_json(execution)
+        return 0 if execution.ok else 1
+    if execution.ok:
+        print(json.dumps(execution.result, indent=2, ensure_ascii=False))
+    _print_block(sys.stdout, "--- stdout ---", execution.stdout)
+    _print_block(sys.stderr, "--- stderr ---", execution.stderr)
+    if execution.ok:
+        return 0
+    failure = f"the function failed with status {execution.status}"
+    if execution.error is not None:
+        failure += f": {execution.error.type}: {execution.error.message}"
+    print(failure, file=sys.stderr)
+    if execution.error is not None:
+        _print_block(sys.stderr, "", execution.error.traceback)
+    return 1
+
+
+def _get(client: Client, args: argparse.Namespace) -> int:
+    version = client.get(args.ref)
+    if args.json:
+        _print_json(version)
+    else:
+        _print_object(version, hide={"created"})
+    return 0
+
+
+def _functions(client: Client, args: argparse.Namespace) -> int:
+    functions = client.functions()
+    if args.json:
+        _print_json(functions)
+        return 0
+    _print_table(
+        ("NAME", "LATEST", "ALIASES", "UPDATED", "DESCRIPTION"),
+        (
+            (
+                f.name,
+                str(f.latest_version),
+                ",".join(f"{alias}={version}" for alias, version in f.aliases.items()),
+                _text(f.updated_at),
+                _first_line(f.description),
+            )
+            for f in functions
+        ),
+    )
+    return 0
+
+
+def _versions(client: Client, args: argparse.Namespace) -> int:
+    versions = client.versions(args.name)
+    if args.json:
+        _print_json(versions)
+        return 0
+    _print_table(
+        ("VERSION", "SHA256", "CREATED", "DESCRIPTION"),
+        (
+            (str(v.version), v.sha256[:12], _text(v.created_at), _first_line(v.description))
+            for v in versions
+        ),
+    )
+    return 0
+
+
+def _alias(client: Client, args: argparse.Namespace) -> int:
+    function = client.set_alias(args.name, args.alias, args.version)
+    if args.json:
+        _print_json(function)
+    else:
+        _print_object(function)
+    return 0
+
+
+def _unalias(client: Client, args: argparse.Namespace) -> int:
+    client.delete_alias(args.name, args.alias)
+    if args.json:
+        _print_json({"name": args.name, "alias": args.alias})
+    else:
+        print(f"removed alias {args.name}@{args.alias}")
+    return 0
+
+
+def _delete(client: Client, args: argparse.Namespace) -> int:
+    deleted = client.delete(args.name)
+    if args.json:
+        _print_json({"name": args.name, "deleted_versions": deleted})
+    else:
+        print(f"deleted {args.name} (versions: {deleted})")
+    return 0
+
+
+def _history(client: Client, args: argparse.Namespace) -> int:
+    executions = client.history(
+        args.name, status=args.status, version=args.version, limit=args.limit
+    )
+    if args.json:
+        _print_json(executions)
+        return 0
+    _print_table(
+        ("ID", "STATUS", "FUNCTION", "VERSION", "STARTED", "MS", "ERROR"),
+        (
+            (
+                e.execution_id,
+                e.status,
+                e.function_name,
+                str(e.version),
+                _text(e.started_at),
+                f"{e.duration_ms:.1f}",
+                f"{e.error.type}: {_first_line(e.error.message)}" if e.error else "",
+            )
+            for e in executions
+        ),
+    )
+    return 0
+
+
+def _execution(client: Client, args: argparse.Namespace) -> int:
+    execution = client.execution(args.id)
+    if args.json:
+        _print_json(execution)
+    else:
+        # The JSON texts show exactly what was recorded, even when cut to fit the history.
+        _print_object(execution, hide={"result", "args"})
+    return 0
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise _UsageError(f"cannot read {path}: {error.strerror or error}") from error
+    except UnicodeDecodeError as error:
+        raise _UsageError(f"cannot read {path}: not UTF-8 text ({error.reason})") from error
+
+
+def _read_json(path: str) -> Any:
+    return _parse_json(_read_text(path), path)
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise _UsageError(f"{source} is not valid JSON: {error}") from error
+
+
+def _arguments(text: str) -> dict[str, Any]:
+    """Parse `--args`: JSON text, or "@FILE" naming a file that holds it."""
+    value = _read_json(text[1:]) if text.startswith("@") else _parse_json(text, "--args")
+    if not isinstance(value, dict):
+        raise _UsageError(f"--args must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if is_dataclass(value) and not isinstance(value, type):
+        return {field.name: getattr(value, field.name) for field in fields(value)}
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def _print_object(obj: object, hide: Collection[str] = ()) -> None:
+    """Print a model's fields as "key: value" lines; nested models get dotted keys."""
+    _print_pairs([(key, value) for key, value in _flatten(obj) if key not in hide])
+
+
+def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    for field in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, field.name)
+        if is_dataclass(value):
+            yield from _flatten(value, f"{prefix}{field.name}.")
+        else:
+            yield prefix + field.name, value
+
+
+def _print_pairs(pairs: Sequence[tuple[str, object]]) -> None:
+    """Print aligned "key: value" lines, then multi-line values as indented blocks."""
+    texts = [(key, _text(value)) for key, value in pairs]
+    width = max(len(key) for key, _ in texts) + 1
+    blocks = []
+    for key, text in texts:
+        if "\n" in text:
+            blocks.append((key, text))
+        else:
+            print(f"{key + ':':<{width}} {text}".rstrip())
+    for key, text in blocks:
+        _print_block(sys.stdout, f"{key}:", textwrap.indent(text, "    "))
+
+
+def _print_block(stream: TextIO, title: str, text: str) -> None:
+    if not text:
+        return
+    if title:
+        print(title, file=stream)
+    print(text, end="" if text.endswith("\n") else "\n", file=stream)
+
+
+def _print_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    table = [headers, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(headers))]
+    for row in table:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    if isinstance(value, dict | list | tuple):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().partition("\n")[0]

@@ -1,0 +1,142 @@
+"""The values the runner and the sandbox process exchange: jobs, limits and results.
+
+Also the wire protocol between the two, kept here so both sides agree on it: the job
+travels as JSON on the sandbox process's stdin, and the report comes back on fd 3.
+"""
+
+import dataclasses
+import enum
+import json
+import math
+from dataclasses import dataclass
+
+DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
+    "json",
+    "math",
+    "re",
+    "datetime",
+    "collections",
+    "itertools",
+    "functools",
+    "statistics",
+    "decimal",
+    "fractions",
+    "random",
+    "string",
+    "textwrap",
+    "typing",
+    "dataclasses",
+    "hashlib",
+    "base64",
+    "uuid",
+    "heapq",
+    "bisect",
+    "operator",
+)
+
+
+class RunStatus(enum.Enum):
+    """How a run ended."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    MEMORY_LIMIT = "memory_limit"
+    OUTPUT_LIMIT = "output_limit"
+    CRASHED = "crashed"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one run may use.
+
+    Attributes:
+        timeout_ms: Wall-clock time from spawn to exit.
+        memory_mb: Address space of the sandbox process (RLIMIT_AS), in MiB.
+        max_output_bytes: Cap on stdout, on stderr and on the JSON result, each.
+    """
+
+    timeout_ms: int
+    memory_mb: int
+    max_output_bytes: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One call of a function: its source, entrypoint, arguments and limits.
+
+    Attributes:
+        source: The module source.
+        entrypoint: The name of the module-level function to call.
+        args_json: A JSON object; its members become keyword arguments.
+        allowed_imports: Top-level modules the code may import.
+        limits: What the run may use.
+        filename: The name tracebacks give the source, e.g. ``"add@3"``.
+    """
+
+    source: str
+    entrypoint: str
+    args_json: str
+    allowed_imports: tuple[str, ...]
+    limits: Limits
+    filename: str = "<function>"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What happened in one run.
+
+    Attributes:
+        status: How the run ended.
+        result_json: The return value as compact JSON; ``""`` unless OK.
+        stdout: What the function printed, at most ``max_output_bytes`` of it.
+        stderr: What the interpreter wrote to stderr, at most ``max_output_bytes`` of it.
+        error_type: ``""`` when OK; the exception's class name, or ``"TimeoutError"``,
+            ``"MemoryError"``, ``"OutputLimitExceeded"`` or ``"Crashed"`` for limits and
+            crashes.
+        error_message: The exception's message, or which limit was hit.
+        traceback: The traceback through the user's own lines; ``""`` if none.
+        duration_ms: Wall-clock time from spawn to exit.
+        cpu_time_ms: User plus system CPU time of the sandbox process.
+        peak_memory_bytes: The sandbox process's peak resident set size.
+    """
+
+    status: RunStatus
+    result_json: str
+    stdout: str
+    stderr: str
+    error_type: str
+    error_message: str
+    traceback: str
+    duration_ms: float
+    cpu_time_ms: float
+    peak_memory_bytes: int
+
+
+# The sandbox process reads its job from stdin and writes its report to this fd.
+REPORT_FD = 3
+# The sandbox process trims these report fields, so the runner can bound the report's size.
+MAX_MESSAGE_CHARS = 2_000
+MAX_TRACEBACK_CHARS = 8_000
+
+
+def cpu_limit_seconds(limits: Limits) -> int:
+    """The CPU-time limit (RLIMIT_CPU) that backs up the wall clock, in whole seconds."""
+    return math.ceil(limits.timeout_ms / 1000) + 1
+
+
+def encode_job(job: Job) -> bytes:
+    """The job as the sandbox process reads it from stdin."""
+    return json.dumps(dataclasses.asdict(job)).encode()
+
+
+def decode_job(data: bytes) -> Job:
+    """The job from its wire form."""
+    fields = json.loads(data)
+    return Job(
+        **{
+            **fields,
+            "allowed_imports": tuple(fields["allowed_imports"]),
+            "limits": Limits(**fields["limits"]),
+        }
+    )

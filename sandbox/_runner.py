@@ -1,0 +1,320 @@
+"""Run a job in a fresh sandbox process and say what happened.
+
+The parent side. It runs inside the asyncio gRPC server, a process with threads, so it
+never forks: os.posix_spawn starts ``python -I -m toolvault.sandbox._child`` in a new
+session (its own process group) with an empty environment, a private working directory
+and pipes on fds 0-3. The event loop watches the child without threads or asyncio's child
+watcher: a pidfd says when it exits, and stdout, stderr and the report are read without
+blocking and capped as they arrive. Whatever happens (exit, limit, cancellation) the
+whole process group is killed, the child reaped, every fd closed and the directory removed.
+"""
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from ._models import (
+    MAX_MESSAGE_CHARS,
+    MAX_TRACEBACK_CHARS,
+    REPORT_FD,
+    Job,
+    Limits,
+    RunResult,
+    RunStatus,
+    cpu_limit_seconds,
+    encode_job,
+)
+
+_CHUNK = 64 * 1024
+_STDERR_TAIL_CHARS = 1_000
+_REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
+_REPORTED_STATUSES = ("ok", "error", "memory_limit")
+_ERROR_TYPES = {
+    RunStatus.TIMEOUT: "TimeoutError",
+    RunStatus.MEMORY_LIMIT: "MemoryError",
+    RunStatus.OUTPUT_LIMIT: "OutputLimitExceeded",
+    RunStatus.CRASHED: "Crashed",
+}
+
+
+async def run(job: Job) -> RunResult:
+    """Run ``job`` in a fresh sandbox process under its limits and say what happened.
+
+    A failing function is a result, not an exception.
+
+    Raises:
+        asyncio.CancelledError: When the awaiting task is cancelled, after the sandbox
+            process and everything it started are killed and reaped.
+    """
+    workdir = tempfile.mkdtemp(prefix="toolvault-")
+    try:
+        with _Sandbox(job, workdir) as sandbox:
+            return await sandbox.wait()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@dataclass
+class _Pipe:
+    """The parent's end of one output pipe and what came through it, up to a cap."""
+
+    name: str
+    fd: int
+    cap: int
+    data: bytearray = field(default_factory=bytearray)
+    reading: bool = True
+
+
+class _Sandbox:
+    """One sandbox process, watched from the event loop."""
+
+    def __init__(self, job: Job, workdir: str) -> None:
+        self._job = job
+        self._workdir = workdir
+        self._loop = asyncio.get_running_loop()
+        self._exited = self._loop.create_future()
+        self._unsent = memoryview(encode_job(job))
+        self._fds: list[int] = []
+        self._pipes: list[_Pipe] = []
+        self._stdin = self._pidfd = -1
+        self._pid = 0
+        self._reaped = False
+        self._started = self._ended = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._verdict: tuple[RunStatus, str] | None = None
+
+    def __enter__(self) -> "_Sandbox":
+        try:
+            self._start()
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._close()
+
+    async def wait(self) -> RunResult:
+        """Wait for the process to exit, then reap it and say what happened."""
+        await self._exited
+        # Kill what the process may have left behind before reaping it: until then its
+        # pid, which is also the group's id, cannot be reused by an unrelated process.
+        self._kill_group()
+        for pipe in self._pipes:
+            self._drain(pipe)
+        _, wait_status, usage = os.wait4(self._pid, 0)
+        self._reaped = True
+        cpu_time_ms = (usage.ru_utime + usage.ru_stime) * 1000
+        stdout, stderr, _ = (pipe.data.decode("utf-8", "replace") for pipe in self._pipes)
+        status, result_json, error_type, error_message, trace = self._outcome(
+            wait_status, cpu_time_ms, stderr
+        )
+        return RunResult(
+            status=status,
+            result_json=result_json,
+            stdout=stdout,
+            stderr=stderr,
+            error_type=error_type,
+            error_message=error_message,
+            traceback=trace,
+            duration_ms=(self._ended - self._started) * 1000,
+            cpu_time_ms=cpu_time_ms,
+            # Includes this process's own RSS at spawn time; see the package notes.
+            peak_memory_bytes=usage.ru_maxrss * 1024,
+        )
+
+    def _start(self) -> None:
+        limits = self._job.limits
+        # The report holds the result as an escaped JSON string, at most twice its size,
+        # next to a message and a traceback whose characters take at most 6 bytes each.
+        report_cap = 2 * limits.max_output_bytes + 6 * (MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS)
+        stdin_end, self._stdin = self._pipe()
+        child_ends = {0: stdin_end}
+        for target, name, cap in (
+            (1, "stdout", limits.max_output_bytes),
+            (2, "stderr", limits.max_output_bytes),
+            (REPORT_FD, "result", report_cap + 1024),
+        ):
+            read_end, child_ends[target] = self._pipe()
+            self._pipes.append(_Pipe(name, read_end, cap))
+
+        self._started = time.monotonic()
+        try:
+            self._pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-m", "toolvault.sandbox._child", self._workdir],
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, to) for to, fd in child_ends.items()],
+                setsid=True,
+                # A blocked or ignored SIGXCPU, inherited from this process, would defeat
+                # the CPU-time limit.
+                setsigmask=(),
+                setsigdef=(signal.SIGXCPU, signal.SIGXFSZ),
+            )
+        finally:
+            for fd in child_ends.values():
+                self._close_fd(fd)
+
+        self._pidfd = os.pidfd_open(self._pid)
+        self._fds.append(self._pidfd)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+        for pipe in self._pipes:
+            # Only our ends: O_NONBLOCK is shared with the child's copies of its ends.
+            os.set_blocking(pipe.fd, False)
+            self._loop.add_reader(pipe.fd, self._drain, pipe)
+        os.set_blocking(self._stdin, False)
+        self._loop.add_writer(self._stdin, self._send_job)
+        self._timer = self._loop.call_later(
+            limits.timeout_ms / 1000,
+            self._kill,
+            RunStatus.TIMEOUT,
+            f"wall-clock limit of {limits.timeout_ms} ms exceeded",
+        )
+
+    def _pipe(self) -> tuple[int, int]:
+        read_end, write_end = os.pipe()
+        self._fds += (read_end, write_end)
+        return read_end, write_end
+
+    def _send_job(self) -> None:
+        try:
+            self._unsent = self._unsent[os.write(self._stdin, self._unsent) :]
+            if self._unsent:
+                return
+        except BlockingIOError:
+            return
+        except BrokenPipeError:
+            pass  # the process died before reading its job; its exit status says why
+        self._close_fd(self._stdin)
+
+    def _drain(self, pipe: _Pipe) -> None:
+        """Read what ``pipe`` holds now, up to its cap; past the cap, kill the process."""
+        while pipe.reading:
+            try:
+                chunk = os.read(pipe.fd, _CHUNK)
+            except BlockingIOError:
+                return
+            if not chunk:
+                self._stop_reading(pipe)
+                return
+            pipe.data += chunk
+            if len(pipe.data) > pipe.cap:
+                del pipe.data[pipe.cap :]
+                self._stop_reading(pipe)
+                self._kill(RunStatus.OUTPUT_LIMIT, self._output_limit_message(pipe.name))
+
+    def _stop_reading(self, pipe: _Pipe) -> None:
+        pipe.reading = False
+        self._loop.remove_reader(pipe.fd)
+
+    def _on_exit(self) -> None:
+        self._ended = time.monotonic()
+        self._loop.remove_reader(self._pidfd)
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self._exited.done():
+            self._exited.set_result(None)
+
+    def _kill(self, status: RunStatus, message: str) -> None:
+        """Kill the process group for hitting a limit; the first limit hit is the verdict."""
+        if self._verdict is None:
+            self._verdict = (status, message)
+        self._kill_group()
+
+    def _kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._pid, signal.SIGKILL)
+
+    def _close_fd(self, fd: int) -> None:
+        self._loop.remove_reader(fd)
+        self._loop.remove_writer(fd)
+        os.close(fd)
+        self._fds.remove(fd)
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._pid and not self._reaped:
+            self._kill_group()
+            # Blocking, but only as long as a SIGKILL takes; an await here could be
+            # cancelled in turn and leave a zombie behind.
+            os.wait4(self._pid, 0)
+            self._reaped = True
+        for fd in list(self._fds):
+            self._close_fd(fd)
+
+    def _outcome(
+        self, wait_status: int, cpu_time_ms: float, stderr: str
+    ) -> tuple[RunStatus, str, str, str, str]:
+        """Status, result JSON, error type, error message and traceback of the run."""
+        limits = self._job.limits
+        verdict = self._verdict
+        report = _parse_report(self._pipes[2].data)
+        if verdict is None and report is not None:
+            status = RunStatus(report["status"])
+            trace = report["traceback"]
+            if status is RunStatus.MEMORY_LIMIT:
+                message = f"memory limit of {limits.memory_mb} MiB exceeded"
+                return status, "", _ERROR_TYPES[status], message, trace
+            if len(report["result_json"].encode()) <= limits.max_output_bytes:
+                error_type, message = report["error_type"], report["error_message"]
+                return status, report["result_json"], error_type, message, trace
+            verdict = RunStatus.OUTPUT_LIMIT, self._output_limit_message("result")
+        status, message = verdict or _explain_exit(wait_status, cpu_time_ms, limits, stderr)
+        return status, "", _ERROR_TYPES[status], message, ""
+
+    def _output_limit_message(self, name: str) -> str:
+        return f"{name} passed the output limit of {self._job.limits.max_output_bytes} bytes"
+
+
+def _parse_report(data: bytes | bytearray) -> dict[str, str] | None:
+    """The sandbox process's report, or None if it wrote none or something malformed."""
+    try:
+        report = json.loads(data)
+    except ValueError:
+        return None
+    if (
+        not isinstance(report, dict)
+        or report.get("status") not in _REPORTED_STATUSES
+        or not all(isinstance(report.get(key), str) for key in _REPORT_FIELDS)
+    ):
+        return None
+    return report
+
+
+def _explain_exit(
+    wait_status: int, cpu_time_ms: float, limits: Limits, stderr: str
+) -> tuple[RunStatus, str]:
+    """Why a process that wrote no report ended: the CPU-time limit, or a crash."""
+    if os.WIFSIGNALED(wait_status):
+        signum = os.WTERMSIG(wait_status)
+        cpu_seconds = cpu_limit_seconds(limits)
+        # SIGXCPU at the soft limit; SIGKILL at the hard one if SIGXCPU did not kill.
+        if signum == signal.SIGXCPU or (
+            signum == signal.SIGKILL and cpu_time_ms >= cpu_seconds * 1000
+        ):
+            return RunStatus.TIMEOUT, f"CPU time limit of {cpu_seconds} s exceeded"
+        try:
+            how = f"was killed by {signal.Signals(signum).name}"
+        except ValueError:
+            how = f"was killed by signal {signum}"
+    else:
+        how = f"exited with code {os.WEXITSTATUS(wait_status)}"
+    message = f"the sandbox process {how} without reporting a result"
+    tail = stderr[-_STDERR_TAIL_CHARS:].strip()
+    if tail:
+        message += f"; its stderr ends with:\n{tail}"
+    return RunStatus.CRASHED, message

@@ -1,0 +1,185 @@
+"""Check published source before it is stored: syntax, restrictions, imports, entrypoint.
+
+check_source reports every problem it finds, each with its line and column, as values:
+bad source is the expected case, not an exception. The compile policy and the import rule
+defined here are the ones the sandbox process enforces at run time, so source that passes
+the check compiles and imports there too.
+"""
+
+import ast
+import keyword
+import re
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+
+from RestrictedPython.transformer import RestrictingNodeTransformer
+
+# The line breaks of Python's tokenizer; str.splitlines also splits on form feeds and more.
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+
+
+@dataclass(frozen=True)
+class SourceIssue:
+    """One problem found in published source.
+
+    Attributes:
+        message: What is wrong, e.g. ``"import of 'os' is not allowed (allowed: ...)"``.
+        line: 1-based line, or None when the problem has no position.
+        column: 1-based column (in characters), or None.
+    """
+
+    message: str
+    line: int | None
+    column: int | None
+
+
+@dataclass(frozen=True)
+class CheckedSource:
+    """The outcome of check_source.
+
+    Attributes:
+        issues: Every problem found, in source order within each kind of check.
+        docstring: The entrypoint's docstring, cleaned like inspect.cleandoc; None if none.
+    """
+
+    issues: tuple[SourceIssue, ...]
+    docstring: str | None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the source may be stored and run."""
+        return not self.issues
+
+
+class RestrictingPolicy(RestrictingNodeTransformer):
+    """RestrictedPython's policy, allowing async functions and keeping each error's node.
+
+    RestrictedPython forbids ``async def`` and ``await`` because it has not reviewed them;
+    they add no way to reach what its guards protect, and tools that await are common.
+    ``async for`` and ``async with`` stay forbidden: they iterate and enter without guards.
+    """
+
+    def __init__(
+        self,
+        errors: list[str] | None = None,
+        warnings: list[str] | None = None,
+        used_names: dict[str, bool] | None = None,
+    ) -> None:
+        super().__init__(errors, warnings, used_names)
+        self.error_nodes: list[tuple[ast.AST, str]] = []
+
+    def error(self, node: ast.AST, info: str) -> None:
+        """Record an error; RestrictedPython's own record keeps only the line."""
+        super().error(node, info)
+        self.error_nodes.append((node, info))
+
+    def visit_AsyncFunctionDef(
+        self, node: ast.AsyncFunctionDef
+    ) -> ast.AST | Iterable[ast.AST] | None:
+        """Check an ``async def`` exactly like a ``def``; the two have the same fields."""
+        return self.visit_FunctionDef(node)  # type: ignore[arg-type]
+
+    def visit_Await(self, node: ast.Await) -> ast.AST:
+        """Allow ``await``; its operand is checked like any expression."""
+        return self.node_contents_visit(node)
+
+
+def import_problem(module: str | None, level: int, allowed: Collection[str]) -> str | None:
+    """Why importing ``module`` is not allowed, or None if it is.
+
+    Args:
+        module: The dotted module name, as in ``import a.b`` or ``from a.b import c``.
+        level: The number of leading dots of a relative import.
+        allowed: The top-level modules that may be imported.
+    """
+    if level:
+        return "relative imports are not allowed"
+    top = (module or "").partition(".")[0]
+    # __future__ imports are compiler directives; the module itself holds only flags.
+    if top in allowed or top == "__future__":
+        return None
+    return f"import of {module!r} is not allowed (allowed: {', '.join(sorted(allowed)) or 'none'})"
+
+
+def check_source(
+    source: str,
+    *,
+    entrypoint: str,
+    allowed_imports: Collection[str],
+    filename: str = "<function>",
+) -> CheckedSource:
+    """Find what keeps ``source`` from being stored and run; never raises for bad source.
+
+    Checks syntax first and stops there if it is broken; otherwise reports, in this
+    order, what RestrictedPython rejects, imports outside ``allowed_imports`` and
+    problems with the entrypoint.
+
+    Args:
+        source: The module source.
+        entrypoint: The module-level function that calls will run.
+        allowed_imports: The top-level modules the source may import.
+        filename: The name syntax errors give the source.
+    """
+    try:
+        compile(source, filename, "exec", dont_inherit=True)
+        tree = ast.parse(source, filename)
+        policy = RestrictingPolicy()
+        policy.visit(ast.parse(source, filename))
+    except SyntaxError as exc:
+        issue = SourceIssue(f"{type(exc).__name__}: {exc.msg}", exc.lineno, exc.offset)
+        return CheckedSource(issues=(issue,), docstring=None)
+    except (MemoryError, RecursionError):
+        # What the parser, compiler and AST visitors raise for absurdly nested code.
+        issue = SourceIssue("source is nested too deeply", None, None)
+        return CheckedSource(issues=(issue,), docstring=None)
+
+    lines = _LINE_BREAK.split(source)
+    issues = [_issue_at(lines, node, info) for node, info in policy.error_nodes]
+    issues += sorted(
+        (_issue_at(lines, node, why) for node, why in _import_problems(tree, allowed_imports)),
+        key=lambda issue: (issue.line or 0, issue.column or 0),
+    )
+    problem, docstring = _find_entrypoint(tree, entrypoint)
+    if problem:
+        issues.append(SourceIssue(problem, None, None))
+    return CheckedSource(issues=tuple(issues), docstring=docstring)
+
+
+def _import_problems(tree: ast.AST, allowed: Collection[str]) -> Iterator[tuple[ast.AST, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                problem = import_problem(alias.name, 0, allowed)
+                if problem:
+                    yield alias, problem
+        elif isinstance(node, ast.ImportFrom):
+            problem = import_problem(node.module, node.level, allowed)
+            if problem:
+                yield node, problem
+
+
+def _find_entrypoint(tree: ast.Module, entrypoint: str) -> tuple[str | None, str | None]:
+    """What is wrong with the entrypoint (or None), and its docstring (or None)."""
+    if not entrypoint.isidentifier() or keyword.iskeyword(entrypoint):
+        return f"entrypoint {entrypoint!r} is not a valid Python identifier", None
+    if entrypoint.startswith("_"):
+        return f"entrypoint {entrypoint!r} must not start with '_'", None
+    functions = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    if entrypoint in functions:
+        return None, ast.get_docstring(functions[entrypoint])
+    found = ", ".join(functions) or "none"
+    return f"no top-level function named {entrypoint!r} (top-level functions: {found})", None
+
+
+def _issue_at(lines: list[str], node: ast.AST, message: str) -> SourceIssue:
+    line: int | None = getattr(node, "lineno", None)
+    offset: int | None = getattr(node, "col_offset", None)
+    if line is None or offset is None or not 0 < line <= len(lines):
+        return SourceIssue(message, line, None)
+    # The AST counts columns in UTF-8 bytes; SyntaxError, and people, count characters.
+    prefix = lines[line - 1].encode()[:offset].decode(errors="replace")
+    return SourceIssue(message, line, len(prefix) + 1)

@@ -1,0 +1,333 @@
+"""The gRPC servicers: decode the request, call a domain service, encode the reply.
+
+Domain errors become status codes here, in one table (``_STATUS_CODES``); any other
+exception becomes INTERNAL with a generic message, and its traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from toolvault.server.errors import (
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+from toolvault.server.functions import FunctionStore, PublishRequest
+from toolvault.server.invocations import ExecutionFilter, ExecutionInfo, History, Invocations
+from toolvault.server.store import FunctionInfo, VersionInfo
+from toolvault.v1 import (
+    execution_pb2,
+    function_pb2,
+    function_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    invocation_pb2,
+    invocation_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+_STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
+    InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    NotFound: grpc.StatusCode.NOT_FOUND,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+_STATUS_PREFIX = "EXECUTION_STATUS_"
+
+S = TypeVar("S")
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Handler = Callable[[S, Req, grpc.aio.ServicerContext[Req, Resp]], Awaitable[Resp]]
+
+
+def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
+    """Map domain errors to status codes and hide unexpected ones behind INTERNAL."""
+
+    @functools.wraps(method)
+    async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except DomainError as e:
+            await context.abort(_STATUS_CODES[type(e)], str(e))
+        except (asyncio.CancelledError, grpc.aio.AbortError):
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", method.__qualname__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the server log")
+        raise AssertionError("abort returned")
+
+    return handle
+
+
+def _timestamp(value: dt.datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _status_filter(value: int) -> str:
+    if value == execution_pb2.EXECUTION_STATUS_UNSPECIFIED:
+        return ""
+    try:
+        return execution_pb2.ExecutionStatus.Name(value).removeprefix(_STATUS_PREFIX)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise InvalidArgument(f"status {value} is not an ExecutionStatus") from e
+
+
+def _version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.FunctionVersion:
+    content = info.content
+    return function_pb2.FunctionVersion(
+        name=info.name,
+        version=info.version,
+        sha256=info.sha256,
+        source=content.source if with_source else "",
+        entrypoint=content.entrypoint,
+        description=content.description,
+        input_schema_json=content.input_schema or "",
+        output_schema_json=content.output_schema or "",
+        limits=function_pb2.Limits(
+            timeout_ms=content.limits.timeout_ms,
+            memory_mb=content.limits.memory_mb,
+            max_output_bytes=content.limits.max_output_bytes,
+        ),
+        allowed_imports=content.allowed_imports,
+        create_time=_timestamp(info.created_at),
+    )
+
+
+def _function_pb(info: FunctionInfo) -> function_pb2.Function:
+    return function_pb2.Function(
+        name=info.name,
+        latest_version=info.latest_version,
+        aliases=info.aliases,
+        description=info.description,
+        create_time=_timestamp(info.created_at),
+        update_time=_timestamp(info.updated_at),
+    )
+
+
+def _execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
+    error = None
+    if info.status != "OK":
+        error = execution_pb2.ExecutionError(
+            type=info.error_type, message=info.error_message, traceback=info.traceback
+        )
+    return execution_pb2.Execution(
+        id=str(info.id),
+        function_name=info.function_name,
+        version=info.version,
+        sha256=info.sha256,
+        status=execution_pb2.ExecutionStatus.Value(_STATUS_PREFIX + info.status),
+        args_json=info.args_json,
+        result_json=info.result_json,
+        stdout=info.stdout,
+        stderr=info.stderr,
+        error=error,
+        start_time=_timestamp(info.start_time),
+        duration_ms=info.duration_ms,
+        cpu_time_ms=info.cpu_time_ms,
+        peak_memory_bytes=info.peak_memory_bytes,
+        caller=info.caller,
+        args_truncated=info.args_truncated,
+        result_truncated=info.result_truncated,
+    )
+
+
+class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
+    """FunctionService over :class:`FunctionStore`."""
+
+    def __init__(self, functions: FunctionStore) -> None:
+        self._functions = functions
+
+    @_rpc
+    async def PublishFunction(
+        self,
+        request: function_pb2.PublishFunctionRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.PublishFunctionRequest, function_pb2.PublishFunctionResponse
+        ],
+    ) -> function_pb2.PublishFunctionResponse:
+        """See the .proto."""
+        publish = PublishRequest(
+            name=request.name,
+            source=request.source,
+            entrypoint=request.entrypoint,
+            description=request.description,
+            input_schema=request.input_schema_json,
+            output_schema=request.output_schema_json,
+            timeout_ms=request.limits.timeout_ms,
+            memory_mb=request.limits.memory_mb,
+            max_output_bytes=request.limits.max_output_bytes,
+            allowed_imports=tuple(request.allowed_imports),
+        )
+        version, created = await asyncio.to_thread(self._functions.publish, publish)
+        return function_pb2.PublishFunctionResponse(
+            version=_version_pb(version, with_source=True), created=created
+        )
+
+    @_rpc
+    async def GetFunction(
+        self,
+        request: function_pb2.GetFunctionRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.GetFunctionRequest, function_pb2.GetFunctionResponse
+        ],
+    ) -> function_pb2.GetFunctionResponse:
+        """See the .proto."""
+        function, version = await asyncio.to_thread(self._functions.get, request.ref)
+        return function_pb2.GetFunctionResponse(
+            function=_function_pb(function), version=_version_pb(version, with_source=True)
+        )
+
+    @_rpc
+    async def ListFunctions(
+        self,
+        request: function_pb2.ListFunctionsRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.ListFunctionsRequest, function_pb2.ListFunctionsResponse
+        ],
+    ) -> function_pb2.ListFunctionsResponse:
+        """See the .proto."""
+        functions, token = await asyncio.to_thread(
+            self._functions.functions, size=request.page_size, token=request.page_token
+        )
+        return function_pb2.ListFunctionsResponse(
+            functions=[_function_pb(f) for f in functions], next_page_token=token
+        )
+
+    @_rpc
+    async def ListFunctionVersions(
+        self,
+        request: function_pb2.ListFunctionVersionsRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.ListFunctionVersionsRequest, function_pb2.ListFunctionVersionsResponse
+        ],
+    ) -> function_pb2.ListFunctionVersionsResponse:
+        """See the .proto."""
+        versions, token = await asyncio.to_thread(
+            self._functions.versions, request.name, size=request.page_size, token=request.page_token
+        )
+        return function_pb2.ListFunctionVersionsResponse(
+            versions=[_version_pb(v, with_source=False) for v in versions], next_page_token=token
+        )
+
+    @_rpc
+    async def SetAlias(
+        self,
+        request: function_pb2.SetAliasRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.SetAliasRequest, function_pb2.SetAliasResponse
+        ],
+    ) -> function_pb2.SetAliasResponse:
+        """See the .proto."""
+        function = await asyncio.to_thread(
+            self._functions.set_alias, request.name, request.alias, request.version
+        )
+        return function_pb2.SetAliasResponse(function=_function_pb(function))
+
+    @_rpc
+    async def DeleteAlias(
+        self,
+        request: function_pb2.DeleteAliasRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.DeleteAliasRequest, function_pb2.DeleteAliasResponse
+        ],
+    ) -> function_pb2.DeleteAliasResponse:
+        """See the .proto."""
+        await asyncio.to_thread(self._functions.delete_alias, request.name, request.alias)
+        return function_pb2.DeleteAliasResponse()
+
+    @_rpc
+    async def DeleteFunction(
+        self,
+        request: function_pb2.DeleteFunctionRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.DeleteFunctionRequest, function_pb2.DeleteFunctionResponse
+        ],
+    ) -> function_pb2.DeleteFunctionResponse:
+        """See the .proto."""
+        count = await asyncio.to_thread(self._functions.delete, request.name)
+        return function_pb2.DeleteFunctionResponse(deleted_versions=count)
+
+
+class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
+    """InvocationService over :class:`Invocations`."""
+
+    def __init__(self, invocations: Invocations) -> None:
+        self._invocations = invocations
+
+    @_rpc
+    async def Invoke(
+        self,
+        request: invocation_pb2.InvokeRequest,
+        context: grpc.aio.ServicerContext[
+            invocation_pb2.InvokeRequest, invocation_pb2.InvokeResponse
+        ],
+    ) -> invocation_pb2.InvokeResponse:
+        """See the .proto."""
+        execution = await self._invocations.invoke(
+            request.ref, request.args_json, caller=context.peer()
+        )
+        return invocation_pb2.InvokeResponse(execution=_execution_pb(execution))
+
+
+class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
+    """HistoryService over :class:`History`."""
+
+    def __init__(self, history: History) -> None:
+        self._history = history
+
+    @_rpc
+    async def ListExecutions(
+        self,
+        request: history_pb2.ListExecutionsRequest,
+        context: grpc.aio.ServicerContext[
+            history_pb2.ListExecutionsRequest, history_pb2.ListExecutionsResponse
+        ],
+    ) -> history_pb2.ListExecutionsResponse:
+        """See the .proto."""
+        where = ExecutionFilter(
+            function_name=request.function_name,
+            status=_status_filter(request.status),
+            version=request.version,
+            start_from=(
+                request.start_time_from.ToDatetime(tzinfo=dt.UTC)
+                if request.HasField("start_time_from")
+                else None
+            ),
+            start_to=(
+                request.start_time_to.ToDatetime(tzinfo=dt.UTC)
+                if request.HasField("start_time_to")
+                else None
+            ),
+        )
+        executions, token = await asyncio.to_thread(
+            self._history.executions, where, size=request.page_size, token=request.page_token
+        )
+        return history_pb2.ListExecutionsResponse(
+            executions=[_execution_pb(e) for e in executions], next_page_token=token
+        )
+
+    @_rpc
+    async def GetExecution(
+        self,
+        request: history_pb2.GetExecutionRequest,
+        context: grpc.aio.ServicerContext[
+            history_pb2.GetExecutionRequest, history_pb2.GetExecutionResponse
+        ],
+    ) -> history_pb2.GetExecutionResponse:
+        """See the .proto."""
+        execution = await asyncio.to_thread(self._history.get, request.id)
+        return history_pb2.GetExecutionResponse(execution=_execution_pb(execution))

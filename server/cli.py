@@ -1,0 +1,77 @@
+"""The server's side of the ``toolvault`` command: ``serve`` and ``db upgrade``.
+
+The CLI in ``toolvault.client.cli`` parses the command line and calls these; options
+left as None fall back to ``TOOLVAULT_*`` environment variables, then to defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from toolvault.server.app import ListenError
+from toolvault.server.app import serve as run_server
+from toolvault.server.config import Settings
+from toolvault.server.db import Database
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def serve(*, listen: str | None = None, db: str | None = None, data_dir: str | None = None) -> int:
+    """Start the server in the foreground; returns the process exit code."""
+    settings = _settings(listen=listen, db=db, data_dir=data_dir)
+    if settings is None:
+        return EXIT_USAGE
+    _configure_logging(settings)
+    try:
+        asyncio.run(run_server(settings))
+    except ListenError as e:
+        logging.getLogger("toolvault.server").error("%s", e)
+        return EXIT_FAILED
+    except SQLAlchemyError as e:
+        logging.getLogger("toolvault.server").error("database error: %s", e)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
+    """Apply pending database migrations; returns the process exit code."""
+    settings = _settings(db=db, data_dir=data_dir)
+    if settings is None:
+        return EXIT_USAGE
+    _configure_logging(settings)
+    database = Database(settings.database_url)
+    try:
+        database.upgrade()
+    except SQLAlchemyError as e:
+        print(f"error: database upgrade failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        database.dispose()
+    print(f"database at head: {database.url.render_as_string(hide_password=True)}")
+    return EXIT_OK
+
+
+def _settings(**flags: Any) -> Settings | None:
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        for error in e.errors():
+            field = ".".join(str(p) for p in error["loc"]) or "settings"
+            print(f"error: {field} (TOOLVAULT_{field.upper()}): {error['msg']}", file=sys.stderr)
+        return None
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

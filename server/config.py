@@ -1,0 +1,75 @@
+"""Server configuration: command-line flags > ``TOOLVAULT_*`` environment variables > defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
+
+MiB = 1024 * 1024
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/toolvault``, or ``~/.local/share/toolvault``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".local" / "share") / "toolvault"
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; each field is also ``TOOLVAULT_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TOOLVAULT_", extra="forbid")
+
+    listen: str = Field("127.0.0.1:50051", description="HOST:PORT to serve gRPC on")
+    data_dir: Path = Field(default_factory=default_data_dir, description="where state lives")
+    db: str = Field("", description="SQLAlchemy URL; default: SQLite file in the data dir")
+    max_concurrent_runs: int = Field(max(os.cpu_count() or 1, 2), ge=1, le=1024)
+    max_queued_runs: int = Field(256, ge=0, le=100_000)
+    default_timeout_ms: int = Field(5_000, ge=10)
+    max_timeout_ms: int = Field(60_000, ge=10)
+    default_memory_mb: int = Field(256, ge=32)
+    max_memory_mb: int = Field(4096, ge=32)
+    default_max_output_bytes: int = Field(1 * MiB, ge=1024)
+    max_max_output_bytes: int = Field(16 * MiB, ge=1024)
+    max_source_bytes: int = Field(256 * 1024, ge=1024)
+    max_args_bytes: int = Field(1 * MiB, ge=1024)
+    allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
+    shutdown_grace_s: float = Field(10.0, ge=0)
+    log_level: str = "INFO"
+
+    @field_validator("allowed_imports", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        # A comma-separated list reads better in an environment variable than JSON.
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_defaults_within_maxima(self) -> Settings:
+        for default, maximum in (
+            ("default_timeout_ms", "max_timeout_ms"),
+            ("default_memory_mb", "max_memory_mb"),
+            ("default_max_output_bytes", "max_max_output_bytes"),
+        ):
+            if getattr(self, default) > getattr(self, maximum):
+                raise ValueError(f"{default} must not exceed {maximum}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file in the data directory."""
+        return self.db or f"sqlite:///{self.data_dir / 'toolvault.db'}"

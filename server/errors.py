@@ -1,0 +1,28 @@
+"""Domain errors. The gRPC layer maps each class to one status code in one table.
+
+DomainError
+├── InvalidArgument      bad input: names the field, or the line and column
+├── NotFound             no such function, version, alias or execution
+├── FailedPrecondition   the request is valid but the state does not allow it
+└── ResourceExhausted    too many calls waiting for a sandbox
+"""
+
+
+class DomainError(Exception):
+    """Base of every error the server reports to callers with its own message."""
+
+
+class InvalidArgument(DomainError):
+    """The request is malformed or fails validation."""
+
+
+class NotFound(DomainError):
+    """A named object does not exist."""
+
+
+class FailedPrecondition(DomainError):
+    """The request cannot be carried out in the current state."""
+
+
+class ResourceExhausted(DomainError):
+    """A capacity limit was reached; retrying later may succeed."""

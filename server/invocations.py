@@ -1,0 +1,300 @@
+"""Invocation and history: runs a version in a sandbox and records every run.
+
+A run waits for one of ``max_concurrent_runs`` sandbox slots; when
+``max_queued_runs`` calls are already waiting, a new call is refused at once rather
+than queued without bound. Every run that reached a sandbox is recorded, including
+runs whose caller went away (status CANCELLED).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any
+
+import jsonschema
+from sqlalchemy import select
+
+from toolvault import sandbox
+from toolvault.server.config import Settings
+from toolvault.server.db import Database
+from toolvault.server.errors import InvalidArgument, NotFound, ResourceExhausted
+from toolvault.server.functions import FunctionStore, check_name, parse_json
+from toolvault.server.models import Execution, utcnow
+from toolvault.server.paging import decode_token, encode_token, page_size
+
+CANCELLED = "CANCELLED"
+# What the history keeps of each run; Invoke's reply carries the whole (capped) output.
+HISTORY_TEXT_BYTES = 64 * 1024
+HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
+STATUSES = tuple(s.name for s in sandbox.RunStatus) + (CANCELLED,)
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """One run, as returned by Invoke or read from the history."""
+
+    id: uuid.UUID
+    function_name: str
+    version: int
+    sha256: str
+    status: str
+    args_json: str
+    args_truncated: bool
+    result_json: str
+    result_truncated: bool
+    stdout: str
+    stderr: str
+    error_type: str
+    error_message: str
+    traceback: str
+    start_time: dt.datetime
+    duration_ms: float
+    cpu_time_ms: float
+    peak_memory_bytes: int
+    caller: str
+
+
+@dataclass(frozen=True)
+class ExecutionFilter:
+    """Which executions to list; empty fields match everything."""
+
+    function_name: str = ""
+    status: str = ""
+    version: int = 0
+    start_from: dt.datetime | None = None
+    start_to: dt.datetime | None = None
+
+
+class Invocations:
+    """Runs functions in sandboxes, bounded in parallelism and queue length."""
+
+    def __init__(self, db: Database, functions: FunctionStore, settings: Settings) -> None:
+        self._db = db
+        self._functions = functions
+        self._settings = settings
+        self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
+        self._waiting = 0
+
+    async def invoke(self, ref: str, args_json: str, *, caller: str) -> ExecutionInfo:
+        """Resolve ``ref``, check the arguments, run the version and record the run."""
+        version = await asyncio.to_thread(self._functions.resolve, ref)
+        args_json = self._checked_args(args_json, version.content.input_schema)
+        content = version.content
+        job = sandbox.Job(
+            source=content.source,
+            entrypoint=content.entrypoint,
+            args_json=args_json,
+            allowed_imports=content.allowed_imports,
+            limits=content.limits,
+            filename=f"{version.name}@{version.version}",
+        )
+        info = ExecutionInfo(
+            id=uuid.uuid4(),
+            function_name=version.name,
+            version=version.version,
+            sha256=version.sha256,
+            status=CANCELLED,
+            args_json=args_json,
+            args_truncated=False,
+            result_json="",
+            result_truncated=False,
+            stdout="",
+            stderr="",
+            error_type="Cancelled",
+            error_message="the caller cancelled the call or its deadline passed",
+            traceback="",
+            start_time=utcnow(),
+            duration_ms=0.0,
+            cpu_time_ms=0.0,
+            peak_memory_bytes=0,
+            caller=caller,
+        )
+        started = time.monotonic()
+        try:
+            result = await self._run(job)
+        except asyncio.CancelledError:
+            cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
+            # Shielded: the record is written even though this task is being cancelled.
+            await asyncio.shield(asyncio.to_thread(self._record, cancelled))
+            raise
+        info = replace(
+            info,
+            status=result.status.name,
+            result_json=result.result_json,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error_type=result.error_type,
+            error_message=result.error_message,
+            traceback=result.traceback,
+            duration_ms=result.duration_ms,
+            cpu_time_ms=result.cpu_time_ms,
+            peak_memory_bytes=result.peak_memory_bytes,
+        )
+        await asyncio.to_thread(self._record, info)
+        return info
+
+    async def _run(self, job: sandbox.Job) -> sandbox.RunResult:
+        if self._slots.locked() and self._waiting >= self._settings.max_queued_runs:
+            raise ResourceExhausted(
+                f"all {self._settings.max_concurrent_runs} sandboxes are busy and "
+                f"{self._waiting} calls are waiting (max_queued_runs); retry later"
+            )
+        self._waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            return await sandbox.run(job)
+        finally:
+            self._slots.release()
+
+    def _checked_args(self, args_json: str, input_schema: str | None) -> str:
+        size = len(args_json.encode())
+        if size > self._settings.max_args_bytes:
+            raise InvalidArgument(
+                f"args_json is {size} bytes, more than the limit of {self._settings.max_args_bytes}"
+            )
+        args = parse_json(args_json or "{}", "args_json")
+        if not isinstance(args, dict):
+            raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
+        if input_schema is not None:
+            errors = sorted(_validator(input_schema).iter_errors(args), key=lambda e: e.path)
+            if errors:
+                raise InvalidArgument(
+                    "args_json does not match the input schema: "
+                    + "; ".join(f"{e.json_path}: {e.message}" for e in errors[:20])
+                )
+        return args_json or "{}"
+
+    def _record(self, info: ExecutionInfo) -> None:
+        args_json, args_cut = _head(info.args_json, HISTORY_TEXT_BYTES)
+        result_json, result_cut = _head(info.result_json, HISTORY_TEXT_BYTES)
+        with self._db.write.begin() as session:
+            session.add(
+                Execution(
+                    id=info.id,
+                    function_name=info.function_name,
+                    version=info.version,
+                    sha256=info.sha256,
+                    status=info.status,
+                    args_json=args_json,
+                    args_truncated=args_cut,
+                    result_json=result_json,
+                    result_truncated=result_cut,
+                    stdout_tail=_tail(info.stdout, HISTORY_OUTPUT_TAIL_BYTES),
+                    stderr_tail=_tail(info.stderr, HISTORY_OUTPUT_TAIL_BYTES),
+                    error_type=info.error_type,
+                    error_message=info.error_message,
+                    traceback=_tail(info.traceback, HISTORY_TEXT_BYTES),
+                    start_time=info.start_time,
+                    duration_ms=info.duration_ms,
+                    cpu_time_ms=info.cpu_time_ms,
+                    peak_memory_bytes=info.peak_memory_bytes,
+                    caller=info.caller[:256],
+                )
+            )
+
+
+class History:
+    """Reads recorded executions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def get(self, execution_id: str) -> ExecutionInfo:
+        """One execution by id."""
+        try:
+            key = uuid.UUID(execution_id)
+        except ValueError as e:
+            raise InvalidArgument(f"id {execution_id!r} is not a UUID") from e
+        with self._db.read.begin() as session:
+            row = session.get(Execution, key)
+            if row is None:
+                raise NotFound(f"execution {execution_id} not found")
+            return _execution_info(row)
+
+    def executions(
+        self, where: ExecutionFilter, *, size: int, token: str
+    ) -> tuple[list[ExecutionInfo], str]:
+        """A page of executions, newest first, and the next page's token ("" at the end)."""
+        query = select(Execution).order_by(Execution.start_time.desc(), Execution.id.desc())
+        if where.function_name:
+            query = query.where(Execution.function_name == check_name(where.function_name))
+        if where.status:
+            if where.status not in STATUSES:
+                raise InvalidArgument(f"status {where.status!r} is not one of {STATUSES}")
+            query = query.where(Execution.status == where.status)
+        if where.version:
+            if not where.function_name:
+                raise InvalidArgument("version filters need function_name")
+            query = query.where(Execution.version == where.version)
+        if where.start_from is not None:
+            query = query.where(Execution.start_time >= where.start_from)
+        if where.start_to is not None:
+            query = query.where(Execution.start_time < where.start_to)
+        key = decode_token(token, 2)
+        if key is not None:
+            try:
+                after_time, after_id = dt.datetime.fromisoformat(key[0]), uuid.UUID(key[1])
+            except (TypeError, ValueError) as e:
+                raise InvalidArgument("page_token is not a token this server issued") from e
+            query = query.where(
+                (Execution.start_time < after_time)
+                | ((Execution.start_time == after_time) & (Execution.id < after_id))
+            )
+        limit = page_size(size)
+        with self._db.read.begin() as session:
+            rows = [_execution_info(r) for r in session.scalars(query.limit(limit + 1))]
+        if len(rows) <= limit:
+            return rows, ""
+        last = rows[limit - 1]
+        return rows[:limit], encode_token([last.start_time.isoformat(), str(last.id)])
+
+
+def _execution_info(row: Execution) -> ExecutionInfo:
+    return ExecutionInfo(
+        id=row.id,
+        function_name=row.function_name,
+        version=row.version,
+        sha256=row.sha256,
+        status=row.status,
+        args_json=row.args_json,
+        args_truncated=row.args_truncated,
+        result_json=row.result_json,
+        result_truncated=row.result_truncated,
+        stdout=row.stdout_tail,
+        stderr=row.stderr_tail,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        traceback=row.traceback,
+        start_time=row.start_time,
+        duration_ms=row.duration_ms,
+        cpu_time_ms=row.cpu_time_ms,
+        peak_memory_bytes=row.peak_memory_bytes,
+        caller=row.caller,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _validator(schema_json: str) -> Any:
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _head(text: str, limit: int) -> tuple[str, bool]:
+    data = text.encode()
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode(errors="ignore"), True
+
+
+def _tail(text: str, limit: int) -> str:
+    data = text.encode()
+    return text if len(data) <= limit else data[-limit:].decode(errors="ignore")

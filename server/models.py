@@ -1,0 +1,163 @@
+"""SQLAlchemy models: functions, their immutable versions, aliases, and executions.
+
+The schema is owned by the Alembic migrations in ``migrations/``; these models must match
+them (``tests/server/test_migrations.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware (SQLite drops zones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> dt.datetime | None:
+        """Refuse naive datetimes and convert aware ones to UTC."""
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(dt.UTC) if value is not None else None
+
+    def process_result_value(
+        self, value: dt.datetime | None, dialect: Dialect
+    ) -> dt.datetime | None:
+        """Attach UTC to the naive values SQLite returns."""
+        if value is None or value.tzinfo is not None:
+            return value
+        return value.replace(tzinfo=dt.UTC)
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware, in UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with constraint names stable across SQLite and PostgreSQL."""
+
+    metadata = MetaData(
+        naming_convention={
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Function(Base):
+    """A named function; its content lives in its versions."""
+
+    __tablename__ = "functions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    latest_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    versions: Mapped[list[FunctionVersion]] = relationship(
+        back_populates="function", cascade="all, delete-orphan", passive_deletes=True
+    )
+    aliases: Mapped[list[Alias]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="Alias.name"
+    )
+
+
+class FunctionVersion(Base):
+    """One immutable version: never updated after insert."""
+
+    __tablename__ = "function_versions"
+    __table_args__ = (
+        UniqueConstraint("function_id", "version"),
+        UniqueConstraint("function_id", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    function_id: Mapped[int] = mapped_column(ForeignKey("functions.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(Text)
+    entrypoint: Mapped[str] = mapped_column(String(128))
+    description: Mapped[str] = mapped_column(Text)
+    input_schema: Mapped[str | None] = mapped_column(Text)
+    output_schema: Mapped[str | None] = mapped_column(Text)
+    timeout_ms: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    max_output_bytes: Mapped[int] = mapped_column(Integer)
+    allowed_imports: Mapped[str] = mapped_column(Text)  # JSON list, sorted
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    function: Mapped[Function] = relationship(back_populates="versions")
+
+
+class Alias(Base):
+    """A movable name for one version of a function ("latest" is implicit, never stored)."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["function_id", "version"],
+            ["function_versions.function_id", "function_versions.version"],
+            ondelete="CASCADE",
+        ),
+    )
+
+    function_id: Mapped[int] = mapped_column(
+        ForeignKey("functions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Execution(Base):
+    """One recorded run. Refers to its function by name and hash, so it outlives deletion."""
+
+    __tablename__ = "executions"
+    __table_args__ = (
+        Index("ix_executions_start_time", "start_time", "id"),
+        Index("ix_executions_function_name", "function_name", "start_time", "id"),
+        Index("ix_executions_status", "status", "start_time", "id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    function_name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    args_json: Mapped[str] = mapped_column(Text)
+    args_truncated: Mapped[bool]
+    result_json: Mapped[str] = mapped_column(Text)
+    result_truncated: Mapped[bool]
+    stdout_tail: Mapped[str] = mapped_column(Text)
+    stderr_tail: Mapped[str] = mapped_column(Text)
+    error_type: Mapped[str] = mapped_column(String(200))
+    error_message: Mapped[str] = mapped_column(Text)
+    traceback: Mapped[str] = mapped_column(Text)
+    start_time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    cpu_time_ms: Mapped[float] = mapped_column(Float)
+    peak_memory_bytes: Mapped[int] = mapped_column(BigInteger)
+    caller: Mapped[str] = mapped_column(String(256))

@@ -1,0 +1,36 @@
+"""Opaque page tokens: the sort key of the last item of a page, base64url-encoded JSON."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from toolvault.server.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    """The page size to use for a request's ``page_size`` (0 means the default)."""
+    return DEFAULT_PAGE_SIZE if requested <= 0 else min(requested, MAX_PAGE_SIZE)
+
+
+def encode_token(key: list[Any]) -> str:
+    """A token that resumes after the item with this sort key."""
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
+
+
+def decode_token(token: str, arity: int) -> list[Any] | None:
+    """The sort key in ``token``, or None for an empty token (the first page)."""
+    if not token:
+        return None
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, binascii.Error) as e:
+        raise InvalidArgument("page_token is not a token this server issued") from e
+    if not isinstance(key, list) or len(key) != arity:
+        raise InvalidArgument("page_token is not a token this server issued")
+    return key

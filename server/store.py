@@ -1,0 +1,219 @@
+"""Reads and writes of the function tables.
+
+Every function takes the session of the caller's unit of work and never commits:
+transactions belong to the domain services. Results are detached frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from toolvault.sandbox import Limits
+from toolvault.server.models import Alias, Function, FunctionVersion, utcnow
+
+
+@dataclass(frozen=True)
+class VersionContent:
+    """Everything that defines a version; its sha256 covers all of it."""
+
+    source: str
+    entrypoint: str
+    description: str
+    input_schema: str | None
+    output_schema: str | None
+    limits: Limits
+    allowed_imports: tuple[str, ...]
+
+    def sha256(self) -> str:
+        """Hex sha256 of the canonical form: sorted-key compact JSON of every field."""
+        document = {
+            "source": self.source,
+            "entrypoint": self.entrypoint,
+            "description": self.description,
+            "input_schema": self.input_schema,
+            "output_schema": self.output_schema,
+            "limits": {
+                "timeout_ms": self.limits.timeout_ms,
+                "memory_mb": self.limits.memory_mb,
+                "max_output_bytes": self.limits.max_output_bytes,
+            },
+            "allowed_imports": sorted(self.allowed_imports),
+        }
+        canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A stored version."""
+
+    name: str
+    version: int
+    sha256: str
+    content: VersionContent
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    """A function with its aliases and the description of its latest version."""
+
+    name: str
+    latest_version: int
+    aliases: dict[str, int]
+    description: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+def _version_info(row: FunctionVersion, name: str) -> VersionInfo:
+    return VersionInfo(
+        name=name,
+        version=row.version,
+        sha256=row.sha256,
+        content=VersionContent(
+            source=row.source,
+            entrypoint=row.entrypoint,
+            description=row.description,
+            input_schema=row.input_schema,
+            output_schema=row.output_schema,
+            limits=Limits(row.timeout_ms, row.memory_mb, row.max_output_bytes),
+            allowed_imports=tuple(json.loads(row.allowed_imports)),
+        ),
+        created_at=row.created_at,
+    )
+
+
+def function_info(session: Session, row: Function) -> FunctionInfo:
+    """Detach a function row, with its aliases and latest description."""
+    description = session.scalar(
+        select(FunctionVersion.description).where(
+            FunctionVersion.function_id == row.id,
+            FunctionVersion.version == row.latest_version,
+        )
+    )
+    return FunctionInfo(
+        name=row.name,
+        latest_version=row.latest_version,
+        aliases={alias.name: alias.version for alias in row.aliases},
+        description=description or "",
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def find_function(session: Session, name: str, *, lock: bool = False) -> Function | None:
+    """The function named ``name``; ``lock`` takes a row lock for a following write."""
+    query = select(Function).where(Function.name == name).options(selectinload(Function.aliases))
+    return session.scalar(query.with_for_update() if lock else query)
+
+
+def find_version(session: Session, function: Function, version: int) -> VersionInfo | None:
+    """Version ``version`` of ``function``, if it exists."""
+    row = session.scalar(
+        select(FunctionVersion).where(
+            FunctionVersion.function_id == function.id, FunctionVersion.version == version
+        )
+    )
+    return _version_info(row, function.name) if row else None
+
+
+def add_version(session: Session, name: str, content: VersionContent) -> tuple[VersionInfo, bool]:
+    """Store ``content`` as the next version of ``name``, or return the identical one.
+
+    The function row is locked first (``FOR UPDATE``; on SQLite the write transaction
+    holds the database lock), so concurrent publishers get dense, unique numbers.
+    """
+    sha256 = content.sha256()
+    now = utcnow()
+    function = find_function(session, name, lock=True)
+    if function is None:
+        function = Function(name=name, latest_version=0, created_at=now, updated_at=now)
+        session.add(function)
+    else:
+        existing = session.scalar(
+            select(FunctionVersion).where(
+                FunctionVersion.function_id == function.id, FunctionVersion.sha256 == sha256
+            )
+        )
+        if existing is not None:
+            return _version_info(existing, name), False
+    function.latest_version += 1
+    function.updated_at = now
+    row = FunctionVersion(
+        function=function,
+        version=function.latest_version,
+        sha256=sha256,
+        source=content.source,
+        entrypoint=content.entrypoint,
+        description=content.description,
+        input_schema=content.input_schema,
+        output_schema=content.output_schema,
+        timeout_ms=content.limits.timeout_ms,
+        memory_mb=content.limits.memory_mb,
+        max_output_bytes=content.limits.max_output_bytes,
+        allowed_imports=json.dumps(sorted(content.allowed_imports)),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return _version_info(row, name), True
+
+
+def list_functions(session: Session, *, after: str | None, limit: int) -> list[Function]:
+    """Up to ``limit`` functions ordered by name, starting after ``after``."""
+    query = select(Function).options(selectinload(Function.aliases)).order_by(Function.name)
+    if after is not None:
+        query = query.where(Function.name > after)
+    return list(session.scalars(query.limit(limit)))
+
+
+def list_versions(
+    session: Session, function: Function, *, before: int | None, limit: int
+) -> list[VersionInfo]:
+    """Up to ``limit`` versions of ``function``, newest first, below version ``before``."""
+    query = (
+        select(FunctionVersion)
+        .where(FunctionVersion.function_id == function.id)
+        .order_by(FunctionVersion.version.desc())
+    )
+    if before is not None:
+        query = query.where(FunctionVersion.version < before)
+    return [_version_info(row, function.name) for row in session.scalars(query.limit(limit))]
+
+
+def set_alias(session: Session, function: Function, alias: str, version: int) -> None:
+    """Point ``alias`` at ``version`` (which the caller has checked exists)."""
+    row = session.get(Alias, (function.id, alias))
+    if row is None:
+        function.aliases.append(
+            Alias(function_id=function.id, name=alias, version=version, updated_at=utcnow())
+        )
+    else:
+        row.version = version
+        row.updated_at = utcnow()
+    session.flush()
+
+
+def delete_alias(session: Session, function: Function, alias: str) -> bool:
+    """Remove ``alias``; False if it did not exist."""
+    row = session.get(Alias, (function.id, alias))
+    if row is None:
+        return False
+    function.aliases.remove(row)
+    session.flush()
+    return True
+
+
+def delete_function(session: Session, function: Function) -> int:
+    """Delete ``function`` with its versions and aliases (the history stays); count versions."""
+    count = session.scalar(select(func.count()).where(FunctionVersion.function_id == function.id))
+    session.delete(function)
+    session.flush()
+    return count or 0
