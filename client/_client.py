@@ -33,6 +33,7 @@ __all__ = ["DEFAULT_TARGET", "Client"]
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
 _MAX_PAGE_SIZE = 1000
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class _PageRequest(Protocol):
@@ -64,7 +65,11 @@ class Client:
             target: The server's address, "host:port".
             timeout: Default deadline of each call, in seconds; None waits without limit.
         """
-        self._channel = grpc.insecure_channel(target)
+        # An Invoke reply can carry up to three times the server's output cap (stdout,
+        # stderr, result); gRPC's default 4 MiB receive limit would refuse it.
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
+        )
         self._timeout = timeout
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)

@@ -11,7 +11,7 @@ Exit codes:
      (INTERNAL, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...)
   2  usage error (bad options, unreadable file, --args not a JSON object), or the
      request was rejected (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
-     FAILED_PRECONDITION)
+     FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED)
   3  the server cannot be reached (UNAVAILABLE)
 """
 
@@ -35,13 +35,22 @@ from toolvault.client.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ToolvaultError,
+    Unauthenticated,
     Unavailable,
 )
 
 __all__ = ["main"]
 
-_REJECTED = (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition)
+_REJECTED = (
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+)
 _EXIT_CODES = "exit codes:" + (__doc__ or "").partition("Exit codes:")[2]
 
 

@@ -67,8 +67,8 @@ class _Pipe:
     """The parent's end of one output pipe and what came through it, up to a cap."""
 
     name: str
-    fd: int
     cap: int
+    fd: int = -1
     data: bytearray = field(default_factory=bytearray)
     reading: bool = True
 
@@ -82,8 +82,16 @@ class _Sandbox:
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
         self._unsent = memoryview(encode_job(job))
+        cap = job.limits.max_output_bytes
+        self._stdout = _Pipe("stdout", cap)
+        self._stderr = _Pipe("stderr", cap)
+        # The report holds the result as an escaped JSON string, at most twice its size,
+        # next to a message and a traceback whose characters take at most 6 bytes each.
+        self._report = _Pipe(
+            "result", 2 * cap + 6 * (MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS) + 1024
+        )
+        self._pipes = (self._stdout, self._stderr, self._report)
         self._fds: list[int] = []
-        self._pipes: list[_Pipe] = []
         self._stdin = self._pidfd = -1
         self._pid = 0
         self._reaped = False
@@ -118,14 +126,14 @@ class _Sandbox:
         _, wait_status, usage = os.wait4(self._pid, 0)
         self._reaped = True
         cpu_time_ms = (usage.ru_utime + usage.ru_stime) * 1000
-        stdout, stderr, _ = (pipe.data.decode("utf-8", "replace") for pipe in self._pipes)
+        stderr = self._stderr.data.decode("utf-8", "replace")
         status, result_json, error_type, error_message, trace = self._outcome(
             wait_status, cpu_time_ms, stderr
         )
         return RunResult(
             status=status,
             result_json=result_json,
-            stdout=stdout,
+            stdout=self._stdout.data.decode("utf-8", "replace"),
             stderr=stderr,
             error_type=error_type,
             error_message=error_message,
@@ -137,19 +145,10 @@ class _Sandbox:
         )
 
     def _start(self) -> None:
-        limits = self._job.limits
-        # The report holds the result as an escaped JSON string, at most twice its size,
-        # next to a message and a traceback whose characters take at most 6 bytes each.
-        report_cap = 2 * limits.max_output_bytes + 6 * (MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS)
         stdin_end, self._stdin = self._pipe()
         child_ends = {0: stdin_end}
-        for target, name, cap in (
-            (1, "stdout", limits.max_output_bytes),
-            (2, "stderr", limits.max_output_bytes),
-            (REPORT_FD, "result", report_cap + 1024),
-        ):
-            read_end, child_ends[target] = self._pipe()
-            self._pipes.append(_Pipe(name, read_end, cap))
+        for target, pipe in ((1, self._stdout), (2, self._stderr), (REPORT_FD, self._report)):
+            pipe.fd, child_ends[target] = self._pipe()
 
         self._started = time.monotonic()
         try:
@@ -177,6 +176,7 @@ class _Sandbox:
             self._loop.add_reader(pipe.fd, self._drain, pipe)
         os.set_blocking(self._stdin, False)
         self._loop.add_writer(self._stdin, self._send_job)
+        limits = self._job.limits
         self._timer = self._loop.call_later(
             limits.timeout_ms / 1000,
             self._kill,
@@ -262,7 +262,7 @@ class _Sandbox:
         """Status, result JSON, error type, error message and traceback of the run."""
         limits = self._job.limits
         verdict = self._verdict
-        report = _parse_report(self._pipes[2].data)
+        report = _parse_report(self._report.data)
         if verdict is None and report is not None:
             status = RunStatus(report["status"])
             trace = report["traceback"]

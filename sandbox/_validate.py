@@ -54,9 +54,10 @@ class CheckedSource:
 class RestrictingPolicy(RestrictingNodeTransformer):
     """RestrictedPython's policy, allowing async functions and keeping each error's node.
 
-    RestrictedPython forbids ``async def`` and ``await`` because it has not reviewed them;
-    they add no way to reach what its guards protect, and tools that await are common.
-    ``async for`` and ``async with`` stay forbidden: they iterate and enter without guards.
+    RestrictedPython forbids ``async def`` and ``await`` only because it has not reviewed
+    them; they reach nothing its guards protect, and tools that await are common.
+    ``async for`` and ``async with`` stay forbidden: RestrictedPython does not guard their
+    iteration and unpacking the way it guards ``for`` and ``with``.
     """
 
     def __init__(
@@ -121,6 +122,7 @@ def check_source(
         filename: The name syntax errors give the source.
     """
     try:
+        # Compiling catches what parsing lets through, such as "return" outside a function.
         compile(source, filename, "exec", dont_inherit=True)
         tree = ast.parse(source, filename)
         policy = RestrictingPolicy()

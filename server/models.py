@@ -12,8 +12,8 @@ import uuid
 from sqlalchemy import (
     BigInteger,
     DateTime,
-    Float,
     Dialect,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
