@@ -26,9 +26,9 @@ Approaches not taken, and why:
   single-threaded host that forks per call is the planned replacement for spawning;
   ``_child.run_job`` is written to be called from such a fork.
 
-Known gap: ``peak_memory_bytes`` comes from ``wait4``'s ``ru_maxrss``, which Linux starts
-from the spawning process's resident size at spawn time, so it is an upper bound that
-includes the server's own size until runs fork from a small host.
+``peak_memory_bytes`` is the sandbox process's own VmHWM; only for a process killed
+before it reported does it fall back to ``wait4``'s ``ru_maxrss``, which Linux starts from
+the spawning server's resident size, so it is then an upper bound.
 """
 
 from ._models import DEFAULT_ALLOWED_IMPORTS, Job, Limits, RunResult, RunStatus

@@ -6,7 +6,8 @@ the limits are set is trusted bootstrap: reading the job, compiling it, importin
 modules it may use. run_job is the part a forked sandbox host can call directly.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
-"memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``.
+"memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
+and the integer ``peak_memory_bytes`` (missing when memory ran out while reporting).
 """
 
 import asyncio
@@ -56,7 +57,7 @@ def run_job(job: Job) -> NoReturn:
     # So that what was printed before a kill for time or output still reaches the runner.
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     try:
-        data = _encode(_execute(job))
+        data = _encode({**_execute(job), "peak_memory_bytes": _peak_memory_bytes()})
         sys.stdout.flush()
     except MemoryError:
         data = out_of_memory
@@ -136,6 +137,19 @@ def _call(
     return result
 
 
+def _peak_memory_bytes() -> int:
+    """This process's peak resident size (VmHWM).
+
+    Unlike wait4's ru_maxrss, which starts from the spawning server's size, VmHWM belongs
+    to the memory map that exec created, so it counts only this process.
+    """
+    with open("/proc/self/status", "rb") as status:
+        for line in status:
+            if line.startswith(b"VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def _message(exc: BaseException) -> str:
     try:
         return str(exc)
@@ -174,7 +188,7 @@ def _report(
     }
 
 
-def _encode(report: dict[str, str]) -> bytes:
+def _encode(report: dict[str, str | int]) -> bytes:
     # Messages may hold lone surrogates; the result cannot (_call checked it).
     return json.dumps(report, ensure_ascii=False).encode("utf-8", "replace")
 

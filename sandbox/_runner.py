@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from ._models import (
     MAX_MESSAGE_CHARS,
@@ -127,9 +128,15 @@ class _Sandbox:
         self._reaped = True
         cpu_time_ms = (usage.ru_utime + usage.ru_stime) * 1000
         stderr = self._stderr.data.decode("utf-8", "replace")
+        report = _parse_report(self._report.data)
         status, result_json, error_type, error_message, trace = self._outcome(
-            wait_status, cpu_time_ms, stderr
+            report, wait_status, cpu_time_ms, stderr
         )
+        # ru_maxrss starts from this (large) process's size at spawn: use the sandbox
+        # process's own figure when it could report one.
+        peak = report.get("peak_memory_bytes") if report else None
+        if not isinstance(peak, int) or peak <= 0:
+            peak = usage.ru_maxrss * 1024
         return RunResult(
             status=status,
             result_json=result_json,
@@ -140,8 +147,7 @@ class _Sandbox:
             traceback=trace,
             duration_ms=(self._ended - self._started) * 1000,
             cpu_time_ms=cpu_time_ms,
-            # Includes this process's own RSS at spawn time; see the package notes.
-            peak_memory_bytes=usage.ru_maxrss * 1024,
+            peak_memory_bytes=peak,
         )
 
     def _start(self) -> None:
@@ -257,12 +263,11 @@ class _Sandbox:
             self._close_fd(fd)
 
     def _outcome(
-        self, wait_status: int, cpu_time_ms: float, stderr: str
+        self, report: dict[str, Any] | None, wait_status: int, cpu_time_ms: float, stderr: str
     ) -> tuple[RunStatus, str, str, str, str]:
         """Status, result JSON, error type, error message and traceback of the run."""
         limits = self._job.limits
         verdict = self._verdict
-        report = _parse_report(self._report.data)
         if verdict is None and report is not None:
             status = RunStatus(report["status"])
             trace = report["traceback"]
@@ -280,7 +285,7 @@ class _Sandbox:
         return f"{name} passed the output limit of {self._job.limits.max_output_bytes} bytes"
 
 
-def _parse_report(data: bytes | bytearray) -> dict[str, str] | None:
+def _parse_report(data: bytes | bytearray) -> dict[str, Any] | None:
     """The sandbox process's report, or None if it wrote none or something malformed."""
     try:
         report = json.loads(data)

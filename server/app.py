@@ -46,6 +46,11 @@ async def serve(settings: Settings) -> None:
         InvocationServicer(Invocations(db, functions, settings)), server
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(History(db)), server)
+    # Before the address is announced, so that a SIGTERM right after it drains cleanly.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
     try:
         port = server.add_insecure_port(settings.listen)
     except RuntimeError as e:
@@ -59,10 +64,6 @@ async def serve(settings: Settings) -> None:
         make_url(settings.database_url).render_as_string(hide_password=True),
         settings.max_concurrent_runs,
     )
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down: finishing in-flight calls for up to %.1f s", settings.shutdown_grace_s)
     await server.stop(settings.shutdown_grace_s)

@@ -75,3 +75,5 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Alembic narrates every check at INFO; only what it changes is worth a line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)

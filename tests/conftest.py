@@ -62,10 +62,12 @@ class ServerProcess:
     process: subprocess.Popen[str] | None = None
     pump: threading.Thread | None = None
 
-    def start(self, timeout: float = 30.0) -> str:
-        """Start the server and return its address once it listens."""
-        cmd = [TOOLVAULT, "serve", "--listen", "127.0.0.1:0", "--db", self.db]
-        cmd += ["--data-dir", str(self.data_dir), *self.extra_args]
+    def start(self, timeout: float = 30.0, command: list[str] | None = None) -> str:
+        """Start the server (by default on this db and data dir) and return its address."""
+        cmd = command or [
+            *(TOOLVAULT, "serve", "--listen", "127.0.0.1:0", "--db", self.db),
+            *("--data-dir", str(self.data_dir), *self.extra_args),
+        ]
         self.log = []
         self.process = subprocess.Popen(
             cmd,

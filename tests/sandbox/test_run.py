@@ -199,6 +199,14 @@ def test_reports_the_peak_memory() -> None:
     assert result.peak_memory_bytes >= 100 * 1024 * 1024
 
 
+def test_the_peak_memory_counts_the_sandbox_process_only() -> None:
+    ballast = bytearray(os.urandom(1024)) * (300 * 1024)  # 300 MiB resident in this parent
+    result = call("def main():\n    return 1\n")
+
+    assert result.status is RunStatus.OK
+    assert 0 < result.peak_memory_bytes < 100 * 1024 * 1024 < len(ballast)
+
+
 def test_cant_print_too_much() -> None:
     started = time.monotonic()
     result = call("def main():\n    for _ in range(100_000):\n        print('x' * 999)\n")
