@@ -21,6 +21,7 @@ import os
 import resource
 import sys
 import traceback
+from collections.abc import Mapping
 from types import CodeType
 from typing import Any, NoReturn, cast
 
@@ -188,7 +189,7 @@ def _report(
     }
 
 
-def _encode(report: dict[str, str | int]) -> bytes:
+def _encode(report: Mapping[str, str | int]) -> bytes:
     # Messages may hold lone surrogates; the result cannot (_call checked it).
     return json.dumps(report, ensure_ascii=False).encode("utf-8", "replace")
 
