@@ -1,0 +1,186 @@
+"""Harness for the attack suite: a real server in a throw-away PID namespace, with secrets
+planted where a function must never reach them.
+
+Every attack runs through the public API like any caller's code. ``Attack.run`` then
+checks what must hold whatever the attack was: the secrets appear in no field of the
+result (nor, at the end of the module, in any history row), no process of the call is
+left, and the server answers its next call correctly.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TOOLVAULT, ServerProcess
+from toolvault.client import Client, Execution
+
+SECRET = f"tv-secret-{secrets.token_hex(16)}"
+UNSHARE = shutil.which("unshare")
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """The live processes' pids by their parent's pid, read from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid``."""
+    children = children_by_parent()
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+@dataclass
+class Listener:
+    """A TCP listener on loopback that counts the connections it accepts."""
+
+    sock: socket.socket
+    connections: int = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.sock.getsockname()[1])
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+@dataclass
+class Attack:
+    """Runs hostile functions on the attack server and checks they had no effect."""
+
+    server: ServerProcess
+    client: Client
+    secret_file: Path
+    listener: Listener
+    count: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def run(self, source: str, args: dict[str, object] | None = None, **limits: int) -> Execution:
+        """Publish and invoke ``source``; assert no secret leaked and nothing survived."""
+        self.count += 1
+        name = f"attack_{self.count}"
+        self.names.append(name)
+        self.client.publish(name, source, **limits)  # type: ignore[arg-type]
+        execution = self.client.invoke(name, args or {})
+        self.assert_no_secret(execution)
+        self.assert_nothing_survives()
+        assert self.listener.connections == 0, "the function reached a loopback listener"
+        assert self.client.invoke("probe", {"n": self.count}).result == self.count + 1
+        return execution
+
+    def assert_no_secret(self, execution: Execution) -> None:
+        for f in fields(execution):
+            assert SECRET not in str(getattr(execution, f.name)), f"secret leaked in {f.name}"
+
+    @property
+    def server_pid(self) -> int:
+        """The server process: the only child of the ``unshare`` that started it."""
+        assert self.server.process is not None
+        (pid,) = children_by_parent()[self.server.process.pid]
+        return pid
+
+    def assert_nothing_survives(self) -> None:
+        deadline = time.monotonic() + 5
+        while (left := descendants(self.server_pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert left == [], f"processes of the call survived: {left}"
+
+
+@pytest.fixture(scope="module")
+def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
+    """A server holding secrets in its environment and in a file, in a new PID namespace.
+
+    The namespace means an attack that signals every process (``kill(-1)``) or its parent
+    can at worst take down this server, never the machine running the tests.
+    """
+    if UNSHARE is None:
+        pytest.skip("util-linux unshare is needed to contain signalling attacks")
+    root = tmp_path_factory.mktemp("attack")
+    data_dir = root / "data"
+    data_dir.mkdir(mode=0o700)
+    secret_file = data_dir / "secret.txt"
+    secret_file.write_text(SECRET)
+    secret_file.chmod(0o600)
+    server = ServerProcess(
+        db=f"sqlite:///{data_dir / 'toolvault.db'}",
+        data_dir=data_dir,
+        env={"TOOLVAULT_TEST_SECRET": SECRET},
+    )
+    command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
+    command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]
+    server.start(command=command)
+    sock = socket.create_server(("127.0.0.1", 0))
+    listener = Listener(sock)
+    threading.Thread(target=listener.serve, daemon=True).start()
+    client = Client(server.address, timeout=60)
+    client.publish("probe", "def main(n):\n    return n + 1\n")
+    attack = Attack(server, client, secret_file, listener)
+    try:
+        yield attack
+        assert server.process is not None and server.process.poll() is None, "server died"
+        # unshare ignores SIGTERM: the server itself is told to drain and stop.
+        os.kill(attack.server_pid, signal.SIGTERM)
+    finally:
+        client.close()
+        sock.close()
+        server.stop(signal.SIGKILL)
+    with sqlite3.connect(data_dir / "toolvault.db") as db:
+        rows = db.execute("SELECT * FROM executions").fetchall()
+    assert rows, "the attacks were not recorded"
+    assert not [row for row in rows if SECRET in repr(row)], "a secret reached the history"
+
+
+@pytest.fixture
+def bystanders(attack: Attack) -> Iterator[list[object]]:
+    """Calls running alongside an attack; after it, every one returned the right result."""
+    stop = threading.Event()
+    results: list[object] = []
+
+    def call() -> None:
+        with Client(attack.server.address, timeout=60) as client:
+            n = 0
+            while not stop.is_set():
+                results.append((n, client.invoke("probe", {"n": n}).result))
+                n += 1
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    yield results
+    stop.set()
+    worker.join()
+    assert results, "no call ran alongside the attack"
+    assert all(result == n + 1 for n, result in results), results  # type: ignore[misc]
