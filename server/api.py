@@ -24,7 +24,13 @@ from toolvault.server.errors import (
     ResourceExhausted,
 )
 from toolvault.server.functions import FunctionStore, PublishRequest
-from toolvault.server.invocations import ExecutionFilter, ExecutionInfo, History, Invocations
+from toolvault.server.invocations import (
+    CallContext,
+    ExecutionFilter,
+    ExecutionInfo,
+    History,
+    Invocations,
+)
 from toolvault.server.store import FunctionInfo, VersionInfo
 from toolvault.v1 import (
     execution_pb2,
@@ -139,9 +145,13 @@ def _execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
         duration_ms=info.duration_ms,
         cpu_time_ms=info.cpu_time_ms,
         peak_memory_bytes=info.peak_memory_bytes,
-        caller=info.caller,
+        caller=info.context.caller,
         args_truncated=info.args_truncated,
         result_truncated=info.result_truncated,
+        agent=info.context.agent,
+        agent_revision=info.context.agent_revision,
+        conversation_id=info.context.conversation_id,
+        chain_depth=info.context.chain_depth,
     )
 
 
@@ -278,7 +288,7 @@ class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
     ) -> invocation_pb2.InvokeResponse:
         """See the .proto."""
         execution = await self._invocations.invoke(
-            request.ref, request.args_json, caller=context.peer()
+            request.ref, request.args_json, CallContext(caller=context.peer())
         )
         return invocation_pb2.InvokeResponse(execution=_execution_pb(execution))
 
@@ -312,6 +322,8 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
                 if request.HasField("start_time_to")
                 else None
             ),
+            agent=request.agent,
+            conversation_id=request.conversation_id,
         )
         executions, token = await asyncio.to_thread(
             self._history.executions, where, size=request.page_size, token=request.page_token

@@ -27,12 +27,26 @@ from toolvault.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from toolvault.server.functions import FunctionStore, check_name, parse_json
 from toolvault.server.models import Execution, utcnow
 from toolvault.server.paging import decode_token, encode_token, page_size
+from toolvault.server.store import VersionInfo
 
 CANCELLED = "CANCELLED"
+OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
 # What the history keeps of each run; Invoke's reply carries the whole (capped) output.
 HISTORY_TEXT_BYTES = 64 * 1024
 HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
-STATUSES = tuple(s.name for s in sandbox.RunStatus) + (CANCELLED,)
+STATUSES = (*(s.name for s in sandbox.RunStatus), CANCELLED, OUTPUT_SCHEMA_MISMATCH)
+_MAX_REPORTED_PROBLEMS = 20
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """On whose behalf a run happens: a plain Invoke, or an agent's tool call."""
+
+    caller: str
+    agent: str = ""
+    agent_revision: int = 0
+    conversation_id: str = ""
+    chain_depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ class ExecutionInfo:
     duration_ms: float
     cpu_time_ms: float
     peak_memory_bytes: int
-    caller: str
+    context: CallContext
 
 
 @dataclass(frozen=True)
@@ -69,6 +83,8 @@ class ExecutionFilter:
     version: int = 0
     start_from: dt.datetime | None = None
     start_to: dt.datetime | None = None
+    agent: str = ""
+    conversation_id: str = ""
 
 
 class Invocations:
@@ -81,10 +97,24 @@ class Invocations:
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._waiting = 0
 
-    async def invoke(self, ref: str, args_json: str, *, caller: str) -> ExecutionInfo:
+    async def invoke(self, ref: str, args_json: str, context: CallContext) -> ExecutionInfo:
         """Resolve ``ref``, check the arguments, run the version and record the run."""
         version = await asyncio.to_thread(self._functions.resolve, ref)
-        args_json = self._checked_args(args_json, version.content.input_schema)
+        return await self.run(version, args_json, context, version.content.input_schema)
+
+    async def run(
+        self,
+        version: VersionInfo,
+        args_json: str,
+        context: CallContext,
+        input_schema: str | None,
+    ) -> ExecutionInfo:
+        """Check the arguments against ``input_schema``, run ``version`` and record the run.
+
+        A result that does not match the version's output schema is recorded with the
+        status OUTPUT_SCHEMA_MISMATCH.
+        """
+        args_json = self._checked_args(args_json, input_schema)
         content = version.content
         job = sandbox.Job(
             source=content.source,
@@ -113,7 +143,7 @@ class Invocations:
             duration_ms=0.0,
             cpu_time_ms=0.0,
             peak_memory_bytes=0,
-            caller=caller,
+            context=context,
         )
         started = time.monotonic()
         try:
@@ -136,6 +166,15 @@ class Invocations:
             cpu_time_ms=result.cpu_time_ms,
             peak_memory_bytes=result.peak_memory_bytes,
         )
+        if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
+            problems = _problems(content.output_schema, json.loads(result.result_json))
+            if problems:
+                info = replace(
+                    info,
+                    status=OUTPUT_SCHEMA_MISMATCH,
+                    error_type="OutputSchemaMismatch",
+                    error_message="the result does not match the output schema: " + problems,
+                )
         await asyncio.to_thread(self._record, info)
         return info
 
@@ -164,13 +203,8 @@ class Invocations:
         args = parse_json(args_json or "{}", "args_json")
         if not isinstance(args, dict):
             raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
-        if input_schema is not None:
-            errors = sorted(_validator(input_schema).iter_errors(args), key=lambda e: e.path)
-            if errors:
-                raise InvalidArgument(
-                    "args_json does not match the input schema: "
-                    + "; ".join(f"{e.json_path}: {e.message}" for e in errors[:20])
-                )
+        if input_schema is not None and (problems := _problems(input_schema, args)):
+            raise InvalidArgument("args_json does not match the input schema: " + problems)
         return args_json or "{}"
 
     def _record(self, info: ExecutionInfo) -> None:
@@ -197,7 +231,11 @@ class Invocations:
                     duration_ms=info.duration_ms,
                     cpu_time_ms=info.cpu_time_ms,
                     peak_memory_bytes=info.peak_memory_bytes,
-                    caller=info.caller[:256],
+                    caller=info.context.caller[:256],
+                    agent=info.context.agent,
+                    agent_revision=info.context.agent_revision,
+                    conversation_id=info.context.conversation_id,
+                    chain_depth=info.context.chain_depth,
                 )
             )
 
@@ -239,6 +277,10 @@ class History:
             query = query.where(Execution.start_time >= where.start_from)
         if where.start_to is not None:
             query = query.where(Execution.start_time < where.start_to)
+        if where.agent:
+            query = query.where(Execution.agent == where.agent)
+        if where.conversation_id:
+            query = query.where(Execution.conversation_id == where.conversation_id)
         key = decode_token(token, 2)
         if key is not None:
             try:
@@ -278,7 +320,13 @@ def _execution_info(row: Execution) -> ExecutionInfo:
         duration_ms=row.duration_ms,
         cpu_time_ms=row.cpu_time_ms,
         peak_memory_bytes=row.peak_memory_bytes,
-        caller=row.caller,
+        context=CallContext(
+            caller=row.caller,
+            agent=row.agent,
+            agent_revision=row.agent_revision,
+            conversation_id=row.conversation_id,
+            chain_depth=row.chain_depth,
+        ),
     )
 
 
@@ -286,6 +334,12 @@ def _execution_info(row: Execution) -> ExecutionInfo:
 def _validator(schema_json: str) -> Any:
     schema = json.loads(schema_json)
     return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _problems(schema_json: str, instance: Any) -> str:
+    """Each way ``instance`` fails the schema, with its JSON path; "" when it matches."""
+    errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
+    return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])
 
 
 def _head(text: str, limit: int) -> tuple[str, bool]:

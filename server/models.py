@@ -1,4 +1,6 @@
-"""SQLAlchemy models: functions, their immutable versions, aliases, and executions.
+"""SQLAlchemy models: functions, agents, their revisions, and executions.
+
+Functions have immutable versions and movable aliases; agents have immutable revisions.
 
 The schema is owned by the Alembic migrations in ``migrations/``; these models must match
 them (``tests/server/test_migrations.py`` compares the two).
@@ -140,6 +142,8 @@ class Execution(Base):
         Index("ix_executions_start_time", "start_time", "id"),
         Index("ix_executions_function_name", "function_name", "start_time", "id"),
         Index("ix_executions_status", "status", "start_time", "id"),
+        Index("ix_executions_agent", "agent", "start_time", "id"),
+        Index("ix_executions_conversation_id", "conversation_id", "start_time", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -161,3 +165,48 @@ class Execution(Base):
     cpu_time_ms: Mapped[float] = mapped_column(Float)
     peak_memory_bytes: Mapped[int] = mapped_column(BigInteger)
     caller: Mapped[str] = mapped_column(String(256))
+    agent: Mapped[str] = mapped_column(String(64), server_default="")
+    agent_revision: Mapped[int] = mapped_column(Integer, server_default="0")
+    conversation_id: Mapped[str] = mapped_column(String(128), server_default="")
+    chain_depth: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class Agent(Base):
+    """A named agent; its definitions live in its revisions."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    current_revision: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    capabilities: Mapped[list[AgentCapability]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="AgentCapability.capability"
+    )
+
+
+class AgentRevision(Base):
+    """One immutable revision of an agent's definition, as canonical JSON."""
+
+    __tablename__ = "agent_revisions"
+    __table_args__ = (UniqueConstraint("agent_id", "revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    spec_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class AgentCapability(Base):
+    """A capability of an agent's current revision, indexed for routing."""
+
+    __tablename__ = "agent_capabilities"
+    __table_args__ = (Index("ix_agent_capabilities_capability", "capability"),)
+
+    agent_id: Mapped[int] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    capability: Mapped[str] = mapped_column(String(64), primary_key=True)

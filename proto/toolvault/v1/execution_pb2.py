@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctoolvault/v1/execution.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x0e\x45xecutionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xaa\x03\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rfunction_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x11\n\targs_json\x18\x06 \x01(\t\x12\x13\n\x0bresult_json\x18\x07 \x01(\t\x12\x0e\n\x06stdout\x18\x08 \x01(\t\x12\x0e\n\x06stderr\x18\t \x01(\t\x12+\n\x05\x65rror\x18\n \x01(\x0b\x32\x1c.toolvault.v1.ExecutionError\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x0c \x01(\x01\x12\x13\n\x0b\x63pu_time_ms\x18\r \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x0e \x01(\x04\x12\x0e\n\x06\x63\x61ller\x18\x0f \x01(\t\x12\x16\n\x0e\x61rgs_truncated\x18\x10 \x01(\x08\x12\x18\n\x10result_truncated\x18\x11 \x01(\x08*\x8a\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XECUTION_STATUS_OK\x10\x01\x12\x1a\n\x16\x45XECUTION_STATUS_ERROR\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x03\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x04\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x05\x12\x1c\n\x18\x45XECUTION_STATUS_CRASHED\x10\x06\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctoolvault/v1/execution.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x0e\x45xecutionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\xff\x03\n\tExecution\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rfunction_name\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x0e\n\x06sha256\x18\x04 \x01(\t\x12-\n\x06status\x18\x05 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x11\n\targs_json\x18\x06 \x01(\t\x12\x13\n\x0bresult_json\x18\x07 \x01(\t\x12\x0e\n\x06stdout\x18\x08 \x01(\t\x12\x0e\n\x06stderr\x18\t \x01(\t\x12+\n\x05\x65rror\x18\n \x01(\x0b\x32\x1c.toolvault.v1.ExecutionError\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x64uration_ms\x18\x0c \x01(\x01\x12\x13\n\x0b\x63pu_time_ms\x18\r \x01(\x01\x12\x19\n\x11peak_memory_bytes\x18\x0e \x01(\x04\x12\x0e\n\x06\x63\x61ller\x18\x0f \x01(\t\x12\x16\n\x0e\x61rgs_truncated\x18\x10 \x01(\x08\x12\x18\n\x10result_truncated\x18\x11 \x01(\x08\x12\r\n\x05\x61gent\x18\x12 \x01(\t\x12\x16\n\x0e\x61gent_revision\x18\x13 \x01(\r\x12\x17\n\x0f\x63onversation_id\x18\x14 \x01(\t\x12\x13\n\x0b\x63hain_depth\x18\x15 \x01(\r*\xb7\x02\n\x0f\x45xecutionStatus\x12 \n\x1c\x45XECUTION_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45XECUTION_STATUS_OK\x10\x01\x12\x1a\n\x16\x45XECUTION_STATUS_ERROR\x10\x02\x12\x1c\n\x18\x45XECUTION_STATUS_TIMEOUT\x10\x03\x12!\n\x1d\x45XECUTION_STATUS_MEMORY_LIMIT\x10\x04\x12!\n\x1d\x45XECUTION_STATUS_OUTPUT_LIMIT\x10\x05\x12\x1c\n\x18\x45XECUTION_STATUS_CRASHED\x10\x06\x12\x1e\n\x1a\x45XECUTION_STATUS_CANCELLED\x10\x07\x12+\n\'EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'toolvault.v1.execution_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXECUTIONSTATUS']._serialized_start=577
-  _globals['_EXECUTIONSTATUS']._serialized_end=843
+  _globals['_EXECUTIONSTATUS']._serialized_start=662
+  _globals['_EXECUTIONSTATUS']._serialized_end=973
   _globals['_EXECUTIONERROR']._serialized_start=79
   _globals['_EXECUTIONERROR']._serialized_end=145
   _globals['_EXECUTION']._serialized_start=148
-  _globals['_EXECUTION']._serialized_end=574
+  _globals['_EXECUTION']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

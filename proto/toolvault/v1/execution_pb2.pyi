@@ -40,6 +40,8 @@ class _ExecutionStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Execu
     """The sandbox process died without reporting a result (for example by a signal)."""
     EXECUTION_STATUS_CANCELLED: _ExecutionStatus.ValueType  # 7
     """The caller cancelled the call, or its deadline passed, before the run ended."""
+    EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH: _ExecutionStatus.ValueType  # 8
+    """The function returned, but its result does not match the version's output schema."""
 
 class ExecutionStatus(_ExecutionStatus, metaclass=_ExecutionStatusEnumTypeWrapper):
     """The outcome of one run of a function version."""
@@ -60,6 +62,8 @@ EXECUTION_STATUS_CRASHED: ExecutionStatus.ValueType  # 6
 """The sandbox process died without reporting a result (for example by a signal)."""
 EXECUTION_STATUS_CANCELLED: ExecutionStatus.ValueType  # 7
 """The caller cancelled the call, or its deadline passed, before the run ended."""
+EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH: ExecutionStatus.ValueType  # 8
+"""The function returned, but its result does not match the version's output schema."""
 Global___ExecutionStatus: _TypeAlias = ExecutionStatus  # noqa: Y015
 
 @_typing.final
@@ -119,6 +123,10 @@ class Execution(_message.Message):
     CALLER_FIELD_NUMBER: _builtins.int
     ARGS_TRUNCATED_FIELD_NUMBER: _builtins.int
     RESULT_TRUNCATED_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    AGENT_REVISION_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    CHAIN_DEPTH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned unique id (a UUID in canonical text form)."""
     function_name: _builtins.str
@@ -134,8 +142,9 @@ class Execution(_message.Message):
     to the history's size limit; see args_truncated.
     """
     result_json: _builtins.str
-    """The entrypoint's return value as JSON text; empty unless status is OK. In the
-    history this is cut to the history's size limit; see result_truncated.
+    """The entrypoint's return value as JSON text; empty unless status is OK or
+    OUTPUT_SCHEMA_MISMATCH. In the history this is cut to the history's size limit; see
+    result_truncated.
     """
     stdout: _builtins.str
     """Standard output of the run. Invoke returns all of it (at most the version's
@@ -155,6 +164,14 @@ class Execution(_message.Message):
     """True when args_json was cut to fit the history."""
     result_truncated: _builtins.bool
     """True when result_json was cut to fit the history."""
+    agent: _builtins.str
+    """The agent on whose behalf the function ran as a tool; empty for a plain Invoke."""
+    agent_revision: _builtins.int
+    """The revision of that agent's definition."""
+    conversation_id: _builtins.str
+    """The conversation the tool call belongs to, as given by the caller."""
+    chain_depth: _builtins.int
+    """How many agents deep the call was made (0: called directly, not delegated)."""
     @_builtins.property
     def error(self) -> Global___ExecutionError:
         """Set when status is not OK."""
@@ -183,10 +200,14 @@ class Execution(_message.Message):
         caller: _builtins.str = ...,
         args_truncated: _builtins.bool = ...,
         result_truncated: _builtins.bool = ...,
+        agent: _builtins.str = ...,
+        agent_revision: _builtins.int = ...,
+        conversation_id: _builtins.str = ...,
+        chain_depth: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "args_truncated", b"args_truncated", "caller", b"caller", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

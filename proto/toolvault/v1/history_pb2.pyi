@@ -33,6 +33,8 @@ class ListExecutionsRequest(_message.Message):
     START_TIME_TO_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AGENT_FIELD_NUMBER: _builtins.int
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     function_name: _builtins.str
     """Only runs of this function; empty for all."""
     status: _execution_pb2.ExecutionStatus.ValueType
@@ -43,6 +45,10 @@ class ListExecutionsRequest(_message.Message):
     """At most this many executions; 0 means 50; more than 1000 is capped at 1000."""
     page_token: _builtins.str
     """next_page_token of the previous page, with the same filters; empty for the first."""
+    agent: _builtins.str
+    """Only tool calls made for this agent; empty for all."""
+    conversation_id: _builtins.str
+    """Only tool calls of this conversation; empty for all."""
     @_builtins.property
     def start_time_from(self) -> _timestamp_pb2.Timestamp:
         """Only runs that started at or after this time."""
@@ -61,10 +67,12 @@ class ListExecutionsRequest(_message.Message):
         start_time_to: _timestamp_pb2.Timestamp | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        agent: _builtins.str = ...,
+        conversation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time_from", b"start_time_from", "start_time_to", b"start_time_to"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["function_name", b"function_name", "page_size", b"page_size", "page_token", b"page_token", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "status", b"status", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "conversation_id", b"conversation_id", "function_name", b"function_name", "page_size", b"page_size", "page_token", b"page_token", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "status", b"status", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
