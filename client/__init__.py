@@ -1,4 +1,4 @@
-"""The toolvault Python SDK: publish, invoke and inspect functions on a toolvault server.
+"""The toolvault Python SDK: publish, invoke and inspect functions; define agents that use them.
 
     from pathlib import Path
 
@@ -11,6 +11,15 @@
 Everything public is re-exported here; the modules starting with "_" are private.
 """
 
+from toolvault.client._agent_models import (
+    Agent,
+    AgentSpec,
+    ChainContext,
+    RoutedTask,
+    RoutingStrategy,
+    ToolResult,
+    ToolSpec,
+)
 from toolvault.client._client import DEFAULT_TARGET, Client
 from toolvault.client._models import (
     Execution,
@@ -37,8 +46,11 @@ from toolvault.client.errors import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "Agent",
+    "AgentSpec",
     "AlreadyExists",
     "Cancelled",
+    "ChainContext",
     "Client",
     "DeadlineExceeded",
     "Execution",
@@ -53,6 +65,10 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "RoutedTask",
+    "RoutingStrategy",
+    "ToolResult",
+    "ToolSpec",
     "ToolvaultError",
     "Unauthenticated",
     "Unavailable",

@@ -2,7 +2,7 @@
 
 `Client` builds request messages, sends them through `_call` (the only place that catches
 `grpc.RpcError`, turning it into the SDK's exceptions), follows page tokens for lists, and
-returns the frozen models of `_models`.
+returns the frozen models of `_models` and `_agent_models`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,20 @@ from typing import Any, Protocol, Self, TypeVar
 
 import grpc
 
+from toolvault.client._agent_models import (
+    Agent,
+    AgentSpec,
+    ChainContext,
+    RoutedTask,
+    RoutingStrategy,
+    ToolResult,
+    ToolSpec,
+)
 from toolvault.client._models import Execution, ExecutionStatus, Function, FunctionVersion
 from toolvault.client.errors import from_rpc_error
 from toolvault.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
     execution_pb2,
     function_pb2,
     function_pb2_grpc,
@@ -54,8 +65,12 @@ class Client:
             version = client.publish("add", source)
             execution = client.invoke(f"add@{version.version}", {"a": 1, "b": 2})
 
+    Agents work the same way: `apply_agent(AgentSpec(...))` defines one, `agent_tools`
+    returns its tool specs for a model, `call_tool` runs the tool calls the model makes.
+
     Failed requests raise `toolvault.client.errors.ToolvaultError` subclasses; a function
-    that fails when invoked does not raise, its `Execution` carries the status.
+    that fails when invoked, or a tool that fails when called, does not raise: its
+    `Execution` (or `ToolResult`) carries the status.
     """
 
     def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None) -> None:
@@ -74,6 +89,7 @@ class Client:
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
         self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
+        self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -217,6 +233,8 @@ class Client:
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int | None = 50,
+        agent: str | None = None,
+        conversation_id: str | None = None,
     ) -> list[Execution]:
         """Return recorded runs, newest first, matching every filter given.
 
@@ -228,6 +246,8 @@ class Client:
             since: Only runs that started at or after this time (naive means UTC).
             until: Only runs that started before this time (naive means UTC).
             limit: At most this many runs; None for all of them.
+            agent: Only tool calls made for this agent.
+            conversation_id: Only tool calls of this conversation.
 
         Raises:
             ValueError: `status` is not a status name.
@@ -241,6 +261,8 @@ class Client:
             ),
             version=version or 0,
             page_size=min(limit or _MAX_PAGE_SIZE, _MAX_PAGE_SIZE),
+            agent=agent or "",
+            conversation_id=conversation_id or "",
         )
         if since is not None:
             request.start_time_from.FromDatetime(since)
@@ -253,6 +275,159 @@ class Client:
         """Return one recorded run by its id."""
         request = history_pb2.GetExecutionRequest(id=execution_id)
         return Execution.from_proto(self._call(self._history.GetExecution, request).execution)
+
+    def create_agent(self, spec: AgentSpec) -> Agent:
+        """Create an agent; return its revision 1.
+
+        Raises:
+            AlreadyExists: The name is taken.
+            InvalidArgument: A field is invalid or a tool ref does not resolve (named).
+        """
+        request = agent_pb2.CreateAgentRequest(spec=spec.to_proto())
+        return Agent.from_proto(self._call(self._agents.CreateAgent, request).agent)
+
+    def update_agent(self, spec: AgentSpec, *, allow_missing: bool = False) -> tuple[Agent, bool]:
+        """Store a new revision of an agent's whole definition.
+
+        Args:
+            spec: The full new definition; fields left at their defaults take them.
+            allow_missing: Create the agent when it does not exist instead of failing.
+
+        Returns:
+            The current revision, and whether it changed: False when the definition was
+            identical to the current one, which is then kept.
+
+        Raises:
+            NotFound: The agent does not exist and `allow_missing` is False.
+            InvalidArgument: A field is invalid or a tool ref does not resolve (named).
+        """
+        request = agent_pb2.UpdateAgentRequest(spec=spec.to_proto(), allow_missing=allow_missing)
+        response = self._call(self._agents.UpdateAgent, request)
+        return Agent.from_proto(response.agent), response.changed
+
+    def apply_agent(self, spec: AgentSpec) -> tuple[Agent, bool]:
+        """Create or update an agent to match `spec`; return it and whether it changed."""
+        return self.update_agent(spec, allow_missing=True)
+
+    def agent(self, name: str, *, revision: int = 0) -> Agent:
+        """Return an agent's current revision, or the given one."""
+        request = agent_pb2.GetAgentRequest(name=name, revision=revision)
+        return Agent.from_proto(self._call(self._agents.GetAgent, request).agent)
+
+    def agents(self, *, capability: str | None = None) -> list[Agent]:
+        """Return the current revision of every agent (offering `capability`), by name."""
+        request = agent_pb2.ListAgentsRequest(page_size=_MAX_PAGE_SIZE, capability=capability or "")
+        pages = self._pages(self._agents.ListAgents, request, "agents")
+        return [Agent.from_proto(pb) for pb in pages]
+
+    def agent_revisions(self, name: str) -> list[Agent]:
+        """Return every revision of an agent, newest first."""
+        request = agent_pb2.ListAgentRevisionsRequest(name=name, page_size=_MAX_PAGE_SIZE)
+        pages = self._pages(self._agents.ListAgentRevisions, request, "agents")
+        return [Agent.from_proto(pb) for pb in pages]
+
+    def delete_agent(self, name: str) -> int:
+        """Delete an agent with all its revisions; return how many revisions went.
+
+        The history of its tool calls is kept.
+        """
+        request = agent_pb2.DeleteAgentRequest(name=name)
+        return self._call(self._agents.DeleteAgent, request).deleted_revisions
+
+    def agent_tools(self, name: str) -> list[ToolSpec]:
+        """Return an agent's tools as specs, in the order of its definition.
+
+        Render them for a model with `ToolSpec.to_openai_chat()`, `to_openai_responses()`,
+        `to_anthropic()` or `to_mcp()`.
+        """
+        request = agent_pb2.ListAgentToolsRequest(agent=name)
+        return [
+            ToolSpec.from_proto(pb) for pb in self._call(self._agents.ListAgentTools, request).tools
+        ]
+
+    def call_tool(
+        self,
+        agent: str,
+        tool: str,
+        arguments: Mapping[str, Any] | None = None,
+        *,
+        conversation_id: str = "",
+        chain: ChainContext | None = None,
+        timeout: float | None = None,
+    ) -> ToolResult:
+        """Run one of an agent's tools in a sandbox, as the agent's model asked.
+
+        A tool that fails does not raise: the result has `is_error` set and a `text` that
+        says what went wrong, to hand back to the model.
+
+        Args:
+            agent: The agent making the call.
+            tool: The tool's name, as in `ToolSpec.name`.
+            arguments: The arguments the model chose; must be JSON-serializable.
+            conversation_id: Groups the calls of one conversation in the history.
+            chain: The chain context from `route_task` when the agent works on a
+                delegated task; None for a direct call.
+            timeout: Deadline of this call in seconds, instead of the client's default.
+
+        Returns:
+            The result, with the recorded execution.
+
+        Raises:
+            PermissionDenied: The tool is not on the agent's list.
+            InvalidArgument: The arguments do not match the tool's input schema.
+            FailedPrecondition: The agent is disabled or the chain is too deep.
+            NotFound: The agent does not exist.
+        """
+        request = agent_pb2.CallToolRequest(
+            agent=agent,
+            tool=tool,
+            arguments_json=json.dumps(arguments or {}),
+            conversation_id=conversation_id,
+            chain=chain.to_proto() if chain is not None else None,
+        )
+        return ToolResult.from_proto(self._call(self._agents.CallTool, request, timeout))
+
+    def route_task(
+        self,
+        capability: str,
+        input: Any = None,
+        *,
+        strategy: RoutingStrategy | str = RoutingStrategy.ROUND_ROBIN,
+        agent: str | None = None,
+        calling_agent: str | None = None,
+        chain: ChainContext | None = None,
+    ) -> RoutedTask:
+        """Pick an enabled agent with a capability to hand a task to.
+
+        Args:
+            capability: The capability the task needs.
+            input: The task's input (JSON-serializable), checked against the picked
+                agent's input schema; None for no input.
+            strategy: "round_robin", "least_loaded" or "named" (then `agent` names it).
+            agent: With the "named" strategy: the agent to pick.
+            calling_agent: The agent delegating the task; None when a person or
+                program routes it.
+            chain: The chain the calling agent's own work belongs to; None at the top.
+
+        Returns:
+            The picked agent and the chain context every call it makes for the task must
+            pass to `call_tool`.
+
+        Raises:
+            FailedPrecondition: The delegation would pass the calling agent's
+                max_chain_depth.
+            NotFound: No enabled agent offers the capability.
+            ValueError: `strategy` is not a strategy name.
+        """
+        request = agent_pb2.RouteTaskRequest(
+            capability=capability,
+            input_json=json.dumps(input) if input is not None else "",
+            strategy=RoutingStrategy(strategy).to_proto(),
+            agent=agent or "",
+            calling_agent=calling_agent or "",
+            chain=chain.to_proto() if chain is not None else None,
+        )
+        return RoutedTask.from_proto(self._call(self._agents.RouteTask, request))
 
     def _call(
         self,

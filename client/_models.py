@@ -39,6 +39,7 @@ class ExecutionStatus(enum.StrEnum):
     OUTPUT_LIMIT = "OUTPUT_LIMIT"
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
+    OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
 
     @classmethod
     def _missing_(cls, value: object) -> ExecutionStatus:
@@ -149,9 +150,11 @@ class ExecutionError:
 class Execution:
     """One recorded run of a function version.
 
-    `result` is the parsed return value, None unless the status is OK and the history
-    kept the whole result; `result_json` always holds the text the server sent (cut when
-    `result_truncated`). `args` and `args_json` work the same way with `args_truncated`.
+    `result` is the parsed return value, None unless the function returned (status OK or
+    OUTPUT_SCHEMA_MISMATCH) and the history kept the whole result; `result_json` always
+    holds the text the server sent (cut when `result_truncated`). `args` and `args_json`
+    work the same way with `args_truncated`. The last four fields are set for an agent's
+    tool calls and left empty for a plain invoke.
     """
 
     execution_id: str
@@ -173,6 +176,10 @@ class Execution:
     caller: str
     args_truncated: bool
     result_truncated: bool
+    agent: str = ""
+    agent_revision: int = 0
+    conversation_id: str = ""
+    chain_depth: int = 0
 
     @property
     def ok(self) -> bool:
@@ -183,7 +190,8 @@ class Execution:
     def from_proto(cls, pb: execution_pb2.Execution) -> Execution:
         """Build an execution from its message, parsing its JSON arguments and result."""
         status = ExecutionStatus.from_proto(pb.status)
-        has_result = status is ExecutionStatus.OK and not pb.result_truncated
+        # A result that does not match the output schema is still the function's result.
+        has_result = bool(pb.result_json) and not pb.result_truncated
         error = pb.error
         return cls(
             execution_id=pb.id,
@@ -210,6 +218,10 @@ class Execution:
             caller=pb.caller,
             args_truncated=pb.args_truncated,
             result_truncated=pb.result_truncated,
+            agent=pb.agent,
+            agent_revision=pb.agent_revision,
+            conversation_id=pb.conversation_id,
+            chain_depth=pb.chain_depth,
         )
 
 

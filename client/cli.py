@@ -1,13 +1,17 @@
-"""The `toolvault` command: the SDK on the command line, plus `serve` and `db upgrade`.
+"""The `toolvault` command: the SDK on the command line, plus `serve`, `db upgrade`, `doctor`.
 
-Commands that talk to a server go through `Client`. `serve` and `db upgrade` load the
-server package only when run, so the CLI works with just the client installed. `--json`
+`toolvault agents ...` defines agents (from YAML or JSON files) and calls their tools;
+`toolvault mcp` serves an agent's tools over MCP through the optional `mcp` extra.
+
+Commands that talk to a server go through `Client`. `serve`, `db upgrade` and `doctor`
+load the server package only when run, so the CLI works with just the client installed. `--json`
 prints one JSON document per command with the SDK models' field names; otherwise lists
 are aligned tables and single objects "key: value" lines.
 
 Exit codes:
   0  success
-  1  the function failed (its status is not OK), or the server failed the request
+  1  the function failed (its status is not OK), a tool call's result is an error, or
+     the server failed the request
      (INTERNAL, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...)
   2  usage error (bad options, unreadable file, --args not a JSON object), or the
      request was rejected (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
@@ -28,6 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import yaml
+
+from toolvault.client._agent_models import AgentSpec, RoutingStrategy, ToolSpec
 from toolvault.client._client import DEFAULT_TARGET, Client
 from toolvault.client._models import ExecutionStatus
 from toolvault.client.errors import (
@@ -108,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_storage_options(cmd)
     cmd.set_defaults(local=_db_upgrade)
 
+    cmd = commands.add_parser("doctor", help="show which sandbox layers this host allows")
+    cmd.set_defaults(local=_doctor)
+
     cmd = commands.add_parser("publish", help="publish a function version from a file")
     cmd.add_argument("name", help="the function's name")
     cmd.add_argument("file", help="the Python source file; - reads standard input")
@@ -163,12 +173,78 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--status", type=_status, help="only runs with this status")
     cmd.add_argument("--version", type=_positive_int, help="only runs of this version")
     cmd.add_argument("--limit", type=_positive_int, default=20, help="at most N runs (20)")
+    cmd.add_argument("--agent", metavar="NAME", help="only tool calls made for this agent")
+    cmd.add_argument("--conversation", metavar="ID", help="only tool calls of this conversation")
     cmd.set_defaults(call=_history)
 
     cmd = commands.add_parser("execution", help="show one recorded run")
     cmd.add_argument("id")
     cmd.set_defaults(call=_execution)
+
+    _add_agent_commands(commands)
+    cmd = commands.add_parser("mcp", help="serve an agent's tools over MCP on stdin/stdout")
+    cmd.add_argument("--agent", required=True, metavar="NAME", help="the agent to serve")
+    cmd.set_defaults(local=_mcp)
     return parser
+
+
+def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    agents = commands.add_parser("agents", help="define agents and call their tools")
+    agent_commands = agents.add_subparsers(metavar="COMMAND", required=True)
+
+    cmd = agent_commands.add_parser("apply", help="create or update agents from a file")
+    cmd.add_argument(
+        "-f",
+        "--file",
+        required=True,
+        metavar="FILE",
+        help='YAML or JSON: a list of agents or {"agents": [...]}; - reads standard input',
+    )
+    cmd.set_defaults(call=_agents_apply)
+
+    cmd = agent_commands.add_parser("list", help="list the agents")
+    cmd.add_argument("--capability", help="only agents offering this capability")
+    cmd.set_defaults(call=_agents_list)
+
+    cmd = agent_commands.add_parser("show", help="show an agent's definition")
+    cmd.add_argument("name")
+    cmd.add_argument("--revision", type=_positive_int, help="default: the current one")
+    cmd.set_defaults(call=_agents_show)
+
+    cmd = agent_commands.add_parser("revisions", help="list an agent's revisions, newest first")
+    cmd.add_argument("name")
+    cmd.set_defaults(call=_agents_revisions)
+
+    cmd = agent_commands.add_parser("tools", help="show an agent's tool specs")
+    cmd.add_argument("name")
+    cmd.add_argument(
+        "--format",
+        choices=["plain", *_TOOL_FORMATS],
+        default="plain",
+        help="plain: a table; otherwise the JSON list a model SDK takes as `tools`",
+    )
+    cmd.set_defaults(call=_agents_tools)
+
+    cmd = agent_commands.add_parser("call", help="call an agent's tool; exit 1 if it fails")
+    cmd.add_argument("name", help="the agent")
+    cmd.add_argument("tool", help="the tool's name")
+    cmd.add_argument("--args", metavar="JSON|@FILE", help="the arguments, a JSON object")
+    cmd.add_argument("--conversation", metavar="ID", help="the conversation it belongs to")
+    cmd.set_defaults(call=_agents_call)
+
+    cmd = agent_commands.add_parser("route", help="pick an agent with a capability")
+    cmd.add_argument("capability")
+    cmd.add_argument(
+        "--strategy",
+        choices=[strategy.value for strategy in RoutingStrategy],
+        help="default: named with --agent, else round_robin",
+    )
+    cmd.add_argument("--agent", metavar="NAME", help="the agent to pick (strategy named)")
+    cmd.set_defaults(call=_agents_route)
+
+    cmd = agent_commands.add_parser("delete", help="delete an agent and its revisions")
+    cmd.add_argument("name")
+    cmd.set_defaults(call=_agents_delete)
 
 
 def _add_storage_options(cmd: argparse.ArgumentParser) -> None:
@@ -191,7 +267,7 @@ def _status(text: str) -> ExecutionStatus:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
-# The server is imported inside these two commands only: the client must work without the
+# The server is imported inside these commands only: the client must work without the
 # `server` extra, whose dependencies (SQLAlchemy, RestrictedPython, ...) it does not need.
 def _serve(args: argparse.Namespace) -> int:
     try:
@@ -207,6 +283,25 @@ def _db_upgrade(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise _server_missing(error) from error
     return db_upgrade(db=args.db, data_dir=args.data_dir)
+
+
+# Like the server, the MCP bridge is an extra (the `mcp` package), imported only when used.
+def _mcp(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.client._mcp import serve_mcp
+    except ModuleNotFoundError as error:
+        raise _UsageError(
+            f"the MCP bridge is not installed: pip install 'toolvault[mcp]' ({error})"
+        ) from error
+    return serve_mcp(args.server, args.agent)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.server.cli import doctor
+    except ModuleNotFoundError as error:
+        raise _server_missing(error) from error
+    return doctor(json_output=args.json)
 
 
 def _server_missing(error: ModuleNotFoundError) -> _UsageError:
@@ -335,7 +430,12 @@ def _delete(client: Client, args: argparse.Namespace) -> int:
 
 def _history(client: Client, args: argparse.Namespace) -> int:
     executions = client.history(
-        args.name, status=args.status, version=args.version, limit=args.limit
+        args.name,
+        status=args.status,
+        version=args.version,
+        limit=args.limit,
+        agent=args.agent,
+        conversation_id=args.conversation,
     )
     if args.json:
         _print_json(executions)
@@ -365,6 +465,158 @@ def _execution(client: Client, args: argparse.Namespace) -> int:
     else:
         # The JSON texts show exactly what was recorded, even when cut to fit the history.
         _print_object(execution, hide={"result", "args"})
+    return 0
+
+
+def _agents_apply(client: Client, args: argparse.Namespace) -> int:
+    # Every spec is checked before the first is sent, so a bad file changes nothing.
+    specs = _agent_specs(args.file)
+    applied = []
+    for spec in specs:
+        agent, changed = client.apply_agent(spec)
+        state = "unchanged" if not changed else "created" if agent.revision == 1 else "updated"
+        applied.append({"state": state, "agent": agent})
+        if not args.json:
+            print(f"{spec.name}: {state} (revision {agent.revision})")
+    if args.json:
+        _print_json(applied)
+    return 0
+
+
+def _agent_specs(path: str) -> list[AgentSpec]:
+    """Read the agents of a YAML or JSON document: a list, or {"agents": [...]}."""
+    try:
+        # JSON is YAML too, so one parser reads both kinds of file.
+        document = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as error:
+        raise _UsageError(f"{path} is not valid YAML or JSON: {error}") from error
+    if isinstance(document, dict) and set(document) == {"agents"}:
+        document = document["agents"]
+    if not isinstance(document, list):
+        raise _UsageError(f'{path}: expected a list of agents or a mapping {{"agents": [...]}}')
+    specs: list[AgentSpec] = []
+    for index, item in enumerate(document):
+        try:
+            if not isinstance(item, dict):
+                raise ValueError(f"expected a mapping, not {type(item).__name__}")
+            spec = AgentSpec.from_dict(item)
+            if any(other.name == spec.name for other in specs):
+                raise ValueError(f"the name {spec.name!r} appears twice")
+        except ValueError as error:
+            raise _UsageError(f"{path}: agents[{index}]: {error}") from error
+        specs.append(spec)
+    return specs
+
+
+def _agents_list(client: Client, args: argparse.Namespace) -> int:
+    agents = client.agents(capability=args.capability)
+    if args.json:
+        _print_json(agents)
+        return 0
+    _print_table(
+        ("NAME", "REVISION", "ENABLED", "CAPABILITIES", "TOOLS", "DESCRIPTION"),
+        (
+            (
+                a.spec.name,
+                str(a.revision),
+                "yes" if a.spec.enabled else "no",
+                ",".join(a.spec.capabilities),
+                ",".join(a.spec.tools),
+                _first_line(a.spec.description),
+            )
+            for a in agents
+        ),
+    )
+    return 0
+
+
+def _agents_show(client: Client, args: argparse.Namespace) -> int:
+    agent = client.agent(args.name, revision=args.revision or 0)
+    if args.json:
+        _print_json(agent)
+    else:
+        _print_object(agent)
+    return 0
+
+
+def _agents_revisions(client: Client, args: argparse.Namespace) -> int:
+    agents = client.agent_revisions(args.name)
+    if args.json:
+        _print_json(agents)
+        return 0
+    _print_table(
+        ("REVISION", "CREATED", "TOOLS", "DESCRIPTION"),
+        (
+            (
+                str(a.revision),
+                _text(a.created_at),
+                ",".join(a.spec.tools),
+                _first_line(a.spec.description),
+            )
+            for a in agents
+        ),
+    )
+    return 0
+
+
+_TOOL_FORMATS = {
+    "openai": ToolSpec.to_openai_chat,
+    "openai-responses": ToolSpec.to_openai_responses,
+    "anthropic": ToolSpec.to_anthropic,
+    "mcp": ToolSpec.to_mcp,
+}
+
+
+def _agents_tools(client: Client, args: argparse.Namespace) -> int:
+    tools = client.agent_tools(args.name)
+    if args.format in _TOOL_FORMATS:
+        _print_json([_TOOL_FORMATS[args.format](tool) for tool in tools])
+    elif args.json:
+        _print_json(tools)
+    else:
+        _print_table(
+            ("NAME", "REF", "VERSION", "DESCRIPTION"),
+            ((t.name, t.ref, str(t.version), _first_line(t.description)) for t in tools),
+        )
+    return 0
+
+
+def _agents_call(client: Client, args: argparse.Namespace) -> int:
+    arguments = {} if args.args is None else _arguments(args.args)
+    result = client.call_tool(
+        args.name, args.tool, arguments, conversation_id=args.conversation or ""
+    )
+    if args.json:
+        _print_json(result)
+    else:
+        # The text is the tool's answer either way: the result, or what went wrong.
+        print(result.text)
+    return 1 if result.is_error else 0
+
+
+def _agents_route(client: Client, args: argparse.Namespace) -> int:
+    strategy = args.strategy or ("named" if args.agent else "round_robin")
+    routed = client.route_task(args.capability, strategy=strategy, agent=args.agent)
+    if args.json:
+        _print_json(routed)
+    else:
+        _print_pairs(
+            [
+                ("agent", routed.agent.spec.name),
+                ("revision", routed.agent.revision),
+                ("chain_depth", routed.chain.depth),
+                ("root_agent", routed.chain.root_agent),
+            ]
+        )
+    return 0
+
+
+def _agents_delete(client: Client, args: argparse.Namespace) -> int:
+    deleted = client.delete_agent(args.name)
+    if args.json:
+        _print_json({"name": args.name, "deleted_revisions": deleted})
+    else:
+        print(f"deleted agent {args.name} (revisions: {deleted})")
     return 0
 
 

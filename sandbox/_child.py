@@ -1,9 +1,10 @@
 """The sandbox process: run one job under its limits and report on fd 3.
 
-The runner starts it as ``python -I -m toolvault.sandbox._child WORKDIR`` with the job on
-stdin, stdout and stderr on fds 1 and 2, and the report pipe on fd 3. Everything before
-the limits are set is trusted bootstrap: reading the job, compiling it, importing the
-modules it may use. run_job is the part a forked sandbox host can call directly.
+The runner starts it as ``python -I -m toolvault.sandbox._child WORKDIR PLAN [HIDDEN...]``
+with the job on stdin, stdout and stderr on fds 1 and 2, and the report pipe on fd 3.
+Everything before the process confines itself (``_isolation``) is trusted bootstrap:
+reading the job, compiling it, importing the modules it may use. run_job is the part a
+forked sandbox host can call directly.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
 "memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
@@ -18,7 +19,6 @@ import io
 import json
 import linecache
 import os
-import resource
 import sys
 import traceback
 from collections.abc import Mapping
@@ -28,37 +28,42 @@ from typing import Any, NoReturn, cast
 from RestrictedPython.compile import compile_restricted_exec
 
 from ._globals import restricted_globals
+from ._isolation import Plan, isolate, set_limits
 from ._models import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     REPORT_FD,
     Job,
-    Limits,
-    cpu_limit_seconds,
     decode_job,
 )
 from ._validate import RestrictingPolicy
 
-_MIB = 1024 * 1024
-# Above the four inherited fds plus what asyncio.run opens (epoll and a socket pair).
-_MAX_OPEN_FILES = 32
+# Imported on first use by allowed modules (datetime.strptime); after the switch to an
+# unprivileged uid the interpreter's files may not be readable any more.
+_LAZY_IMPORTS = ("_strptime",)
 
 
 def main() -> NoReturn:
-    """Read the job from stdin, enter the working directory given as argument, run it."""
+    """Read the job from stdin and run it confined as the command line says."""
     job = decode_job(sys.stdin.buffer.read())
-    os.chdir(sys.argv[1])
-    run_job(job)
+    workdir, plan, *hidden = sys.argv[1:]
+    run_job(job, Plan.from_json(plan), workdir, hidden)
 
 
-def run_job(job: Job) -> NoReturn:
-    """Run ``job`` in this process under its limits, write the report to fd 3, and exit."""
+def run_job(job: Job, plan: Plan, workdir: str, hidden: list[str]) -> NoReturn:
+    """Run ``job`` in this process, confined by ``plan`` and under its limits, then exit.
+
+    The report goes to fd 3. With namespaces, only a child of this process returns from
+    the confinement to run the job (see ``_isolation``).
+    """
     # Encoded now: when memory runs out there may be none left to encode it with.
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
     # So that what was printed before a kill for time or output still reaches the runner.
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     try:
-        data = _encode({**_execute(job), "peak_memory_bytes": _peak_memory_bytes()})
+        data = _encode(
+            {**_execute(job, plan, workdir, hidden), "peak_memory_bytes": _peak_memory_bytes()}
+        )
         sys.stdout.flush()
     except MemoryError:
         data = out_of_memory
@@ -68,7 +73,7 @@ def run_job(job: Job) -> NoReturn:
     os._exit(0)
 
 
-def _execute(job: Job) -> dict[str, str]:
+def _execute(job: Job, plan: Plan, workdir: str, hidden: list[str]) -> dict[str, str]:
     try:
         compiled = compile_restricted_exec(job.source, job.filename, policy=RestrictingPolicy)
     except (SyntaxError, MemoryError, RecursionError) as exc:
@@ -86,12 +91,13 @@ def _execute(job: Job) -> dict[str, str]:
 
     lines = job.source.splitlines(keepends=True)
     linecache.cache[job.filename] = (len(job.source), None, lines, job.filename)
-    for name in job.allowed_imports:
+    for name in (*job.allowed_imports, *_LAZY_IMPORTS):
         # A module that is not installed fails later, where the user's code imports it.
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
     namespace = restricted_globals(job.allowed_imports)
-    _set_limits(job.limits)
+    isolate(plan, workdir, hidden)
+    set_limits(job.limits)
     try:
         return _report("ok", result_json=_call(compiled.code, namespace, job.entrypoint, kwargs))
     except BaseException as exc:
@@ -101,22 +107,6 @@ def _execute(job: Job) -> dict[str, str]:
             error_message=_message(exc),
             trace=_user_traceback(exc, job.filename),
         )
-
-
-def _set_limits(limits: Limits) -> None:
-    os.closerange(REPORT_FD + 1, os.sysconf("SC_OPEN_MAX"))
-    cpu_seconds = cpu_limit_seconds(limits)
-    for limit, soft, hard in (
-        (resource.RLIMIT_AS, limits.memory_mb * _MIB, limits.memory_mb * _MIB),
-        # The soft limit's SIGXCPU kills; the hard one is a backstop.
-        (resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1),
-        (resource.RLIMIT_FSIZE, _MIB, _MIB),
-        (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES, _MAX_OPEN_FILES),
-        (resource.RLIMIT_CORE, 0, 0),
-        # No new processes or threads; has no effect when running as root.
-        (resource.RLIMIT_NPROC, 0, 0),
-    ):
-        resource.setrlimit(limit, (soft, hard))
 
 
 def _call(

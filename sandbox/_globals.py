@@ -2,28 +2,34 @@
 
 RestrictedPython compiles attribute access, item access, iteration, unpacking, augmented
 assignment, ``print`` and class statements into calls of the underscore names defined
-here. The guards keep code from reaching private attributes, from replacing attributes of
-objects it did not create, and from importing modules outside the allow-list, including
-modules that allowed modules import (``json.codecs``, ``dataclasses.inspect``) and the few
-functions of allowed modules known to reach around the guards.
+here. Attribute access (compiled or through ``getattr``) refuses names starting with "_"
+and the frame, code, traceback and generator internals, and RestrictedPython's own
+guard refuses ``str.format``; whatever attribute or item access returns then passes the
+Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
+the allow-list). ``setattr`` and ``delattr`` follow the rules of ``obj.name = value``.
+Imports return module proxies. Iteration is not checked: ``list()``, ``sorted()`` and the
+like iterate in C anyway.
 """
 
 import builtins
 import operator
-import typing
+import sys
 from collections.abc import Callable, Collection, Sequence
 from types import ModuleType
 from typing import Any
 
 from RestrictedPython.Guards import (
     full_write_guard,
+    guarded_delattr,
     guarded_iter_unpack_sequence,
+    guarded_setattr,
     guarded_unpack_sequence,
     raise_,
     safe_builtins,
     safer_getattr,
 )
 
+from ._modules import USER_MODULE, Policy
 from ._validate import import_problem
 
 # Builtins RestrictedPython leaves out. It drops sorted, zip, tuple and the like because
@@ -63,15 +69,6 @@ _MORE_BUILTINS: tuple[Any, ...] = (
     TimeoutError,
 )
 
-# Functions of allowed modules that get around the guards: attrgetter and methodcaller
-# read any attribute, "__globals__" included, and get_type_hints evaluates strings with
-# the real builtins. Each alone hands out os.
-_UNSAFE_FUNCTIONS: dict[str, object] = {
-    "operator.attrgetter": operator.attrgetter,
-    "operator.methodcaller": operator.methodcaller,
-    "typing.get_type_hints": typing.get_type_hints,
-}
-
 _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
     "+=": operator.iadd,
     "-=": operator.isub,
@@ -91,22 +88,22 @@ _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 
 def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
     """Fresh globals for running restricted code that may import ``allowed_imports``."""
-
-    def check(value: object) -> None:
-        """Refuse modules outside the allow-list and functions that get around the guards."""
-        if isinstance(value, ModuleType):
-            problem = import_problem(value.__name__, 0, allowed_imports)
-            if problem:
-                raise ImportError(problem)
-        for name, unsafe in _UNSAFE_FUNCTIONS.items():
-            # By identity: comparing would run the user's __eq__ or fail on unhashables.
-            if value is unsafe:
-                raise ImportError(f"{name} is not allowed in the sandbox")
+    builtins_: dict[str, Any] = {
+        # RestrictedPython's own underscore entries (_getattr_) would bypass the policy.
+        **{name: value for name, value in safe_builtins.items() if not name.startswith("_")},
+        **{function.__name__: function for function in _MORE_BUILTINS},
+        "__build_class__": builtins.__build_class__,
+        "NotImplemented": NotImplemented,
+    }
 
     def guarded_getattr(obj: object, name: str, default: object = raise_) -> Any:
         value = safer_getattr(obj, name, default)  # type: ignore[no-untyped-call]
-        check(value)
-        return value
+        if value is default:
+            return value
+        return policy.check(value, obj)
+
+    def guarded_getitem(obj: Any, key: Any) -> Any:
+        return policy.check(obj[key])
 
     def guarded_import(
         name: str,
@@ -118,31 +115,62 @@ def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
         problem = import_problem(name, level, allowed_imports)
         if problem:
             raise ImportError(problem)
-        module = builtins.__import__(name, None, None, fromlist, 0)
-        for attribute in fromlist or ():
-            check(getattr(module, attribute, None))
-        return module
+        builtins.__import__(name, None, None, fromlist, 0)
+        # "import a.b" binds a; "from a.b import c" reads c from a.b.
+        imported = name if fromlist else name.partition(".")[0]
+        return policy.proxy(sys.modules[imported])
 
-    return {
-        "__builtins__": {
-            **safe_builtins,
-            **{function.__name__: function for function in _MORE_BUILTINS},
-            "NotImplemented": NotImplemented,
-            "getattr": guarded_getattr,
-            "__import__": guarded_import,
-        },
-        "__metaclass__": _user_class,
-        "__name__": "function",
-        "_getattr_": guarded_getattr,
-        "_getitem_": operator.getitem,
-        "_getiter_": iter,
-        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
-        "_unpack_sequence_": guarded_unpack_sequence,
-        "_write_": full_write_guard,
-        "_inplacevar_": _inplacevar,
-        "_apply_": _apply,
-        "_print_": _Print,
+    builtins_ |= {
+        "getattr": guarded_getattr,
+        "setattr": _guarded_setattr,
+        "delattr": _guarded_delattr,
+        "__import__": guarded_import,
     }
+    policy = Policy(allowed_imports, builtins_.values())
+    # The code runs in a module of its own, as code normally does: dataclasses (and
+    # typing) look up a class's module in sys.modules to read its string annotations,
+    # and RestrictedPython compiles every annotation to a string.
+    module = ModuleType(USER_MODULE)
+    sys.modules[USER_MODULE] = module
+    module.__dict__.update(
+        {
+            "__builtins__": builtins_,
+            "__metaclass__": _user_class,
+            "_getattr_": guarded_getattr,
+            "_getitem_": guarded_getitem,
+            "_getiter_": iter,
+            "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+            "_unpack_sequence_": guarded_unpack_sequence,
+            "_write_": full_write_guard,
+            "_inplacevar_": _inplacevar,
+            "_apply_": _apply,
+            "_print_": _Print,
+        }
+    )
+    return module.__dict__
+
+
+def _guarded_setattr(obj: object, name: str, value: object) -> None:
+    """Like setattr, under the rules of ``obj.name = value``: no "_" names, writable objects.
+
+    Without the name check, ``setattr(cls, "__annotations__", ...)`` or
+    ``setattr(cls, "__eq__", ...)`` would define what the compiler refuses.
+    """
+    _check_written_name(name)
+    guarded_setattr(obj, name, value)  # type: ignore[no-untyped-call]
+
+
+def _guarded_delattr(obj: object, name: str) -> None:
+    """Like delattr, under the rules of ``del obj.name``."""
+    _check_written_name(name)
+    guarded_delattr(obj, name)  # type: ignore[no-untyped-call]
+
+
+def _check_written_name(name: object) -> None:
+    if type(name) is not str:
+        raise TypeError("attribute name must be str")
+    if name.startswith("_"):
+        raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
 
 
 def _user_class(name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any) -> type:

@@ -3,25 +3,29 @@
 The parent side. It runs inside the asyncio gRPC server, a process with threads, so it
 never forks: os.posix_spawn starts ``python -I -m toolvault.sandbox._child`` in a new
 session (its own process group) with an empty environment, a private working directory
-and pipes on fds 0-3. The event loop watches the child without threads or asyncio's child
-watcher: a pidfd says when it exits, and stdout, stderr and the report are read without
-blocking and capped as they arrive. Whatever happens (exit, limit, cancellation) the
-whole process group is killed, the child reaped, every fd closed and the directory removed.
+and pipes on fds 0-3, and tells it the isolation plan that ``_isolation.detect`` found.
+The event loop watches the child without threads or asyncio's child watcher: a pidfd
+says when it exits, and stdout, stderr and the report are read without blocking and
+capped as they arrive. Whatever happens (exit, limit, cancellation) everything the child
+started is killed, the child reaped, every fd closed and the directory removed.
 """
 
 import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from ._isolation import Plan, detect
 from ._models import (
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
@@ -35,6 +39,9 @@ from ._models import (
 )
 
 _CHUNK = 64 * 1024
+# How long a sandbox process may take to relay a kill to its PID namespace before the
+# whole group gets SIGKILL (which would orphan the namespace's init).
+_RELAY_GRACE_S = 1.0
 _STDERR_TAIL_CHARS = 1_000
 _REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
 _REPORTED_STATUSES = ("ok", "error", "memory_limit")
@@ -46,18 +53,25 @@ _ERROR_TYPES = {
 }
 
 
-async def run(job: Job) -> RunResult:
+async def run(job: Job, *, hidden_paths: Sequence[str] = ()) -> RunResult:
     """Run ``job`` in a fresh sandbox process under its limits and say what happened.
 
-    A failing function is a result, not an exception.
+    A failing function is a result, not an exception. The first run in a process probes
+    which layers the host allows (``isolation_layers``), once.
+
+    Args:
+        job: What to run.
+        hidden_paths: Directories the function must not see, such as the server's data:
+            covered by an empty tmpfs where the host allows a mount namespace.
 
     Raises:
         asyncio.CancelledError: When the awaiting task is cancelled, after the sandbox
             process and everything it started are killed and reaped.
     """
+    plan = detect().plan
     workdir = tempfile.mkdtemp(prefix="toolvault-")
     try:
-        with _Sandbox(job, workdir) as sandbox:
+        with _Sandbox(job, workdir, plan, hidden_paths) as sandbox:
             return await sandbox.wait()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -77,9 +91,11 @@ class _Pipe:
 class _Sandbox:
     """One sandbox process, watched from the event loop."""
 
-    def __init__(self, job: Job, workdir: str) -> None:
+    def __init__(self, job: Job, workdir: str, plan: Plan, hidden: Sequence[str]) -> None:
         self._job = job
         self._workdir = workdir
+        self._plan = plan
+        self._hidden = list(hidden)
         self._loop = asyncio.get_running_loop()
         self._exited = self._loop.create_future()
         self._unsent = memoryview(encode_job(job))
@@ -121,7 +137,7 @@ class _Sandbox:
         await self._exited
         # Kill what the process may have left behind before reaping it: until then its
         # pid, which is also the group's id, cannot be reused by an unrelated process.
-        self._kill_group()
+        self._kill_group(signal.SIGKILL)
         for pipe in self._pipes:
             self._drain(pipe)
         _, wait_status, usage = os.wait4(self._pid, 0)
@@ -160,7 +176,10 @@ class _Sandbox:
         try:
             self._pid = os.posix_spawn(
                 sys.executable,
-                [sys.executable, "-I", "-m", "toolvault.sandbox._child", self._workdir],
+                [
+                    *(sys.executable, "-I", "-m", "toolvault.sandbox._child", self._workdir),
+                    *(self._plan.to_json(), *self._hidden),
+                ],
                 {},
                 file_actions=[(os.POSIX_SPAWN_DUP2, fd, to) for to, fd in child_ends.items()],
                 setsid=True,
@@ -238,11 +257,27 @@ class _Sandbox:
         """Kill the process group for hitting a limit; the first limit hit is the verdict."""
         if self._verdict is None:
             self._verdict = (status, message)
-        self._kill_group()
+            self._terminate()
+            self._loop.call_later(_RELAY_GRACE_S, self._force_kill)
 
-    def _kill_group(self) -> None:
+    def _force_kill(self) -> None:
+        if not self._exited.done() and not self._reaped:
+            self._kill_group(signal.SIGKILL)
+
+    def _terminate(self) -> None:
+        """Kill the sandbox process and everything it started."""
+        if self._plan.namespaces:
+            # The process relays this as SIGKILL to its child, the init of its PID
+            # namespace, whose death ends every process in it; then reaps it and exits.
+            # A SIGKILL to the group would leave the child for someone else to reap.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGTERM)
+        else:
+            self._kill_group(signal.SIGKILL)
+
+    def _kill_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._pid, signal.SIGKILL)
+            os.killpg(self._pid, signum)
 
     def _close_fd(self, fd: int) -> None:
         self._loop.remove_reader(fd)
@@ -254,9 +289,11 @@ class _Sandbox:
         if self._timer is not None:
             self._timer.cancel()
         if self._pid and not self._reaped:
-            self._kill_group()
-            # Blocking, but only as long as a SIGKILL takes; an await here could be
+            self._terminate()
+            # Blocking, but only as long as a kill takes; an await here could be
             # cancelled in turn and leave a zombie behind.
+            if self._pidfd < 0 or not select.select([self._pidfd], [], [], _RELAY_GRACE_S)[0]:
+                self._kill_group(signal.SIGKILL)
             os.wait4(self._pid, 0)
             self._reaped = True
         for fd in list(self._fds):

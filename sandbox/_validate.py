@@ -52,11 +52,12 @@ class CheckedSource:
 
 
 class RestrictingPolicy(RestrictingNodeTransformer):
-    """RestrictedPython's policy, allowing async functions and keeping each error's node.
+    """RestrictedPython's policy, allowing async functions and annotated names.
 
-    RestrictedPython forbids ``async def`` and ``await`` only because it has not reviewed
-    them; they reach nothing its guards protect, and tools that await are common.
-    ``async for`` and ``async with`` stay forbidden: RestrictedPython does not guard their
+    RestrictedPython forbids ``async def``, ``await`` and annotated assignments only
+    because it has not reviewed them; they reach nothing its guards protect, tools that
+    await are common, and dataclasses need annotated fields. It also keeps each error's
+    node. ``async for`` and ``async with`` stay forbidden: RestrictedPython does not guard their
     iteration and unpacking the way it guards ``for`` and ``with``.
     """
 
@@ -80,9 +81,28 @@ class RestrictingPolicy(RestrictingNodeTransformer):
         """Check an ``async def`` exactly like a ``def``; the two have the same fields."""
         return self.visit_FunctionDef(node)  # type: ignore[arg-type]
 
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> ast.AST:
+        """Allow an annotated assignment to a plain name, as dataclass fields need.
+
+        The annotation is an expression checked like any other; an annotated attribute or
+        item (``self.x: int = 1``) stays forbidden, as RestrictedPython forbids all of them.
+        """
+        if not isinstance(node.target, ast.Name):
+            self.error(node, "annotated assignments are allowed to plain names only")
+        return self.node_contents_visit(node)
+
     def visit_Await(self, node: ast.Await) -> ast.AST:
         """Allow ``await``; its operand is checked like any expression."""
         return self.node_contents_visit(node)
+
+
+# Submodules of allowed packages that are not allowed with them.
+_DENIED_MODULES = frozenset(
+    {
+        # A command-line program: its main() opens the files named in sys.argv.
+        "json.tool",
+    }
+)
 
 
 def import_problem(module: str | None, level: int, allowed: Collection[str]) -> str | None:
@@ -95,7 +115,11 @@ def import_problem(module: str | None, level: int, allowed: Collection[str]) -> 
     """
     if level:
         return "relative imports are not allowed"
-    top = (module or "").partition(".")[0]
+    top, _, rest = (module or "").partition(".")
+    if rest and any(part.startswith("_") for part in rest.split(".")):
+        return f"import of {module!r} is not allowed: it is private"
+    if module in _DENIED_MODULES:
+        return f"import of {module!r} is not allowed"
     # __future__ imports are compiler directives; the module itself holds only flags.
     if top in allowed or top == "__future__":
         return None

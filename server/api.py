@@ -15,12 +15,17 @@ from typing import TypeVar
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.exc import SQLAlchemyError
 
+from toolvault.server import metrics
+from toolvault.server.agents import AgentDefinition, AgentInfo, Agents, Chain, ToolInfo
 from toolvault.server.errors import (
+    AlreadyExists,
     DomainError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 from toolvault.server.functions import FunctionStore, PublishRequest
@@ -33,6 +38,8 @@ from toolvault.server.invocations import (
 )
 from toolvault.server.store import FunctionInfo, VersionInfo
 from toolvault.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
     execution_pb2,
     function_pb2,
     function_pb2_grpc,
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 _STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
     InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
     NotFound: grpc.StatusCode.NOT_FOUND,
+    AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -69,7 +78,9 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
             await context.abort(_STATUS_CODES[type(e)], str(e))
         except (asyncio.CancelledError, grpc.aio.AbortError):
             raise
-        except Exception:
+        except Exception as e:
+            if isinstance(e, SQLAlchemyError):
+                metrics.DB_ERRORS.inc()
             log.exception("unexpected error in %s", method.__qualname__)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error: see the server log")
         raise AssertionError("abort returned")
@@ -343,3 +354,211 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         """See the .proto."""
         execution = await asyncio.to_thread(self._history.get, request.id)
         return history_pb2.GetExecutionResponse(execution=_execution_pb(execution))
+
+
+def _definition(spec: agent_pb2.AgentSpec) -> AgentDefinition:
+    return AgentDefinition(
+        name=spec.name,
+        description=spec.description,
+        system_prompt=spec.system_prompt,
+        model_settings=spec.model_settings_json,
+        input_schema=spec.input_schema_json,
+        output_schema=spec.output_schema_json,
+        tools=tuple(spec.tools),
+        capabilities=tuple(spec.capabilities),
+        max_chain_depth=spec.max_chain_depth if spec.HasField("max_chain_depth") else None,
+        enabled=spec.enabled if spec.HasField("enabled") else True,
+    )
+
+
+def _agent_pb(info: AgentInfo, default_depth: int) -> agent_pb2.Agent:
+    definition = info.definition
+    depth = definition.max_chain_depth
+    return agent_pb2.Agent(
+        spec=agent_pb2.AgentSpec(
+            name=definition.name,
+            description=definition.description,
+            system_prompt=definition.system_prompt,
+            model_settings_json=definition.model_settings,
+            input_schema_json=definition.input_schema or "",
+            output_schema_json=definition.output_schema or "",
+            tools=definition.tools,
+            capabilities=definition.capabilities,
+            max_chain_depth=default_depth if depth is None else depth,
+            enabled=definition.enabled,
+        ),
+        revision=info.revision,
+        create_time=_timestamp(info.created_at),
+    )
+
+
+def _tool_pb(tool: ToolInfo) -> agent_pb2.ToolSpec:
+    return agent_pb2.ToolSpec(
+        name=tool.name,
+        description=tool.description,
+        input_schema_json=tool.input_schema,
+        output_schema_json=tool.output_schema or "",
+        ref=tool.ref,
+        version=tool.version.version,
+        sha256=tool.version.sha256,
+    )
+
+
+def _chain(chain: agent_pb2.ChainContext) -> Chain:
+    return Chain(depth=chain.depth, root_agent=chain.root_agent)
+
+
+_STRATEGIES = {
+    agent_pb2.ROUTING_STRATEGY_UNSPECIFIED: "round_robin",
+    agent_pb2.ROUTING_STRATEGY_ROUND_ROBIN: "round_robin",
+    agent_pb2.ROUTING_STRATEGY_LEAST_LOADED: "least_loaded",
+    agent_pb2.ROUTING_STRATEGY_NAMED: "named",
+}
+
+
+class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
+    """AgentService over :class:`Agents`."""
+
+    def __init__(self, agents: Agents, default_depth: int) -> None:
+        self._agents = agents
+        self._default_depth = default_depth
+
+    @_rpc
+    async def CreateAgent(
+        self,
+        request: agent_pb2.CreateAgentRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.CreateAgentRequest, agent_pb2.CreateAgentResponse
+        ],
+    ) -> agent_pb2.CreateAgentResponse:
+        """See the .proto."""
+        info = await asyncio.to_thread(self._agents.create, _definition(request.spec))
+        return agent_pb2.CreateAgentResponse(agent=_agent_pb(info, self._default_depth))
+
+    @_rpc
+    async def UpdateAgent(
+        self,
+        request: agent_pb2.UpdateAgentRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.UpdateAgentRequest, agent_pb2.UpdateAgentResponse
+        ],
+    ) -> agent_pb2.UpdateAgentResponse:
+        """See the .proto."""
+        info, changed = await asyncio.to_thread(
+            self._agents.update, _definition(request.spec), allow_missing=request.allow_missing
+        )
+        return agent_pb2.UpdateAgentResponse(
+            agent=_agent_pb(info, self._default_depth), changed=changed
+        )
+
+    @_rpc
+    async def GetAgent(
+        self,
+        request: agent_pb2.GetAgentRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.GetAgentRequest, agent_pb2.GetAgentResponse],
+    ) -> agent_pb2.GetAgentResponse:
+        """See the .proto."""
+        info = await asyncio.to_thread(self._agents.get, request.name, request.revision)
+        return agent_pb2.GetAgentResponse(agent=_agent_pb(info, self._default_depth))
+
+    @_rpc
+    async def ListAgents(
+        self,
+        request: agent_pb2.ListAgentsRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ListAgentsRequest, agent_pb2.ListAgentsResponse
+        ],
+    ) -> agent_pb2.ListAgentsResponse:
+        """See the .proto."""
+        infos, token = await asyncio.to_thread(
+            self._agents.agents,
+            capability=request.capability,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return agent_pb2.ListAgentsResponse(
+            agents=[_agent_pb(i, self._default_depth) for i in infos], next_page_token=token
+        )
+
+    @_rpc
+    async def ListAgentRevisions(
+        self,
+        request: agent_pb2.ListAgentRevisionsRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ListAgentRevisionsRequest, agent_pb2.ListAgentRevisionsResponse
+        ],
+    ) -> agent_pb2.ListAgentRevisionsResponse:
+        """See the .proto."""
+        infos, token = await asyncio.to_thread(
+            self._agents.revisions, request.name, size=request.page_size, token=request.page_token
+        )
+        return agent_pb2.ListAgentRevisionsResponse(
+            agents=[_agent_pb(i, self._default_depth) for i in infos], next_page_token=token
+        )
+
+    @_rpc
+    async def DeleteAgent(
+        self,
+        request: agent_pb2.DeleteAgentRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.DeleteAgentRequest, agent_pb2.DeleteAgentResponse
+        ],
+    ) -> agent_pb2.DeleteAgentResponse:
+        """See the .proto."""
+        count = await asyncio.to_thread(self._agents.delete, request.name)
+        return agent_pb2.DeleteAgentResponse(deleted_revisions=count)
+
+    @_rpc
+    async def ListAgentTools(
+        self,
+        request: agent_pb2.ListAgentToolsRequest,
+        context: grpc.aio.ServicerContext[
+            agent_pb2.ListAgentToolsRequest, agent_pb2.ListAgentToolsResponse
+        ],
+    ) -> agent_pb2.ListAgentToolsResponse:
+        """See the .proto."""
+        tools = await asyncio.to_thread(self._agents.tools, request.agent)
+        return agent_pb2.ListAgentToolsResponse(tools=[_tool_pb(t) for t in tools])
+
+    @_rpc
+    async def CallTool(
+        self,
+        request: agent_pb2.CallToolRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.CallToolRequest, agent_pb2.CallToolResponse],
+    ) -> agent_pb2.CallToolResponse:
+        """See the .proto."""
+        result = await self._agents.call_tool(
+            request.agent,
+            request.tool,
+            request.arguments_json,
+            conversation_id=request.conversation_id,
+            chain=_chain(request.chain),
+            caller=context.peer(),
+        )
+        return agent_pb2.CallToolResponse(
+            execution=_execution_pb(result.execution), is_error=result.is_error, text=result.text
+        )
+
+    @_rpc
+    async def RouteTask(
+        self,
+        request: agent_pb2.RouteTaskRequest,
+        context: grpc.aio.ServicerContext[agent_pb2.RouteTaskRequest, agent_pb2.RouteTaskResponse],
+    ) -> agent_pb2.RouteTaskResponse:
+        """See the .proto."""
+        strategy = _STRATEGIES.get(request.strategy)
+        if strategy is None:
+            raise InvalidArgument(f"strategy {request.strategy} is not a RoutingStrategy")
+        info, chain = await asyncio.to_thread(
+            self._agents.route,
+            request.capability,
+            request.input_json,
+            strategy=strategy,
+            named=request.agent,
+            calling_agent=request.calling_agent,
+            chain=_chain(request.chain),
+        )
+        return agent_pb2.RouteTaskResponse(
+            agent=_agent_pb(info, self._default_depth),
+            chain=agent_pb2.ChainContext(depth=chain.depth, root_agent=chain.root_agent),
+        )

@@ -7,16 +7,47 @@ import logging
 import signal
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
-from toolvault.server.api import FunctionServicer, HistoryServicer, InvocationServicer
+from toolvault import sandbox
+from toolvault.server import metrics
+from toolvault.server.agents import Agents
+from toolvault.server.api import (
+    AgentServicer,
+    FunctionServicer,
+    HistoryServicer,
+    InvocationServicer,
+)
 from toolvault.server.config import MiB, Settings
 from toolvault.server.db import Database
 from toolvault.server.functions import FunctionStore
+from toolvault.server.interceptors import ReadinessGate, RequestLog
 from toolvault.server.invocations import History, Invocations
-from toolvault.v1 import function_pb2_grpc, history_pb2_grpc, invocation_pb2_grpc
+from toolvault.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    function_pb2,
+    function_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    invocation_pb2,
+    invocation_pb2_grpc,
+)
 
 log = logging.getLogger("toolvault.server")
+
+SERVICES = tuple(
+    module.DESCRIPTOR.services_by_name[name].full_name
+    for module, name in (
+        (function_pb2, "FunctionService"),
+        (invocation_pb2, "InvocationService"),
+        (history_pb2, "HistoryService"),
+        (agent_pb2, "AgentService"),
+    )
+)
 
 
 class ListenError(Exception):
@@ -24,14 +55,18 @@ class ListenError(Exception):
 
 
 async def serve(settings: Settings) -> None:
-    """Run the server until SIGTERM or SIGINT, then drain in-flight calls and return."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database_url)
-    await asyncio.to_thread(db.upgrade)
-    functions = FunctionStore(db, settings)
+    """Run the server until SIGTERM or SIGINT, then drain in-flight calls and return.
+
+    The port opens first with every RPC but health and reflection refused (health says
+    NOT_SERVING); once the database is migrated and the sandbox probed, health turns
+    SERVING. On a signal, health turns NOT_SERVING, then in-flight calls get the grace
+    period to finish.
+    """
+    gate = ReadinessGate()
     # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
     max_reply = 3 * settings.max_max_output_bytes + MiB
     server = grpc.aio.server(
+        interceptors=[RequestLog(), gate],
         options=[
             (
                 "grpc.max_receive_message_length",
@@ -39,13 +74,30 @@ async def serve(settings: Settings) -> None:
             ),
             ("grpc.max_send_message_length", max_reply),
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
+    health_service = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    services = [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+    for name in SERVICES:
+        await health_service.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_service.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    functions = FunctionStore(db, settings)
+    invocations = Invocations(db, functions, settings)
+    agents = Agents(db, functions, invocations, settings)
     function_pb2_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(functions), server)
     invocation_pb2_grpc.add_InvocationServiceServicer_to_server(
-        InvocationServicer(Invocations(db, functions, settings)), server
+        InvocationServicer(invocations), server
+    )
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(agents, settings.default_max_chain_depth), server
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(History(db)), server)
+    reflection.enable_server_reflection([*SERVICES, *services, reflection.SERVICE_NAME], server)
+
     # Before the address is announced, so that a SIGTERM right after it drains cleanly.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -56,6 +108,23 @@ async def serve(settings: Settings) -> None:
     except RuntimeError as e:
         raise ListenError(f"cannot listen on {settings.listen}: {e}") from e
     await server.start()
+    try:
+        await asyncio.to_thread(db.upgrade)
+        # Probed once, before the first call; what the host does not allow is said plainly.
+        layers = await asyncio.to_thread(sandbox.isolation_layers)
+    except BaseException:
+        await server.stop(None)
+        raise
+    log.info("sandbox layers active: %s", ", ".join(x.name for x in layers if x.active) or "none")
+    missing = [f"{x.name} ({x.detail})" for x in layers if not x.active]
+    if missing:
+        log.warning("sandbox layers NOT active: %s", "; ".join(missing))
+    if settings.metrics_port is not None:
+        metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_port)
+    gate.is_open = True
+    for name in ("", *SERVICES):
+        await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
     log.info(
         "toolvault listening on %s:%d (database %s, %d sandboxes in parallel)",
@@ -66,6 +135,7 @@ async def serve(settings: Settings) -> None:
     )
     await stopping.wait()
     log.info("shutting down: finishing in-flight calls for up to %.1f s", settings.shutdown_grace_s)
+    await health_service.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
     db.dispose()
     log.info("stopped")

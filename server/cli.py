@@ -1,4 +1,4 @@
-"""The server's side of the ``toolvault`` command: ``serve`` and ``db upgrade``.
+"""The server's side of the ``toolvault`` command: ``serve``, ``db upgrade`` and ``doctor``.
 
 The CLI in ``toolvault.client.cli`` parses the command line and calls these; options
 left as None fall back to ``TOOLVAULT_*`` environment variables, then to defaults.
@@ -7,6 +7,8 @@ left as None fall back to ``TOOLVAULT_*`` environment variables, then to default
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import sys
 from typing import Any
@@ -14,6 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from toolvault import sandbox
+from toolvault.server import logs
 from toolvault.server.app import ListenError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
@@ -24,9 +28,15 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 
-def serve(*, listen: str | None = None, db: str | None = None, data_dir: str | None = None) -> int:
+def serve(
+    *,
+    listen: str | None = None,
+    db: str | None = None,
+    data_dir: str | None = None,
+    metrics_port: int | None = None,
+) -> int:
     """Start the server in the foreground; returns the process exit code."""
-    settings = _settings(listen=listen, db=db, data_dir=data_dir)
+    settings = _settings(listen=listen, db=db, data_dir=data_dir, metrics_port=metrics_port)
     if settings is None:
         return EXIT_USAGE
     _configure_logging(settings)
@@ -59,6 +69,21 @@ def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
     return EXIT_OK
 
 
+def doctor(*, json_output: bool = False) -> int:
+    """Print each sandbox layer, active or not, as a probe sandbox on this host found it."""
+    # The probe's warnings would repeat what the table says.
+    logging.getLogger("toolvault.sandbox").setLevel(logging.ERROR)
+    layers = sandbox.isolation_layers()
+    if json_output:
+        print(json.dumps([dataclasses.asdict(layer) for layer in layers], indent=2))
+        return EXIT_OK
+    width = max(len(layer.name) for layer in layers)
+    print(f"{'LAYER':<{width}}  ACTIVE  DETAIL")
+    for layer in layers:
+        print(f"{layer.name:<{width}}  {'yes' if layer.active else 'no':<6}  {layer.detail}")
+    return EXIT_OK
+
+
 def _settings(**flags: Any) -> Settings | None:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})
@@ -70,10 +95,4 @@ def _settings(**flags: Any) -> Settings | None:
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Alembic narrates every check at INFO; only what it changes is worth a line.
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logs.configure(settings.log_level, settings.log_format)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -39,8 +39,13 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_args_bytes: int = Field(1 * MiB, ge=1024)
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
+    default_max_chain_depth: int = Field(3, ge=0)
+    max_chain_depth: int = Field(10, ge=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
+    metrics_host: str = "127.0.0.1"
 
     @field_validator("allowed_imports", mode="before")
     @classmethod
@@ -49,6 +54,11 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("listen")
     @classmethod

@@ -20,6 +20,14 @@ class NotFound(DomainError):
     """A named object does not exist."""
 
 
+class AlreadyExists(DomainError):
+    """An object with that name exists already."""
+
+
+class PermissionDenied(DomainError):
+    """The caller may not do what it asked."""
+
+
 class FailedPrecondition(DomainError):
     """The request cannot be carried out in the current state."""
 

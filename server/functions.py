@@ -210,8 +210,8 @@ class FunctionStore:
             source=request.source,
             entrypoint=entrypoint,
             description=request.description or checked.docstring or "",
-            input_schema=_checked_schema(request.input_schema, "input_schema_json"),
-            output_schema=_checked_schema(request.output_schema, "output_schema_json"),
+            input_schema=checked_schema(request.input_schema, "input_schema_json"),
+            output_schema=checked_schema(request.output_schema, "output_schema_json"),
             limits=Limits(
                 timeout_ms=_limit(request.timeout_ms, "timeout_ms", settings, 10),
                 memory_mb=_limit(request.memory_mb, "memory_mb", settings, 64),
@@ -235,7 +235,7 @@ def _limit(value: int, field: str, settings: Settings, minimum: int) -> int:
     return value
 
 
-def _checked_schema(text: str, field: str) -> str | None:
+def checked_schema(text: str, field: str) -> str | None:
     """The schema in canonical JSON form, or None when none was given."""
     if not text.strip():
         return None

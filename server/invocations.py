@@ -21,6 +21,7 @@ import jsonschema
 from sqlalchemy import select
 
 from toolvault import sandbox
+from toolvault.server import metrics
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound, ResourceExhausted
@@ -96,6 +97,9 @@ class Invocations:
         self._settings = settings
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._waiting = 0
+        self._running = 0
+        metrics.QUEUED.set_function(lambda: self._waiting)
+        metrics.IN_FLIGHT.set_function(lambda: self._running)
 
     async def invoke(self, ref: str, args_json: str, context: CallContext) -> ExecutionInfo:
         """Resolve ``ref``, check the arguments, run the version and record the run."""
@@ -167,19 +171,22 @@ class Invocations:
             peak_memory_bytes=result.peak_memory_bytes,
         )
         if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
-            problems = _problems(content.output_schema, json.loads(result.result_json))
-            if problems:
+            found = problems(content.output_schema, json.loads(result.result_json))
+            if found:
                 info = replace(
                     info,
                     status=OUTPUT_SCHEMA_MISMATCH,
                     error_type="OutputSchemaMismatch",
-                    error_message="the result does not match the output schema: " + problems,
+                    error_message="the result does not match the output schema: " + found,
                 )
         await asyncio.to_thread(self._record, info)
+        metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
+        metrics.RUN_SECONDS.labels(info.function_name).observe(info.duration_ms / 1000)
         return info
 
     async def _run(self, job: sandbox.Job) -> sandbox.RunResult:
         if self._slots.locked() and self._waiting >= self._settings.max_queued_runs:
+            metrics.REJECTIONS.labels("queue_full").inc()
             raise ResourceExhausted(
                 f"all {self._settings.max_concurrent_runs} sandboxes are busy and "
                 f"{self._waiting} calls are waiting (max_queued_runs); retry later"
@@ -190,7 +197,7 @@ class Invocations:
         finally:
             self._waiting -= 1
         try:
-            return await sandbox.run(job)
+            return await sandbox.run(job, hidden_paths=(str(self._settings.data_dir),))
         finally:
             self._slots.release()
 
@@ -203,8 +210,8 @@ class Invocations:
         args = parse_json(args_json or "{}", "args_json")
         if not isinstance(args, dict):
             raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
-        if input_schema is not None and (problems := _problems(input_schema, args)):
-            raise InvalidArgument("args_json does not match the input schema: " + problems)
+        if input_schema is not None and (found := problems(input_schema, args)):
+            raise InvalidArgument("args_json does not match the input schema: " + found)
         return args_json or "{}"
 
     def _record(self, info: ExecutionInfo) -> None:
@@ -336,7 +343,7 @@ def _validator(schema_json: str) -> Any:
     return jsonschema.validators.validator_for(schema)(schema)
 
 
-def _problems(schema_json: str, instance: Any) -> str:
+def problems(schema_json: str, instance: Any) -> str:
     """Each way ``instance`` fails the schema, with its JSON path; "" when it matches."""
     errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
     return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])

@@ -150,7 +150,7 @@ class Execution(Base):
     function_name: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(32))
     args_json: Mapped[str] = mapped_column(Text)
     args_truncated: Mapped[bool]
     result_json: Mapped[str] = mapped_column(Text)

@@ -79,7 +79,7 @@ class ServerProcess:
         found = threading.Event()
         self.pump = threading.Thread(target=self._pump, args=(found,), daemon=True)
         self.pump.start()
-        if not found.wait(timeout):
+        if not found.wait(timeout) or not self.address:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
         return self.address

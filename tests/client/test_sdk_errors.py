@@ -9,6 +9,7 @@ import grpc
 import pytest
 
 from toolvault.client import (
+    AgentSpec,
     AlreadyExists,
     Cancelled,
     Client,
@@ -92,6 +93,16 @@ CALLS: dict[str, Callable[[Client], Any]] = {
     "delete": lambda c: c.delete("add"),
     "history": lambda c: c.history("add"),
     "execution": lambda c: c.execution("0" * 32),
+    "create_agent": lambda c: c.create_agent(AgentSpec("calc")),
+    "update_agent": lambda c: c.update_agent(AgentSpec("calc")),
+    "apply_agent": lambda c: c.apply_agent(AgentSpec("calc")),
+    "agent": lambda c: c.agent("calc"),
+    "agents": lambda c: c.agents(),
+    "agent_revisions": lambda c: c.agent_revisions("calc"),
+    "delete_agent": lambda c: c.delete_agent("calc"),
+    "agent_tools": lambda c: c.agent_tools("calc"),
+    "call_tool": lambda c: c.call_tool("calc", "add", {"a": 1}),
+    "route_task": lambda c: c.route_task("math"),
 }
 
 
@@ -110,5 +121,6 @@ def test_an_unknown_status_filter_raises_value_error_before_any_call(closed_addr
         client.history(status="broken")
     assert str(raised.value) == (
         "unknown execution status 'broken'; valid values: "
-        "OK, ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, CRASHED, CANCELLED"
+        "OK, ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, CRASHED, CANCELLED, "
+        "OUTPUT_SCHEMA_MISMATCH"
     )

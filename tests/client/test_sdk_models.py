@@ -200,5 +200,6 @@ def test_an_unknown_status_raises_value_error_naming_the_valid_values() -> None:
         ExecutionStatus("FAILED")
     assert str(raised.value) == (
         "unknown execution status 'FAILED'; valid values: "
-        "OK, ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, CRASHED, CANCELLED"
+        "OK, ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, CRASHED, CANCELLED, "
+        "OUTPUT_SCHEMA_MISMATCH"
     )

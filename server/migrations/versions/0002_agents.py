@@ -59,6 +59,8 @@ def upgrade() -> None:
     )
     op.create_index("ix_agent_capabilities_capability", "agent_capabilities", ["capability"])
     with op.batch_alter_table("executions") as batch:
+        # Room for OUTPUT_SCHEMA_MISMATCH.
+        batch.alter_column("status", existing_type=sa.String(length=16), type_=sa.String(length=32))
         batch.add_column(
             sa.Column("agent", sa.String(length=64), server_default="", nullable=False)
         )
@@ -81,6 +83,7 @@ def downgrade() -> None:
         batch.drop_column("conversation_id")
         batch.drop_column("agent_revision")
         batch.drop_column("agent")
+        batch.alter_column("status", existing_type=sa.String(length=32), type_=sa.String(length=16))
     op.drop_table("agent_capabilities")
     op.drop_table("agent_revisions")
     op.drop_table("agents")

@@ -1,0 +1,113 @@
+"""The MCP bridge: serve one agent's tools over MCP on stdio (`toolvault mcp --agent NAME`).
+
+An MCP client (Claude Desktop, an IDE, the `mcp` package's own client) starts this as a
+subprocess. `tools/list` answers with the agent's tool specs and `tools/call` goes through
+`Client.call_tool`, so toolvault enforces the agent's tool list and schemas, runs the tool
+in a sandbox and records the call under the agent, like any other agent call. A failing
+tool, and a call toolvault refuses, come back as results with isError set and the reason
+as text, which is how MCP lets the model see what went wrong.
+
+Built on the low-level `mcp.server.lowlevel.Server` rather than `MCPServer`, whose tools
+are Python functions with signatures: here the tools and their schemas are data known only
+at run time. The handlers are async and `Client` is blocking, so each request runs in a
+worker thread and the event loop keeps answering the protocol's own traffic.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import uuid
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import mcp.types as types
+from mcp.server.context import ServerRequestContext
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
+
+from toolvault.client import Client, ToolResult
+from toolvault.client.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+
+__all__ = ["serve_mcp"]
+
+# Refusals of one call (not on the agent's list, bad arguments, chain or agent state,
+# a tool deleted since it was listed): results the model can read. Anything else, such as
+# an unreachable server, is an MCP error response.
+_REFUSALS = (PermissionDenied, InvalidArgument, FailedPrecondition, NotFound)
+
+
+def serve_mcp(target: str, agent: str, *, conversation_id: str | None = None) -> int:
+    """Serve an agent's tools over MCP on stdin/stdout until the client disconnects.
+
+    Args:
+        target: The toolvault server's address, "host:port".
+        agent: The agent whose tools to serve.
+        conversation_id: Groups this session's tool calls in the history; None makes a
+            new one.
+
+    Returns:
+        The exit code: 0.
+
+    Raises:
+        NotFound: There is no such agent (checked before serving, so a misconfigured
+            MCP client shows the reason instead of an empty tool list).
+    """
+    conversation_id = conversation_id or uuid.uuid4().hex
+    with Client(target) as client:
+        definition = client.agent(agent)
+        server = _server(client, agent, conversation_id, definition.spec.description)
+        anyio.run(_run, server)
+    return 0
+
+
+async def _run(server: Server[Any]) -> None:
+    async with stdio_server() as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
+def _server(client: Client, agent: str, conversation_id: str, description: str) -> Server[Any]:
+    """Return an MCP server whose tool handlers go through `client` as `agent`."""
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        specs = await anyio.to_thread.run_sync(client.agent_tools, agent)
+        return types.ListToolsResult(tools=[types.Tool.model_validate(s.to_mcp()) for s in specs])
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        def call() -> ToolResult:
+            return client.call_tool(
+                agent, params.name, params.arguments or {}, conversation_id=conversation_id
+            )
+
+        try:
+            result = await anyio.to_thread.run_sync(call)
+        except _REFUSALS as refusal:
+            text = types.TextContent(text=f"error: {refusal}")
+            return types.CallToolResult(content=[text], is_error=True)
+        structured = result.execution.result
+        return types.CallToolResult(
+            content=[types.TextContent(text=result.text)],
+            # MCP clients check the structured content of a tool with an output schema;
+            # MCP before 2026-07-28 only allows an object there.
+            structured_content=(
+                structured if isinstance(structured, dict) and not result.is_error else None
+            ),
+            is_error=result.is_error,
+        )
+
+    return Server(
+        f"toolvault-{agent}",
+        version=importlib.metadata.version("toolvault"),
+        instructions=description or None,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )

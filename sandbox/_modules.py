@@ -1,0 +1,256 @@
+"""What restricted code may hold: module proxies and the check every reached value passes.
+
+RestrictedPython stops attribute names that start with "_", but allowed modules still
+hold other modules (``json.codecs``, ``dataclasses.inspect``, ``typing.sys``) and public
+functions that reach around the guards. So imports hand out a ModuleProxy, and every
+value that attribute or item access (or a proxy) hands to user code passes
+``Policy.check``, which applies one structural rule:
+
+- a module only as the proxy of a module the code could import itself;
+- never a frame, code object, traceback or cell (they lead to globals and builtins);
+- a class or function only if the module it comes from is allowed (a C accelerator
+  counts as its public module: ``_json`` as ``json``), it is the user's own, or it is
+  one of the sandbox's builtins;
+- an instance only if its class passes that rule or is a plain data type;
+- never a callable of ``DENIED``, and instead of those of ``REPLACED`` their safe
+  versions.
+"""
+
+import dataclasses
+import functools
+import importlib
+from collections.abc import Callable, Collection
+from types import (
+    BuiltinFunctionType,
+    CellType,
+    CodeType,
+    FrameType,
+    FunctionType,
+    MethodType,
+    ModuleType,
+    TracebackType,
+)
+from typing import Any
+
+from ._validate import import_problem
+
+# The __name__ user code runs under, and so the __module__ of its functions and classes.
+USER_MODULE = "function"
+
+# Public callables of allowed modules that get around the guards, by dotted path. Entries
+# this Python version lacks are skipped.
+DENIED: tuple[str, ...] = (
+    # Read or call any attribute by name, "__globals__" included, past _getattr_.
+    "operator.attrgetter",
+    "operator.methodcaller",
+    # Evaluate string annotations with eval(), outside the restricted compiler; the
+    # register() of singledispatch does it through get_type_hints.
+    "typing.get_type_hints",
+    "typing.evaluate_forward_ref",
+    "functools.singledispatch",
+    "functools.singledispatchmethod",
+    # Format strings walk attributes with plain getattr: "{0.__globals__}".
+    "string.Formatter",
+    "collections.UserString.format",
+    "collections.UserString.format_map",
+    # getnode may start ip/ifconfig subprocesses; both reveal the host's MAC address.
+    "uuid.getnode",
+    "uuid.uuid1",
+)
+
+
+def _update_wrapper(wrapper: Any, wrapped: Callable[..., Any]) -> Any:
+    """functools.update_wrapper with its standard attributes only.
+
+    Its ``assigned`` and ``updated`` arguments name attributes it reads and writes with
+    plain getattr and setattr ("__globals__" included), and it writes to any object.
+    """
+    if not isinstance(wrapper, FunctionType) and not hasattr(type(wrapper), "_guarded_writes"):
+        raise TypeError("update_wrapper() can only update functions and objects of your classes")
+    return functools.update_wrapper(wrapper, wrapped)
+
+
+def _wraps(wrapped: Callable[..., Any]) -> Callable[[Any], Any]:
+    """functools.wraps with its standard attributes only (see _update_wrapper)."""
+    return functools.partial(_update_wrapper, wrapped=wrapped)
+
+
+def _dataclass(cls: type | None = None, /, **options: Any) -> Any:
+    """dataclasses.dataclass, refusing field names that are not identifiers.
+
+    dataclass pastes field names into source it runs with exec(); a class whose
+    annotations have other keys (``typing.TypedDict("T", {"a=...": int})`` makes one)
+    would inject code into it.
+    """
+
+    def wrap(cls: type) -> type:
+        for name in cls.__dict__.get("__annotations__", {}):
+            if not (isinstance(name, str) and name.isidentifier()):
+                raise TypeError(f"dataclass field name {name!r} is not an identifier")
+        return dataclasses.dataclass(cls, **options)
+
+    return wrap if cls is None else wrap(cls)
+
+
+# Safe versions handed out instead of these; the originals are denied like DENIED.
+REPLACED: dict[str, Callable[..., Any]] = {
+    "functools.update_wrapper": _update_wrapper,
+    "functools.wraps": _wraps,
+    "dataclasses.dataclass": _dataclass,
+}
+
+# Modules a C accelerator's name does not lead to by dropping its leading underscore.
+_ACCELERATORS = {
+    "_blake2": "hashlib",
+    "_md5": "hashlib",
+    "_sha1": "hashlib",
+    "_sha2": "hashlib",
+    "_sha256": "hashlib",
+    "_sha512": "hashlib",
+    "_sha3": "hashlib",
+    "_sre": "re",
+    "_collections_abc": "collections",
+    "_pydecimal": "decimal",
+    "_pydatetime": "datetime",
+}
+# Instances of classes from these are plain data: the interpreter's own types (str,
+# dict_keys, mappingproxy...), types.GenericAlias and SimpleNamespace, and abc, where C
+# code such as decimal's creates helper classes (Context.flags is an abc.SignalDict).
+_DATA_MODULES = frozenset({"builtins", "types", "abc"})
+# Objects that lead to globals and builtins whatever their origin.
+_INTERNALS = (FrameType, CodeType, TracebackType, CellType)
+
+
+class ModuleProxy(ModuleType):
+    """An allowed module as user code sees it: its public API, checked by a Policy."""
+
+
+class Policy:
+    """Decides what restricted code may hold, for one set of allowed modules.
+
+    Args:
+        allowed_imports: The top-level modules the code may import.
+        builtins: The builtins the code runs with; they may be handed out again.
+    """
+
+    def __init__(self, allowed_imports: Collection[str], builtins: Collection[object]) -> None:
+        self.allowed_imports = allowed_imports
+        # By id: comparing with == would run user code or fail on unhashable values.
+        self._builtins = {id(value): value for value in builtins}
+        self._denied: dict[int, str] = {}
+        self._replaced: dict[str, Callable[..., Any]] = {}
+        for path, replacement in REPLACED.items():
+            self._deny(path)
+            self._replaced[path] = replacement
+            self._builtins[id(replacement)] = replacement
+        for path in DENIED:
+            self._deny(path)
+        self._proxies: dict[str, ModuleProxy] = {}
+        self._modules: dict[int, ModuleType] = {}
+        policy = self
+
+        class Proxy(ModuleProxy):
+            def __getattr__(self, name: str) -> object:
+                value = policy._expose(self, name)
+                self.__dict__[name] = value  # checked once, then found directly
+                return value
+
+        self._proxy_class = Proxy
+
+    def check(self, value: object, holder: object = None) -> object:
+        """Return ``value`` if user code may hold it, the proxy if it is a module.
+
+        Args:
+            value: What user code is about to get.
+            holder: The object ``value`` was read from as an attribute, if it was.
+
+        Raises:
+            ImportError: It is a module the code may not import, or comes from one, or
+                is denied.
+            AttributeError: It is a frame, code object, traceback or cell.
+        """
+        if isinstance(value, ModuleProxy):
+            return value
+        if isinstance(value, ModuleType):
+            return self.proxy(value)
+        if isinstance(value, _INTERNALS):
+            raise AttributeError(f"{type(value).__name__} objects are not accessible")
+        function = value.__func__ if isinstance(value, MethodType) else value
+        for candidate in (value, function, type(value)):
+            denied = self._denied.get(id(candidate))
+            if denied is not None:
+                raise ImportError(f"{denied} is not allowed in the sandbox")
+        if not self._comes_from_allowed(value, holder):
+            raise ImportError(f"{_describe(value)} comes from a module that is not allowed")
+        return value
+
+    def proxy(self, module: ModuleType) -> ModuleProxy:
+        """The proxy of ``module``, which the code must be allowed to import."""
+        problem = import_problem(module.__name__, 0, self.allowed_imports)
+        if problem:
+            raise ImportError(problem)
+        proxy = self._proxies.get(module.__name__)
+        if proxy is None:
+            proxy = self._proxy_class(module.__name__, module.__doc__)
+            self._proxies[module.__name__] = proxy
+            # By the proxy, not its name: user code cannot rename what it does not hold.
+            self._modules[id(proxy)] = module
+        return proxy
+
+    def _expose(self, proxy: ModuleProxy, name: str) -> object:
+        module = self._modules.get(id(proxy))
+        if module is None or name.startswith("_"):
+            raise AttributeError(f"module {proxy.__name__!r} has no attribute {name!r}")
+        replacement = self._replaced.get(f"{module.__name__}.{name}")
+        if replacement is not None:
+            return replacement
+        return self.check(getattr(module, name), module)
+
+    def _deny(self, path: str) -> None:
+        module_name, _, rest = path.partition(".")
+        # Not allowed, its contents fail the check anyway; allowed, it must be loaded now
+        # for its callables to be recognised.
+        if import_problem(module_name, 0, self.allowed_imports):
+            return
+        value: object = importlib.import_module(module_name)
+        for part in rest.split("."):
+            value = getattr(value, part, None)
+        if value is not None:
+            self._denied[id(value)] = path
+
+    def _comes_from_allowed(self, value: object, holder: object = None) -> bool:
+        """Whether the code ``value`` runs when called or used comes from allowed code."""
+        if isinstance(value, MethodType):
+            return self._comes_from_allowed(value.__func__) and self._comes_from_allowed(
+                value.__self__
+            )
+        if isinstance(value, BuiltinFunctionType):
+            owner = value.__self__
+            if owner is not None and not isinstance(owner, ModuleType):
+                return self._comes_from_allowed(owner)
+            if owner is None and value.__module__ is None:
+                # A C type's static method (str.maketrans): the type it was read from decides.
+                return holder is not None and self._comes_from_allowed(holder)
+        elif not isinstance(value, type | FunctionType):
+            # An instance: its class decides, and the interpreter's own types are data.
+            cls = type(value)
+            return cls.__module__ in _DATA_MODULES or self._comes_from_allowed(cls)
+        if id(value) in self._builtins:
+            return True
+        module = getattr(value, "__module__", None)
+        return isinstance(module, str) and self._module_allowed(module)
+
+    def _module_allowed(self, module: str) -> bool:
+        top = module.partition(".")[0]
+        if top == USER_MODULE:
+            return True
+        if top.startswith("_") and not top.startswith("__"):
+            top = _ACCELERATORS.get(top, top[1:])
+        return import_problem(top, 0, self.allowed_imports) is None
+
+
+def _describe(value: object) -> str:
+    name = getattr(value, "__qualname__", None)
+    if not isinstance(name, str):
+        return f"a {type(value).__qualname__} object"
+    return name

@@ -1,0 +1,432 @@
+"""Agents: definitions with revisions, their tools as specs, tool calls and routing.
+
+The server never talks to a model. It keeps the definitions, renders each agent's tools
+as specs, runs the tool calls a caller's agent loop sends (only the agent's own tools,
+arguments checked against the tool's schema), and bounds delegation: every call carries
+its chain depth, and a hand-over that would pass the delegating agent's
+``max_chain_depth`` is refused, so delegation cycles end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import functools
+import json
+import re
+from dataclasses import asdict, dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from toolvault.server.config import Settings
+from toolvault.server.db import Database
+from toolvault.server.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+)
+from toolvault.server.functions import FunctionStore, checked_schema, parse_json, parse_ref
+from toolvault.server.invocations import CallContext, ExecutionInfo, Invocations, problems
+from toolvault.server.models import Agent, AgentCapability, AgentRevision, utcnow
+from toolvault.server.paging import decode_token, encode_token, page_size
+from toolvault.server.store import VersionInfo
+from toolvault.server.toolspec import derive_input_schema
+
+AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+CAPABILITY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+MAX_TEXT_CHARS = 64 * 1024
+MAX_CONVERSATION_ID_CHARS = 128
+STRATEGIES = ("round_robin", "least_loaded", "named")
+
+
+@dataclass(frozen=True)
+class AgentDefinition:
+    """What defines an agent; JSON texts are canonical (sorted keys, compact)."""
+
+    name: str
+    description: str = ""
+    system_prompt: str = ""
+    model_settings: str = "{}"
+    input_schema: str | None = None
+    output_schema: str | None = None
+    tools: tuple[str, ...] = ()
+    capabilities: tuple[str, ...] = ()
+    max_chain_depth: int | None = None
+    enabled: bool = True
+
+    def canonical(self) -> str:
+        """The stored form; two definitions are the same revision iff these are equal."""
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_canonical(cls, text: str) -> AgentDefinition:
+        """Read the stored form back."""
+        fields = json.loads(text)
+        fields["tools"] = tuple(fields["tools"])
+        fields["capabilities"] = tuple(fields["capabilities"])
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """One revision of an agent."""
+
+    definition: AgentDefinition
+    revision: int
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class ToolInfo:
+    """A tool as a model sees it, with the version its ref resolves to now."""
+
+    name: str
+    description: str
+    input_schema: str
+    output_schema: str | None
+    ref: str
+    version: VersionInfo
+
+
+@dataclass(frozen=True)
+class Chain:
+    """Where a call sits in a chain of delegation."""
+
+    depth: int = 0
+    root_agent: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCallResult:
+    """A tool call's run, and what to hand the model."""
+
+    execution: ExecutionInfo
+    is_error: bool
+    text: str
+
+
+class Agents:
+    """Defines agents, lists their tools, runs their tool calls and routes tasks."""
+
+    def __init__(
+        self, db: Database, functions: FunctionStore, invocations: Invocations, settings: Settings
+    ) -> None:
+        self._db = db
+        self._functions = functions
+        self._invocations = invocations
+        self._settings = settings
+        # Per server process: least_loaded and round_robin balance this replica's calls.
+        self._in_flight: collections.Counter[str] = collections.Counter()
+        self._turns: collections.Counter[str] = collections.Counter()
+
+    def create(self, definition: AgentDefinition) -> AgentInfo:
+        """Store revision 1 of a new agent."""
+        definition = self._validated(definition)
+        with self._db.write.begin() as session:
+            if self._find(session, definition.name) is not None:
+                raise AlreadyExists(f"agent {definition.name!r} already exists")
+            return _add_revision(session, None, definition)
+
+    def update(self, definition: AgentDefinition, *, allow_missing: bool) -> tuple[AgentInfo, bool]:
+        """Store a new revision unless identical to the current one; True if one was."""
+        definition = self._validated(definition)
+        with self._db.write.begin() as session:
+            agent = self._find(session, definition.name, lock=True)
+            if agent is None and not allow_missing:
+                raise NotFound(f"agent {definition.name!r} not found")
+            if agent is not None:
+                current = _revision(session, agent, agent.current_revision)
+                if current.definition.canonical() == definition.canonical():
+                    return current, False
+            return _add_revision(session, agent, definition), True
+
+    def get(self, name: str, revision: int = 0) -> AgentInfo:
+        """The current revision of an agent, or the one numbered ``revision``."""
+        with self._db.read.begin() as session:
+            agent = self._agent(session, name)
+            return _revision(session, agent, revision or agent.current_revision)
+
+    def agents(self, *, capability: str, size: int, token: str) -> tuple[list[AgentInfo], str]:
+        """A page of current agents by name, optionally with a capability."""
+        key = decode_token(token, 1)
+        limit = page_size(size)
+        query = select(Agent).order_by(Agent.name)
+        if capability:
+            query = query.join(AgentCapability).where(AgentCapability.capability == capability)
+        if key is not None:
+            query = query.where(Agent.name > key[0])
+        with self._db.read.begin() as session:
+            rows = list(session.scalars(query.limit(limit + 1)))
+            infos = [_revision(session, row, row.current_revision) for row in rows[:limit]]
+        more = len(rows) > limit
+        return infos, encode_token([infos[-1].definition.name]) if more else ""
+
+    def revisions(self, name: str, *, size: int, token: str) -> tuple[list[AgentInfo], str]:
+        """A page of an agent's revisions, newest first."""
+        key = decode_token(token, 1)
+        limit = page_size(size)
+        with self._db.read.begin() as session:
+            agent = self._agent(session, name)
+            query = (
+                select(AgentRevision)
+                .where(AgentRevision.agent_id == agent.id)
+                .order_by(AgentRevision.revision.desc())
+            )
+            if key is not None:
+                query = query.where(AgentRevision.revision < int(key[0]))
+            rows = [_info(row) for row in session.scalars(query.limit(limit + 1))]
+        more = len(rows) > limit
+        return rows[:limit], encode_token([rows[limit - 1].revision]) if more else ""
+
+    def delete(self, name: str) -> int:
+        """Delete an agent with its revisions; returns how many revisions."""
+        with self._db.write.begin() as session:
+            agent = self._agent(session, name, lock=True)
+            count = session.scalar(select(func.count()).where(AgentRevision.agent_id == agent.id))
+            session.delete(agent)
+            return count or 0
+
+    def tools(self, name: str) -> list[ToolInfo]:
+        """The agent's tools, resolved now, in the order of its definition."""
+        definition = self.get(name).definition
+        return [self._tool(definition, ref) for ref in definition.tools]
+
+    async def call_tool(
+        self,
+        agent: str,
+        tool: str,
+        arguments_json: str,
+        *,
+        conversation_id: str,
+        chain: Chain,
+        caller: str,
+    ) -> ToolCallResult:
+        """Run one of the agent's tools and say what the model should read."""
+        if len(conversation_id) > MAX_CONVERSATION_ID_CHARS:
+            raise InvalidArgument(
+                f"conversation_id is longer than {MAX_CONVERSATION_ID_CHARS} characters"
+            )
+        info = await asyncio.to_thread(self.get, agent)
+        definition = info.definition
+        if not definition.enabled:
+            raise FailedPrecondition(f"agent {agent!r} is disabled")
+        depth_limit = self._depth_limit(definition)
+        if chain.depth > depth_limit:
+            raise FailedPrecondition(
+                f"chain depth {chain.depth} passes agent {agent!r}'s max_chain_depth "
+                f"of {depth_limit}"
+            )
+        refs = {parse_ref(ref)[0]: ref for ref in definition.tools}
+        if tool not in refs:
+            allowed = ", ".join(refs) or "none"
+            raise PermissionDenied(f"agent {agent!r} may not call {tool!r} (its tools: {allowed})")
+        spec = await asyncio.to_thread(self._tool, definition, refs[tool])
+        context = CallContext(
+            caller=caller,
+            agent=agent,
+            agent_revision=info.revision,
+            conversation_id=conversation_id,
+            chain_depth=chain.depth,
+        )
+        self._in_flight[agent] += 1
+        try:
+            execution = await self._invocations.run(
+                spec.version, arguments_json, context, spec.input_schema
+            )
+        finally:
+            self._in_flight[agent] -= 1
+        if execution.status == "OK":
+            return ToolCallResult(execution, False, execution.result_json)
+        text = f"{execution.status}: {execution.error_type}: {execution.error_message}"
+        if execution.traceback:
+            text += "\n" + execution.traceback
+        return ToolCallResult(execution, True, text)
+
+    def route(
+        self,
+        capability: str,
+        input_json: str,
+        *,
+        strategy: str,
+        named: str,
+        calling_agent: str,
+        chain: Chain,
+    ) -> tuple[AgentInfo, Chain]:
+        """Pick an enabled agent with ``capability`` and the chain its calls must carry."""
+        if not CAPABILITY.fullmatch(capability):
+            raise InvalidArgument(f"capability {capability!r} is invalid")
+        if strategy not in STRATEGIES:
+            raise InvalidArgument(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        if calling_agent:
+            caller = self.get(calling_agent).definition
+            depth = chain.depth + 1
+            if depth > self._depth_limit(caller):
+                raise FailedPrecondition(
+                    f"agent {calling_agent!r} may delegate at most "
+                    f"{self._depth_limit(caller)} level(s) deep; this hand-over would be "
+                    f"level {depth}"
+                )
+            chain = Chain(depth, chain.root_agent or calling_agent)
+        candidates = [
+            info
+            for info in self._all_with(capability)
+            if info.definition.enabled and (strategy != "named" or info.definition.name == named)
+        ]
+        if not candidates:
+            which = f"agent {named!r} with" if strategy == "named" else "enabled agent with"
+            raise NotFound(f"no {which} capability {capability!r}")
+        if strategy == "least_loaded":
+            picked = min(
+                candidates, key=lambda i: (self._in_flight[i.definition.name], i.definition.name)
+            )
+        else:
+            picked = candidates[self._turns[capability] % len(candidates)]
+            self._turns[capability] += 1
+        schema = picked.definition.input_schema
+        if schema is not None and (
+            found := problems(schema, parse_json(input_json or "null", "input_json"))
+        ):
+            raise InvalidArgument(
+                f"input_json does not match the input schema of agent "
+                f"{picked.definition.name!r}: {found}"
+            )
+        return picked, chain
+
+    def _all_with(self, capability: str) -> list[AgentInfo]:
+        with self._db.read.begin() as session:
+            rows = session.scalars(
+                select(Agent)
+                .join(AgentCapability)
+                .where(AgentCapability.capability == capability)
+                .order_by(Agent.name)
+            )
+            return [_revision(session, row, row.current_revision) for row in rows]
+
+    def _depth_limit(self, definition: AgentDefinition) -> int:
+        if definition.max_chain_depth is None:
+            return self._settings.default_max_chain_depth
+        return definition.max_chain_depth
+
+    def _tool(self, definition: AgentDefinition, ref: str) -> ToolInfo:
+        try:
+            version = self._functions.resolve(ref)
+        except NotFound as e:
+            raise FailedPrecondition(
+                f"agent {definition.name!r}'s tool {ref!r} no longer resolves: {e}"
+            ) from e
+        content = version.content
+        schema = content.input_schema or _derived_schema(content.source, content.entrypoint)
+        return ToolInfo(
+            name=version.name,
+            description=content.description,
+            input_schema=schema,
+            output_schema=content.output_schema,
+            ref=ref,
+            version=version,
+        )
+
+    def _validated(self, definition: AgentDefinition) -> AgentDefinition:
+        name = definition.name
+        if not AGENT_NAME.fullmatch(name):
+            raise InvalidArgument(
+                f"name {name!r} is invalid: use 1 to 64 of a-z, 0-9, _ and -, "
+                "starting with a letter"
+            )
+        for field in ("description", "system_prompt"):
+            if len(getattr(definition, field)) > MAX_TEXT_CHARS:
+                raise InvalidArgument(f"{field} is longer than {MAX_TEXT_CHARS} characters")
+        settings = parse_json(definition.model_settings or "{}", "model_settings_json")
+        if not isinstance(settings, dict):
+            raise InvalidArgument("model_settings_json must be a JSON object")
+        seen: dict[str, str] = {}
+        for index, ref in enumerate(definition.tools):
+            try:
+                function = parse_ref(ref)[0]
+                self._functions.resolve(ref)
+            except DomainError as e:
+                raise InvalidArgument(f"tools[{index}]: ref {ref!r} does not resolve: {e}") from e
+            if function in seen:
+                raise InvalidArgument(
+                    f"tools[{index}]: {ref!r} names function {function!r} again "
+                    f"(already as {seen[function]!r})"
+                )
+            seen[function] = ref
+        for capability in definition.capabilities:
+            if not CAPABILITY.fullmatch(capability):
+                raise InvalidArgument(
+                    f"capability {capability!r} is invalid: use a-z, 0-9, _, . and -"
+                )
+        depth = definition.max_chain_depth
+        maximum = self._settings.max_chain_depth
+        if depth is not None and not 0 <= depth <= maximum:
+            raise InvalidArgument(f"max_chain_depth is {depth}: it must be between 0 and {maximum}")
+        return AgentDefinition(
+            name=name,
+            description=definition.description,
+            system_prompt=definition.system_prompt,
+            model_settings=json.dumps(settings, sort_keys=True, separators=(",", ":")),
+            input_schema=checked_schema(definition.input_schema or "", "input_schema_json"),
+            output_schema=checked_schema(definition.output_schema or "", "output_schema_json"),
+            tools=definition.tools,
+            capabilities=tuple(sorted(set(definition.capabilities))),
+            max_chain_depth=depth,
+            enabled=definition.enabled,
+        )
+
+    def _find(self, session: Session, name: str, *, lock: bool = False) -> Agent | None:
+        query = select(Agent).where(Agent.name == name)
+        return session.scalar(query.with_for_update() if lock else query)
+
+    def _agent(self, session: Session, name: str, *, lock: bool = False) -> Agent:
+        agent = self._find(session, name, lock=lock)
+        if agent is None:
+            raise NotFound(f"agent {name!r} not found")
+        return agent
+
+
+def _add_revision(session: Session, agent: Agent | None, definition: AgentDefinition) -> AgentInfo:
+    now = utcnow()
+    if agent is None:
+        agent = Agent(name=definition.name, current_revision=0, created_at=now, updated_at=now)
+        session.add(agent)
+    agent.current_revision += 1
+    agent.updated_at = now
+    agent.capabilities = [AgentCapability(capability=c) for c in definition.capabilities]
+    session.flush()
+    row = AgentRevision(
+        agent_id=agent.id,
+        revision=agent.current_revision,
+        spec_json=definition.canonical(),
+        created_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return _info(row)
+
+
+def _revision(session: Session, agent: Agent, revision: int) -> AgentInfo:
+    row = session.scalar(
+        select(AgentRevision).where(
+            AgentRevision.agent_id == agent.id, AgentRevision.revision == revision
+        )
+    )
+    if row is None:
+        raise NotFound(
+            f"agent {agent.name!r} has no revision {revision} (current is {agent.current_revision})"
+        )
+    return _info(row)
+
+
+def _info(row: AgentRevision) -> AgentInfo:
+    return AgentInfo(AgentDefinition.from_canonical(row.spec_json), row.revision, row.created_at)
+
+
+@functools.lru_cache(maxsize=1024)
+def _derived_schema(source: str, entrypoint: str) -> str:
+    # Versions are immutable, so a schema derived once holds for good.
+    return json.dumps(derive_input_schema(source, entrypoint), sort_keys=True)

@@ -1,0 +1,177 @@
+"""The restricted runtime in-process: guards, module proxies and the value policy."""
+
+import functools
+import re
+from textwrap import dedent
+from typing import Any
+
+import pytest
+from RestrictedPython.compile import compile_restricted_exec
+
+from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
+from toolvault.sandbox._globals import restricted_globals
+from toolvault.sandbox._modules import ModuleProxy
+from toolvault.sandbox._validate import RestrictingPolicy
+
+
+def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS) -> Any:
+    compiled = compile_restricted_exec(dedent(source), "<test>", policy=RestrictingPolicy)
+    assert compiled.code is not None, compiled.errors
+    namespace = restricted_globals(allowed)
+    exec(compiled.code, namespace)
+    return namespace["main"]()
+
+
+def test_imports_hand_out_proxies_not_modules() -> None:
+    json_, abc = run("import json\nfrom collections import abc\ndef main():\n    return json, abc")
+
+    assert isinstance(json_, ModuleProxy) and isinstance(abc, ModuleProxy)
+    assert (json_.__name__, abc.__name__) == ("json", "collections.abc")
+
+
+def test_a_module_reached_through_another_is_the_proxy_of_an_allowed_one() -> None:
+    scanner_re = run("import json\ndef main():\n    return json.decoder.scanner.re")
+
+    assert isinstance(scanner_re, ModuleProxy) and scanner_re.__name__ == "re"
+
+
+def test_a_proxy_reads_each_attribute_once_and_keeps_it() -> None:
+    same = run("import json\ndef main():\n    return json.dumps is json.dumps and json is json")
+
+    assert same is True
+
+
+def test_allowed_modules_and_what_they_return_work_as_usual() -> None:
+    source = """\
+        import collections, datetime, decimal, hashlib, json, random, re, statistics
+        from collections import abc
+
+        def main():
+            match = re.compile("(?P<word>[a-z]+)").match("abc1")
+            return [
+                json.loads('{"a": [1]}'),
+                match.group("word"),
+                match.re.groupindex.get("word"),
+                str(decimal.Decimal("1.25").quantize(decimal.Decimal("0.1"))),
+                decimal.getcontext().traps.get(decimal.DivisionByZero),
+                datetime.date(2024, 2, 29).isoformat(),
+                hashlib.blake2b(b"x", digest_size=4).hexdigest(),
+                random.Random(4).randint(1, 1),
+                statistics.median([3, 1, 2]),
+                collections.Counter("aab").most_common(1),
+                isinstance({}, abc.Mapping),
+                str.maketrans("a", "b")[97],
+                dict.fromkeys("ab", 0),
+                json.JSONDecoder().scan_once.strict,
+            ]
+    """
+
+    assert run(source) == [
+        {"a": [1]},
+        "abc",
+        1,
+        "1.2",
+        True,
+        "2024-02-29",
+        "b1ba07e5",
+        1,
+        2,
+        [("a", 2)],
+        True,
+        98,
+        {"a": 0, "b": 0},
+        True,
+    ]
+
+
+def test_user_classes_dataclasses_closures_and_wraps_work() -> None:
+    source = """\
+        import functools
+        from dataclasses import KW_ONLY, asdict, dataclass, field
+
+        @dataclass(frozen=True)
+        class Point:
+            x: int
+            _: KW_ONLY
+            tags: list = field(default_factory=list)
+
+        def twice(f):
+            @functools.wraps(f)
+            def wrapper(*args):
+                return 2 * f(*args)
+            return wrapper
+
+        @twice
+        def norm(p):
+            return abs(p.x)
+
+        def main():
+            p = Point(-3, tags=["a"])
+            gen = (n * n for n in range(3))
+            return asdict(p), repr(p), norm(p), list(gen), f"{p.x!r:>4}"
+    """
+
+    assert run(source) == (
+        {"x": -3, "tags": ["a"]},
+        "Point(x=-3, tags=['a'])",
+        6,
+        [0, 1, 4],
+        "  -3",
+    )
+
+
+def test_f_strings_cant_read_private_attributes() -> None:
+    compiled = compile_restricted_exec('f"{x.__class__}"', policy=RestrictingPolicy)
+
+    assert compiled.errors == (
+        'Line 1: "__class__" is an invalid attribute name because it starts with "_".',
+    )
+
+
+def test_annotated_attributes_stay_forbidden() -> None:
+    compiled = compile_restricted_exec("self.x: int = 1", policy=RestrictingPolicy)
+
+    assert compiled.errors == ("Line 1: annotated assignments are allowed to plain names only",)
+
+
+@pytest.mark.parametrize(
+    ("expression", "error", "message"),
+    [
+        ("getattr(main, '__globals__')", AttributeError, "invalid attribute name"),
+        ("getattr((x for x in ()), 'gi_' + 'code')", AttributeError, "is a restricted name"),
+        ("getattr(str, 'format')", NotImplementedError, "format*() methods"),
+        ("json.codecs", ImportError, "import of 'codecs' is not allowed"),
+        ("typing.sys", ImportError, "import of 'sys' is not allowed"),
+        ("statistics.sys", ImportError, "import of 'sys' is not allowed"),
+        ("dataclasses.FunctionType", ImportError, "comes from a module that is not allowed"),
+        ("functools.recursive_repr", ImportError, "comes from a module that is not allowed"),
+        ("re.RegexFlag.mro()[1]", ImportError, "IntFlag comes from a module that is not allowed"),
+        ("operator.attrgetter", ImportError, "operator.attrgetter is not allowed"),
+        ("operator.attrgetter.__call__", SyntaxError, ""),
+        ("functools.singledispatchmethod", ImportError, "is not allowed in the sandbox"),
+        ("functools.wraps(main).func.__name__", SyntaxError, ""),
+        ("string.Formatter", ImportError, "string.Formatter is not allowed"),
+        ("collections.UserString('').format_map", ImportError, "UserString.format_map"),
+        ("uuid.uuid1", ImportError, "uuid.uuid1 is not allowed"),
+        ("setattr(main, '__doc__', 'x')", AttributeError, "invalid attribute name"),
+        ("delattr(json, 'dumps')", TypeError, "attribute-less object"),
+    ],
+)
+def test_the_guards_refuse(expression: str, error: type[Exception], message: str) -> None:
+    source = (
+        "import collections, dataclasses, functools, json, operator, re, statistics, string\n"
+        "import typing, uuid\n"
+        f"def main():\n    return {expression}\n"
+    )
+    if error is SyntaxError:
+        assert compile_restricted_exec(source, policy=RestrictingPolicy).code is None
+        return
+    with pytest.raises(error, match=re.escape(message)):
+        run(source)
+
+
+def test_the_real_originals_of_replaced_functions_are_refused() -> None:
+    getitem = restricted_globals(("functools",))["_getitem_"]
+
+    with pytest.raises(ImportError, match="functools.update_wrapper is not allowed"):
+        getitem({"f": functools.update_wrapper}, "f")

@@ -1,0 +1,414 @@
+"""Language escapes: getting around the restricted runtime to reach os, files or secrets.
+
+Each payload tries to read the planted secret (the file or the environment) and return
+it, or to create a file. Payloads the compiler refuses are refused at publish; for each,
+a second form that passes the compiler (names computed at run time) proves that the
+runtime guards hold on their own. The harness checks that no secret leaked, nothing
+survived and the server still answers.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.security.conftest import Attack
+from toolvault.client import Execution, ExecutionStatus
+from toolvault.client.errors import InvalidArgument
+
+
+def refused_at_publish(attack: Attack, source: str) -> str:
+    with pytest.raises(InvalidArgument) as info:
+        attack.run(source)
+    attack.assert_nothing_survives()
+    return str(info.value)
+
+
+def error(execution: Execution) -> tuple[ExecutionStatus, str, str]:
+    assert execution.error is not None
+    return execution.status, execution.error.type, execution.error.message
+
+
+def read_secret(attack: Attack, source: str) -> Execution:
+    return attack.run(source, {"path": str(attack.secret_file)})
+
+
+def refused_name(name: str) -> tuple[ExecutionStatus, str, str]:
+    message = f'"{name}" is an invalid attribute name because it starts with "_"'
+    return ExecutionStatus.ERROR, "AttributeError", message
+
+
+def restricted_name(name: str) -> tuple[ExecutionStatus, str, str]:
+    message = f'"{name}" is a restricted name, that is forbidden to access in RestrictedPython.'
+    return ExecutionStatus.ERROR, "AttributeError", message
+
+
+NOT_ALLOWED = "{} is not allowed in the sandbox"
+
+
+def test_cant_escape_through_a_generator_frame_cve_2023_37271(attack: Attack) -> None:
+    message = refused_at_publish(
+        attack,
+        "def main():\n"
+        "    q = (q.gi_frame.f_back.f_back for _ in (1,))\n"
+        "    return [x for x in q][0].f_builtins['open']('/etc/passwd').read()\n",
+    )
+    assert '"gi_frame" is a restricted name' in message
+
+    execution = read_secret(
+        attack,
+        "def main(path):\n"
+        "    g = (x for x in (1,))\n"
+        "    frame = getattr(g, 'gi_' + 'frame')\n"
+        "    return getattr(frame, 'f_' + 'builtins')['open'](path).read()\n",
+    )
+    assert error(execution) == restricted_name("gi_frame")
+
+
+@pytest.mark.parametrize(
+    ("make", "attribute"),
+    [("c = f()\n    c.close()", "cr_frame"), ("c = g()", "ag_frame")],
+)
+def test_cant_walk_a_coroutine_or_async_generator_frame(
+    attack: Attack, make: str, attribute: str
+) -> None:
+    source = (
+        "async def f():\n    pass\n"
+        "async def g():\n    yield 1\n"
+        "def main(path):\n"
+        f"    {make}\n"
+        f"    frame = getattr(c, '{attribute[:3]}' + '{attribute[3:]}')\n"
+        "    return getattr(frame, 'f_' + 'globals')\n"
+    )
+    execution = read_secret(attack, source)
+    assert error(execution) == restricted_name(attribute)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "'{0.__globals__}'.format(main)",
+        "'{m.__globals__}'.format_map({'m': main})",
+        "getattr(str, 'format')('{0.__globals__}', main)",
+    ],
+)
+def test_cant_read_attributes_through_str_format_cve_2023_41039(attack: Attack, call: str) -> None:
+    execution = read_secret(attack, f"def main(path):\n    return {call}\n")
+
+    message = "Using the format*() methods of `str` is not safe"
+    assert error(execution) == (ExecutionStatus.ERROR, "NotImplementedError", message)
+
+
+@pytest.mark.parametrize(
+    ("source", "denied"),
+    [
+        (
+            "import string\n"
+            "def main(path):\n"
+            "    return string.Formatter().get_field('0.__globals__', [main], {})\n",
+            "string.Formatter",
+        ),
+        (
+            "from collections import UserString\n"
+            "def main(path):\n"
+            "    return UserString('{0.__globals__}').format(main)\n",
+            "collections.UserString.format",
+        ),
+    ],
+)
+def test_cant_read_attributes_through_other_formatters_cve_2026_76825(
+    attack: Attack, source: str, denied: str
+) -> None:
+    execution = read_secret(attack, source)
+
+    assert error(execution) == (ExecutionStatus.ERROR, "ImportError", NOT_ALLOWED.format(denied))
+
+
+def test_cant_walk_from_an_attribute_errors_object_cve_2024_47532(attack: Attack) -> None:
+    source = """\
+import json
+
+def main(path):
+    try:
+        json.no_such_thing
+    except AttributeError as exc:
+        return exc.obj.codecs.open(path).read()
+"""
+    execution = read_secret(attack, source)
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, "ImportError")
+    assert message.startswith("import of 'codecs' is not allowed")
+
+
+def test_cant_use_except_star_cve_2025_22153(attack: Attack) -> None:
+    # A statement, not a lookup: there is no form of it that passes the compiler.
+    source = """\
+def main(path):
+    try:
+        raise ValueError(path)
+    except* ValueError as group:
+        secret = open(path).read()
+    return secret
+"""
+    assert "TryStar statements are not allowed." in refused_at_publish(attack, source)
+
+
+def test_cant_shadow_a_guard_with_a_positional_only_parameter_cve_2026_55830(
+    attack: Attack,
+) -> None:
+    source = """\
+def read(_getattr_, /, path):
+    return ().__class__
+
+def main(path):
+    return read(getattr, path)
+"""
+    message = refused_at_publish(attack, source)
+    assert '"_getattr_" is an invalid variable name because it starts with "_"' in message
+
+    # Without "_" names, shadowing reaches only the sandbox's own getattr.
+    execution = read_secret(
+        attack,
+        "def read(getattr, /, name):\n"
+        "    return getattr((), name)\n"
+        "def main(path):\n"
+        "    return read(getattr, '_' + '_class__')\n",
+    )
+    assert error(execution) == refused_name("__class__")
+
+
+def test_cant_walk_the_subclasses_of_object(attack: Attack) -> None:
+    walk = "().__class__.__mro__[1].__subclasses__()"
+    assert "invalid attribute name" in refused_at_publish(
+        attack, f"def main():\n    return {walk}\n"
+    )
+
+    execution = read_secret(
+        attack,
+        "def main(path):\n"
+        "    mro = getattr(getattr((), '_' + '_class__'), '_' + '_mro__')\n"
+        "    return getattr(mro[1], '_' + '_subclasses__')()\n",
+    )
+    assert error(execution) == refused_name("__class__")
+
+
+@pytest.mark.parametrize("name", ["__globals__", "__builtins__", "__code__", "__closure__"])
+def test_cant_reach_a_functions_globals_or_code(attack: Attack, name: str) -> None:
+    execution = read_secret(
+        attack,
+        f"def main(path):\n    return getattr(getattr, '_' + '{name[1:]}')['open'](path).read()\n",
+    )
+
+    assert error(execution) == refused_name(name)
+
+
+def test_cant_walk_an_exceptions_traceback_to_frames(attack: Attack) -> None:
+    source = """\
+def main(path):
+    try:
+        1 / 0
+    except ZeroDivisionError as exc:
+        tb = getattr(exc, '_' + '_traceback__')
+        return getattr(getattr(tb, 'tb_' + 'frame'), 'f_' + 'globals')
+"""
+    execution = read_secret(attack, source)
+
+    assert error(execution) == refused_name("__traceback__")
+
+
+@pytest.mark.parametrize(
+    ("walk", "module"),
+    [
+        ("json.codecs.open(path).read()", "codecs"),
+        ("dataclasses.inspect.os.environ['TOOLVAULT_TEST_SECRET']", "inspect"),
+        ("typing.sys.modules['os'].environ['TOOLVAULT_TEST_SECRET']", "sys"),
+        ("uuid.os.environ['TOOLVAULT_TEST_SECRET']", "os"),
+        ("base64.binascii", "binascii"),
+        ("re.copyreg", "copyreg"),
+    ],
+)
+def test_cant_walk_from_an_allowed_module_to_another(
+    attack: Attack, walk: str, module: str
+) -> None:
+    source = (
+        f"import json, dataclasses, typing, uuid, base64, re\ndef main(path):\n    return {walk}\n"
+    )
+    execution = read_secret(attack, source)
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, "ImportError")
+    assert message.startswith(f"import of {module!r} is not allowed")
+
+
+def test_cant_reach_private_names_of_allowed_modules(attack: Attack) -> None:
+    assert "invalid attribute name" in refused_at_publish(
+        attack, "import random\ndef main():\n    return random._os.environ\n"
+    )
+
+    execution = read_secret(
+        attack, "import random\ndef main(path):\n    return getattr(random, '_' + 'os').environ\n"
+    )
+    assert error(execution) == refused_name("_os")
+
+
+@pytest.mark.parametrize(
+    ("source", "denied"),
+    [
+        (
+            "import operator\n"
+            "def main(path):\n"
+            "    g = operator.attrgetter('__globals__')(main)\n"
+            "    return g['__builtins__']",
+            "operator.attrgetter",
+        ),
+        (
+            "from operator import methodcaller\n"
+            "def main(path):\n"
+            "    return methodcaller('__reduce_ex__', 2)(main)",
+            "operator.methodcaller",
+        ),
+        (
+            "import typing\n"
+            'def f(x: "open(path).read()"):\n'
+            "    pass\n"
+            "def main(path):\n"
+            "    return typing.get_type_hints(f, {'path': path})",
+            "typing.get_type_hints",
+        ),
+        (
+            "import functools\n"
+            "def main(path):\n"
+            "    dispatch = functools.singledispatch(len)\n"
+            "    return dispatch",
+            "functools.singledispatch",
+        ),
+        (
+            "import uuid\ndef main(path):\n    return uuid.getnode()",
+            "uuid.getnode",
+        ),
+    ],
+)
+def test_cant_use_functions_of_allowed_modules_that_get_around_the_guards(
+    attack: Attack, source: str, denied: str
+) -> None:
+    execution = read_secret(attack, source)
+
+    assert error(execution) == (ExecutionStatus.ERROR, "ImportError", NOT_ALLOWED.format(denied))
+
+
+def test_cant_copy_a_modules_globals_with_update_wrapper(attack: Attack) -> None:
+    source = """\
+import functools, json
+
+class Holder:
+    pass
+
+def main(path):
+    holder = Holder()
+    functools.update_wrapper(holder, main, assigned=('__globals__',), updated=())
+    functools.update_wrapper(holder, json.dumps, assigned=(), updated=('__globals__',))
+    return codecs.open(path).read()
+"""
+    execution = read_secret(attack, source)
+
+    message = "_update_wrapper() got an unexpected keyword argument 'assigned'"
+    assert error(execution) == (ExecutionStatus.ERROR, "TypeError", message)
+
+
+def test_cant_inject_code_through_dataclass_field_names(attack: Attack) -> None:
+    created = attack.secret_file.parent / "created.txt"
+    source = f"""\
+import dataclasses, typing
+
+def main(path):
+    name = "a=open({str(created)!r}, 'w'),b"
+    return dataclasses.dataclass(typing.TypedDict('T', {{name: int}}))
+"""
+    execution = read_secret(attack, source)
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, "TypeError")
+    assert message.startswith('dataclass field name "a=open(')
+    assert not created.exists()
+
+
+def test_cant_define_hooks_the_compiler_refuses_with_setattr(attack: Attack) -> None:
+    source = """\
+class Catcher:
+    def enter(self):
+        return self
+
+    def leave(self, kind, exc, tb):
+        return tb.tb_frame.f_globals
+
+def main(path):
+    setattr(Catcher, '_' + '_enter__', Catcher.enter)
+    setattr(Catcher, '_' + '_exit__', Catcher.leave)
+    with Catcher():
+        1 / 0
+"""
+    assert '"tb_frame" is a restricted name' in refused_at_publish(attack, source)
+
+    execution = read_secret(attack, source.replace("tb.tb_frame.f_globals", "tb"))
+    assert error(execution) == refused_name("__enter__")
+
+
+@pytest.mark.parametrize("name", ["open", "eval", "exec", "compile", "type", "vars", "globals"])
+def test_cant_use_unsafe_builtins(attack: Attack, name: str) -> None:
+    execution = read_secret(attack, f"def main(path):\n    return {name}\n")
+
+    message = f"name {name!r} is not defined"
+    assert error(execution) == (ExecutionStatus.ERROR, "NameError", message)
+
+
+def test_cant_tamper_with_builtins_or_the_guards(attack: Attack) -> None:
+    assert '"__builtins__" is an invalid variable name' in refused_at_publish(
+        attack, "def main():\n    __builtins__['getattr'] = lambda o, n: 1\n"
+    )
+
+    source = """\
+def main(path):
+    getattr.permissive = True
+    return getattr((), '_' + '_class__')
+"""
+    execution = read_secret(attack, source)
+    message = "attribute-less object (assign or del)"
+    assert error(execution) == (ExecutionStatus.ERROR, "TypeError", message)
+
+
+def test_cant_reach_a_class_of_a_module_outside_the_allow_list(attack: Attack) -> None:
+    source = """\
+import re
+
+def main(path):
+    enum_class = re.RegexFlag.mro()[1]
+    return enum_class
+"""
+    execution = read_secret(attack, source)
+
+    message = "IntFlag comes from a module that is not allowed"
+    assert error(execution) == (ExecutionStatus.ERROR, "ImportError", message)
+
+
+def test_cant_create_objects_with_object_new(attack: Attack) -> None:
+    execution = read_secret(attack, "def main(path):\n    return getattr(object, '_' + '_new__')\n")
+
+    assert error(execution) == refused_name("__new__")
+
+
+def test_code_that_runs_while_the_result_is_serialized_runs_under_the_limits(
+    attack: Attack,
+) -> None:
+    # json.dumps calls items() of a dict subclass after the function returned.
+    source = """\
+class Endless(dict):
+    def items(self):
+        while True:
+            pass
+
+def main():
+    return Endless(a=1)
+"""
+    execution = attack.run(source, timeout_ms=1_000)
+
+    assert execution.status is ExecutionStatus.TIMEOUT
