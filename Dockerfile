@@ -23,6 +23,6 @@ ENV TOOLVAULT_LISTEN=0.0.0.0:50051 \
 VOLUME ["/var/lib/toolvault"]
 EXPOSE 50051
 HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import grpc; grpc.channel_ready_future(grpc.insecure_channel('127.0.0.1:50051')).result(timeout=4)"]
+    CMD ["toolvault", "--server", "127.0.0.1:50051", "health", "--timeout", "4"]
 ENTRYPOINT ["toolvault"]
 CMD ["serve"]

@@ -32,7 +32,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from toolvault.client._agent_models import AgentSpec, RoutingStrategy, ToolSpec
 from toolvault.client._client import DEFAULT_TARGET, Client
@@ -106,7 +108,17 @@ def _parser() -> argparse.ArgumentParser:
     cmd = commands.add_parser("serve", help="run the server")
     cmd.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
     _add_storage_options(cmd)
+    cmd.add_argument(
+        "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
+    )
     cmd.set_defaults(local=_serve)
+
+    cmd = commands.add_parser(
+        "health", help="probe the server's gRPC health service; exit 0 if SERVING, else 1"
+    )
+    cmd.add_argument("--service", default="", help="a service name; default: the server")
+    cmd.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
+    cmd.set_defaults(local=_health)
 
     db_commands = commands.add_parser("db", help="manage the database").add_subparsers(
         metavar="COMMAND", required=True
@@ -274,7 +286,25 @@ def _serve(args: argparse.Namespace) -> int:
         from toolvault.server.cli import serve
     except ModuleNotFoundError as error:
         raise _server_missing(error) from error
-    return serve(listen=args.listen, db=args.db, data_dir=args.data_dir)
+    return serve(
+        listen=args.listen, db=args.db, data_dir=args.data_dir, metrics_port=args.metrics_port
+    )
+
+
+def _health(args: argparse.Namespace) -> int:
+    # Exit 0 or 1 only, whatever the failure: orchestrators' probes read nothing else.
+    request = health_pb2.HealthCheckRequest(service=args.service)
+    try:
+        with grpc.insecure_channel(args.server) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
+        status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    except grpc.RpcError as error:
+        status = f"UNREACHABLE ({error.code().name}: {error.details()})"
+    if args.json:
+        _print_json({"service": args.service, "status": status})
+    else:
+        print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

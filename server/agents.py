@@ -236,7 +236,11 @@ class Agents:
         self._in_flight[agent] += 1
         try:
             execution = await self._invocations.run(
-                spec.version, arguments_json, context, spec.input_schema
+                spec.version,
+                arguments_json,
+                context,
+                spec.input_schema,
+                args_field="arguments_json",
             )
         finally:
             self._in_flight[agent] -= 1

@@ -104,7 +104,9 @@ class Invocations:
     async def invoke(self, ref: str, args_json: str, context: CallContext) -> ExecutionInfo:
         """Resolve ``ref``, check the arguments, run the version and record the run."""
         version = await asyncio.to_thread(self._functions.resolve, ref)
-        return await self.run(version, args_json, context, version.content.input_schema)
+        return await self.run(
+            version, args_json, context, version.content.input_schema, args_field="args_json"
+        )
 
     async def run(
         self,
@@ -112,13 +114,17 @@ class Invocations:
         args_json: str,
         context: CallContext,
         input_schema: str | None,
+        *,
+        args_field: str,
     ) -> ExecutionInfo:
         """Check the arguments against ``input_schema``, run ``version`` and record the run.
+
+        ``args_field`` names the arguments in error messages, as the caller's request does.
 
         A result that does not match the version's output schema is recorded with the
         status OUTPUT_SCHEMA_MISMATCH.
         """
-        args_json = self._checked_args(args_json, input_schema)
+        args_json = self._checked_args(args_json, input_schema, args_field)
         content = version.content
         job = sandbox.Job(
             source=content.source,
@@ -201,17 +207,17 @@ class Invocations:
         finally:
             self._slots.release()
 
-    def _checked_args(self, args_json: str, input_schema: str | None) -> str:
+    def _checked_args(self, args_json: str, input_schema: str | None, field: str) -> str:
         size = len(args_json.encode())
         if size > self._settings.max_args_bytes:
             raise InvalidArgument(
-                f"args_json is {size} bytes, more than the limit of {self._settings.max_args_bytes}"
+                f"{field} is {size} bytes, more than the limit of {self._settings.max_args_bytes}"
             )
-        args = parse_json(args_json or "{}", "args_json")
+        args = parse_json(args_json or "{}", field)
         if not isinstance(args, dict):
-            raise InvalidArgument(f"args_json must be a JSON object, not {type(args).__name__}")
+            raise InvalidArgument(f"{field} must be a JSON object, not {type(args).__name__}")
         if input_schema is not None and (found := problems(input_schema, args)):
-            raise InvalidArgument("args_json does not match the input schema: " + found)
+            raise InvalidArgument(f"{field} does not match the input schema: {found}")
         return args_json or "{}"
 
     def _record(self, info: ExecutionInfo) -> None:

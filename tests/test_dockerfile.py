@@ -24,7 +24,10 @@ def test_base_image_is_pinned_to_an_exact_python_release() -> None:
 def test_runs_as_a_non_root_user_with_a_healthcheck() -> None:
     assert instructions("USER") == ["10001"]
     assert "useradd --system --uid 10001" in DOCKERFILE
-    assert len(instructions("HEALTHCHECK")) == 1
+    (healthcheck,) = instructions("HEALTHCHECK")
+    assert healthcheck.endswith(
+        'CMD ["toolvault", "--server", "127.0.0.1:50051", "health", "--timeout", "4"]'
+    )
 
 
 def test_copies_only_paths_that_exist() -> None:

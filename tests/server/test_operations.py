@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -16,12 +18,26 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from tests.conftest import ServerProcess
+from tests.conftest import TOOLVAULT, ServerProcess
 from toolvault.client import Client
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SLOW = "def main():\n    n = 0\n    for i in range(4000000):\n        n += i\n    return n\n"
+
+
+def test_the_health_command_exits_zero_only_for_a_serving_server(server: str) -> None:
+    ok = subprocess.run([TOOLVAULT, "--server", server, "health"], capture_output=True, text=True)
+    assert (ok.returncode, ok.stdout) == (0, "SERVING\n")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{closed.getsockname()[1]}"
+        down = subprocess.run(
+            [TOOLVAULT, "--server", address, "health", "--timeout", "1"],
+            capture_output=True,
+            text=True,
+        )
+    assert down.returncode == 1 and down.stdout.startswith("UNREACHABLE (")
 
 
 def test_health_and_reflection_answer_for_every_service(server: str) -> None:
