@@ -130,10 +130,10 @@ def test_serve_and_db_upgrade_hand_over_to_the_server_with_only_the_options_give
 ) -> None:
     calls: list[tuple[str, dict[str, object]]] = []
     monkeypatch.setitem(sys.modules, "toolvault.server.cli", fake_server_cli(calls))
-    assert cli("serve", "--listen", "127.0.0.1:0")[0] == 0
+    assert cli("serve", "--listen", "127.0.0.1:0", "--metrics-port", "9100")[0] == 0
     assert cli("db", "upgrade", "--db", "sqlite:///x.db", "--data-dir", "/tmp/x")[0] == 1
     assert calls == [
-        ("serve", {"listen": "127.0.0.1:0", "db": None, "data_dir": None}),
+        ("serve", {"listen": "127.0.0.1:0", "db": None, "data_dir": None, "metrics_port": 9100}),
         ("db_upgrade", {"db": "sqlite:///x.db", "data_dir": "/tmp/x"}),
     ]
 
