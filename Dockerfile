@@ -14,6 +14,8 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels '.[server]'
 FROM ${PYTHON_IMAGE}
 RUN useradd --system --uid 10001 --home-dir /var/lib/toolvault --create-home toolvault
 COPY --from=build /wheels /wheels
+# The versions are pinned by the wheels built above; nothing comes from an index.
+# hadolint ignore=DL3013
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'toolvault[server]' \
     && rm -rf /wheels
 USER 10001

@@ -26,6 +26,8 @@ from toolvault.client._models import (
     ExecutionError,
     ExecutionStatus,
     Function,
+    FunctionFailure,
+    FunctionStats,
     FunctionVersion,
     Limits,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "ExecutionStatus",
     "FailedPrecondition",
     "Function",
+    "FunctionFailure",
+    "FunctionStats",
     "FunctionVersion",
     "Internal",
     "InvalidArgument",

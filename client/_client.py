@@ -25,7 +25,13 @@ from toolvault.client._agent_models import (
     ToolResult,
     ToolSpec,
 )
-from toolvault.client._models import Execution, ExecutionStatus, Function, FunctionVersion
+from toolvault.client._models import (
+    Execution,
+    ExecutionStatus,
+    Function,
+    FunctionStats,
+    FunctionVersion,
+)
 from toolvault.client.errors import from_rpc_error
 from toolvault.v1 import (
     agent_pb2,
@@ -45,6 +51,35 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
 _MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# gRPC retries a call that failed with one of these codes before the server sent any
+# response headers (so the server's handler did not answer it), with exponential backoff
+# and its own jitter. Invoke is retried too: safe when the server refused the call before
+# running it (UNAVAILABLE while starting or draining, RESOURCE_EXHAUSTED when full), and
+# otherwise made safe by an idempotency key.
+_RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": f"toolvault.v1.{service}"}
+                    for service in (
+                        "FunctionService",
+                        "InvocationService",
+                        "HistoryService",
+                        "AgentService",
+                    )
+                ],
+                "retryPolicy": {
+                    "maxAttempts": 4,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+                },
+            }
+        ]
+    }
+)
 
 
 class _PageRequest(Protocol):
@@ -73,18 +108,30 @@ class Client:
     `Execution` (or `ToolResult`) carries the status.
     """
 
-    def __init__(self, target: str = DEFAULT_TARGET, *, timeout: float | None = None) -> None:
+    def __init__(
+        self, target: str = DEFAULT_TARGET, *, timeout: float | None = None, retries: bool = True
+    ) -> None:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
         Args:
             target: The server's address, "host:port".
             timeout: Default deadline of each call, in seconds; None waits without limit.
+                A deadline covers all attempts of a retried call.
+            retries: Retry calls that fail with UNAVAILABLE or RESOURCE_EXHAUSTED before
+                the server answered them: up to 4 attempts, backing off exponentially
+                from 0.1 s to 2 s with jitter. An invoke that the server may have
+                started before the connection broke is retried too; pass an
+                `idempotency_key` to make sure such a call runs once.
         """
         # An Invoke reply can carry up to three times the server's output cap (stdout,
         # stderr, result); gRPC's default 4 MiB receive limit would refuse it.
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES)]
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", int(retries)),
+        ]
+        if retries:
+            options.append(("grpc.service_config", _RETRY_SERVICE_CONFIG))
+        self._channel = grpc.insecure_channel(target, options=options)
         self._timeout = timeout
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
@@ -119,6 +166,8 @@ class Client:
         memory_mb: int | None = None,
         max_output_bytes: int | None = None,
         allowed_imports: Iterable[str] | None = None,
+        max_concurrency: int | None = None,
+        deterministic: bool = False,
     ) -> FunctionVersion:
         """Validate and store a function version.
 
@@ -137,6 +186,10 @@ class Client:
             memory_mb: Memory limit of the sandbox process, in MiB.
             max_output_bytes: Cap on stdout, stderr and the JSON result, each.
             allowed_imports: Modules the code may import (a subset of the server's list).
+            max_concurrency: Most calls of the function the server runs at once (more
+                fail with `ResourceExhausted`); None or 0 means unlimited.
+            deterministic: Declare that equal arguments always give the same result, so
+                the server may answer calls from its result cache.
 
         Returns:
             The stored version, with its number and sha256.
@@ -155,14 +208,21 @@ class Client:
                 timeout_ms=timeout_ms or 0,
                 memory_mb=memory_mb or 0,
                 max_output_bytes=max_output_bytes or 0,
+                max_concurrency=max_concurrency or 0,
             ),
             allowed_imports=allowed_imports or (),
+            deterministic=deterministic,
         )
         response = self._call(self._functions.PublishFunction, request)
         return FunctionVersion.from_proto(response.version, created=response.created)
 
     def invoke(
-        self, ref: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+        self,
+        ref: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Execution:
         """Run a function version in a sandbox and return the recorded run.
 
@@ -171,6 +231,10 @@ class Client:
             args: Keyword arguments for the entrypoint; must be JSON-serializable.
             timeout: Deadline of this call in seconds, instead of the client's default.
                 When it passes, the server kills the run and records it as CANCELLED.
+            idempotency_key: At most 128 characters naming this request: invoking again
+                with the same key, ref and args returns the first call's recorded
+                execution instead of running again (for the server's idempotency TTL,
+                24 hours by default).
 
         Returns:
             The execution; check `ok` or `status`, a failing function does not raise.
@@ -178,9 +242,13 @@ class Client:
         Raises:
             NotFound: The reference names no version.
             InvalidArgument: The arguments do not match the input schema.
+            ResourceExhausted: The server or the function is at its concurrency limit.
+            FailedPrecondition: The idempotency key was used for a different request.
             DeadlineExceeded: The timeout passed.
         """
-        request = invocation_pb2.InvokeRequest(ref=ref, args_json=json.dumps(args or {}))
+        request = invocation_pb2.InvokeRequest(
+            ref=ref, args_json=json.dumps(args or {}), idempotency_key=idempotency_key or ""
+        )
         response = self._call(self._invocations.Invoke, request, timeout)
         return Execution.from_proto(response.execution)
 
@@ -223,6 +291,39 @@ class Client:
         """
         request = function_pb2.DeleteFunctionRequest(name=name)
         return self._call(self._functions.DeleteFunction, request).deleted_versions
+
+    def stats(
+        self,
+        name: str,
+        *,
+        version: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        failures: int = 5,
+    ) -> FunctionStats:
+        """Summarize a function's recorded runs in a time window.
+
+        Args:
+            name: The function (its history outlives deletion).
+            version: Only runs of this version number; None for all versions.
+            since: Start of the window (naive means UTC); None: 24 hours before `until`.
+            until: End of the window, exclusive (naive means UTC); None: now.
+            failures: How many of the latest failures to return, 1 to 50.
+
+        Raises:
+            InvalidArgument: The name is invalid or the window is empty.
+            ValueError: `failures` is not between 1 and 50.
+        """
+        if not 1 <= failures <= 50:
+            raise ValueError(f"failures must be between 1 and 50, not {failures}")
+        request = function_pb2.GetFunctionStatsRequest(
+            name=name, version=version or 0, failure_limit=failures
+        )
+        if since is not None:
+            request.start_time_from.FromDatetime(since)
+        if until is not None:
+            request.start_time_to.FromDatetime(until)
+        return FunctionStats.from_proto(self._call(self._functions.GetFunctionStats, request).stats)
 
     def history(
         self,

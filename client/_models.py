@@ -22,6 +22,8 @@ __all__ = [
     "ExecutionError",
     "ExecutionStatus",
     "Function",
+    "FunctionFailure",
+    "FunctionStats",
     "FunctionVersion",
     "Limits",
 ]
@@ -60,11 +62,16 @@ class ExecutionStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of a version, with the server's defaults filled in."""
+    """Resource limits of a version, with the server's defaults filled in.
+
+    `max_concurrency` is the most calls of the function the server runs at once; 0 means
+    unlimited.
+    """
 
     timeout_ms: int
     memory_mb: int
     max_output_bytes: int
+    max_concurrency: int = 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class FunctionVersion:
 
     `source` is empty when the version comes from a list; `created` is only meaningful for
     the result of `Client.publish`: False when identical content was already stored.
+    `deterministic` versions may be answered from the server's result cache.
     """
 
     name: str
@@ -87,6 +95,7 @@ class FunctionVersion:
     allowed_imports: tuple[str, ...]
     created_at: datetime
     created: bool = False
+    deterministic: bool = False
 
     @classmethod
     def from_proto(
@@ -106,10 +115,12 @@ class FunctionVersion:
                 timeout_ms=pb.limits.timeout_ms,
                 memory_mb=pb.limits.memory_mb,
                 max_output_bytes=pb.limits.max_output_bytes,
+                max_concurrency=pb.limits.max_concurrency,
             ),
             allowed_imports=tuple(pb.allowed_imports),
             created_at=_datetime(pb.create_time),
             created=created,
+            deterministic=pb.deterministic,
         )
 
 
@@ -153,8 +164,12 @@ class Execution:
     `result` is the parsed return value, None unless the function returned (status OK or
     OUTPUT_SCHEMA_MISMATCH) and the history kept the whole result; `result_json` always
     holds the text the server sent (cut when `result_truncated`). `args` and `args_json`
-    work the same way with `args_truncated`. The last four fields are set for an agent's
-    tool calls and left empty for a plain invoke.
+    work the same way with `args_truncated`. `agent`, `agent_revision`,
+    `conversation_id` and `chain_depth` are set for an agent's tool calls and left empty
+    for a plain invoke. `cached` is True when no sandbox ran because the result came from
+    the cache of a deterministic function; `cached_from` is then the id of the execution
+    whose result it is. `trace_id` is the W3C trace id of the call's trace ("" when the
+    call was not traced).
     """
 
     execution_id: str
@@ -180,6 +195,9 @@ class Execution:
     agent_revision: int = 0
     conversation_id: str = ""
     chain_depth: int = 0
+    cached: bool = False
+    cached_from: str = ""
+    trace_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -222,6 +240,80 @@ class Execution:
             agent_revision=pb.agent_revision,
             conversation_id=pb.conversation_id,
             chain_depth=pb.chain_depth,
+            cached=pb.cached,
+            cached_from=pb.cached_from,
+            trace_id=pb.trace_id,
+        )
+
+
+@dataclass(frozen=True)
+class FunctionFailure:
+    """One failed run, in brief; `Client.execution(execution_id)` has the rest."""
+
+    execution_id: str
+    started_at: datetime
+    version: int
+    status: ExecutionStatus
+    error_type: str
+    error_message: str
+
+
+@dataclass(frozen=True)
+class FunctionStats:
+    """A function's runs in a time window, summarized.
+
+    Latency percentiles use the nearest-rank method over every run in the window and are
+    0 without runs; `status_counts` lists only statuses that occurred; `error_counts`
+    (by error type, most frequent first) and `recent_failures` (newest first) cover runs
+    whose status is not OK. `cached_calls` counts runs answered from the result cache;
+    they are part of `calls`.
+    """
+
+    name: str
+    version: int | None
+    since: datetime
+    until: datetime
+    calls: int
+    cached_calls: int
+    status_counts: dict[ExecutionStatus, int]
+    success_rate: float
+    p50_duration_ms: float
+    p95_duration_ms: float
+    p99_duration_ms: float
+    max_peak_memory_bytes: int
+    p95_peak_memory_bytes: int
+    error_counts: dict[str, int]
+    recent_failures: tuple[FunctionFailure, ...]
+
+    @classmethod
+    def from_proto(cls, pb: function_pb2.FunctionStats) -> FunctionStats:
+        """Build statistics from their message."""
+        return cls(
+            name=pb.name,
+            version=pb.version or None,
+            since=_datetime(pb.start_time_from),
+            until=_datetime(pb.start_time_to),
+            calls=pb.calls,
+            cached_calls=pb.cached_calls,
+            status_counts={ExecutionStatus.from_proto(c.status): c.count for c in pb.status_counts},
+            success_rate=pb.success_rate,
+            p50_duration_ms=pb.p50_duration_ms,
+            p95_duration_ms=pb.p95_duration_ms,
+            p99_duration_ms=pb.p99_duration_ms,
+            max_peak_memory_bytes=pb.max_peak_memory_bytes,
+            p95_peak_memory_bytes=pb.p95_peak_memory_bytes,
+            error_counts={c.type: c.count for c in pb.error_counts},
+            recent_failures=tuple(
+                FunctionFailure(
+                    execution_id=f.execution_id,
+                    started_at=_datetime(f.start_time),
+                    version=f.version,
+                    status=ExecutionStatus.from_proto(f.status),
+                    error_type=f.error_type,
+                    error_message=f.error_message,
+                )
+                for f in pb.recent_failures
+            ),
         )
 
 

@@ -28,7 +28,7 @@ import sys
 import textwrap
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import fields, is_dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -111,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument(
         "--metrics-port", type=int, metavar="PORT", help="serve Prometheus /metrics on PORT"
     )
+    cmd.add_argument(
+        "--plugin",
+        action="append",
+        metavar="MODULE:ATTR",
+        help="load a plugin beside the installed ones (repeatable; env TOOLVAULT_PLUGINS)",
+    )
     cmd.set_defaults(local=_serve)
 
     cmd = commands.add_parser(
@@ -146,12 +152,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="a module the code may import (repeatable; default: the server's list)",
     )
+    cmd.add_argument(
+        "--max-concurrency", type=_positive_int, metavar="N", help="most calls at once"
+    )
+    cmd.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="equal arguments always give the same result: allow the result cache",
+    )
     cmd.set_defaults(call=_publish)
 
     cmd = commands.add_parser("invoke", help="run a function; exit 1 if it fails")
     cmd.add_argument("ref", help="name, name@VERSION or name@ALIAS")
     cmd.add_argument("--args", metavar="JSON|@FILE", help="the arguments, a JSON object")
     cmd.add_argument("--timeout", type=float, metavar="SECONDS", help="deadline of the call")
+    cmd.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="run once: a repeat with the same key returns the first call's result",
+    )
     cmd.set_defaults(call=_invoke)
 
     cmd = commands.add_parser("get", help="show a version with its source")
@@ -188,6 +207,21 @@ def _parser() -> argparse.ArgumentParser:
     cmd.add_argument("--agent", metavar="NAME", help="only tool calls made for this agent")
     cmd.add_argument("--conversation", metavar="ID", help="only tool calls of this conversation")
     cmd.set_defaults(call=_history)
+
+    cmd = commands.add_parser("stats", help="summarize a function's runs in a time window")
+    cmd.add_argument("name")
+    cmd.add_argument("--version", type=_positive_int, help="only runs of this version")
+    window = cmd.add_mutually_exclusive_group()
+    window.add_argument(
+        "--since", type=_timestamp, metavar="ISO", help="window start (naive means UTC)"
+    )
+    window.add_argument(
+        "--hours", type=float, metavar="H", help="window: the last H hours (default 24)"
+    )
+    cmd.add_argument(
+        "--failures", type=_positive_int, default=5, metavar="N", help="latest failures (5)"
+    )
+    cmd.set_defaults(call=_stats)
 
     cmd = commands.add_parser("execution", help="show one recorded run")
     cmd.add_argument("id")
@@ -271,6 +305,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text}") from error
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 def _status(text: str) -> ExecutionStatus:
     try:
         return ExecutionStatus(text)
@@ -287,7 +329,11 @@ def _serve(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise _server_missing(error) from error
     return serve(
-        listen=args.listen, db=args.db, data_dir=args.data_dir, metrics_port=args.metrics_port
+        listen=args.listen,
+        db=args.db,
+        data_dir=args.data_dir,
+        metrics_port=args.metrics_port,
+        plugins=tuple(args.plugin) if args.plugin else None,
     )
 
 
@@ -350,6 +396,8 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         memory_mb=args.memory_mb,
         max_output_bytes=args.max_output_bytes,
         allowed_imports=args.allow_import,
+        max_concurrency=args.max_concurrency,
+        deterministic=args.deterministic,
     )
     if args.json:
         _print_json(version)
@@ -367,7 +415,9 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
 
 def _invoke(client: Client, args: argparse.Namespace) -> int:
     arguments = {} if args.args is None else _arguments(args.args)
-    execution = client.invoke(args.ref, arguments, timeout=args.timeout)
+    execution = client.invoke(
+        args.ref, arguments, timeout=args.timeout, idempotency_key=args.idempotency_key
+    )
     if args.json:
         _print_json(execution)
         return 0 if execution.ok else 1
@@ -485,6 +535,55 @@ def _history(client: Client, args: argparse.Namespace) -> int:
             for e in executions
         ),
     )
+    return 0
+
+
+def _stats(client: Client, args: argparse.Namespace) -> int:
+    if args.failures > 50:
+        raise _UsageError(f"--failures must be at most 50, not {args.failures}")
+    since = args.since
+    if args.hours is not None:
+        since = datetime.now(UTC) - timedelta(hours=args.hours)
+    stats = client.stats(args.name, version=args.version, since=since, failures=args.failures)
+    if args.json:
+        _print_json(stats)
+        return 0
+    _print_pairs(
+        [
+            ("name", stats.name),
+            ("version", stats.version or "all"),
+            ("window", f"{_text(stats.since)} .. {_text(stats.until)}"),
+            ("calls", stats.calls),
+            ("cached", stats.cached_calls),
+            ("statuses", {str(status): n for status, n in stats.status_counts.items()}),
+            ("success_rate", f"{stats.success_rate:.1%}"),
+            (
+                "latency_ms",
+                f"p50 {stats.p50_duration_ms:.1f}  p95 {stats.p95_duration_ms:.1f}  "
+                f"p99 {stats.p99_duration_ms:.1f}",
+            ),
+            (
+                "peak_memory",
+                f"max {stats.max_peak_memory_bytes}  p95 {stats.p95_peak_memory_bytes} bytes",
+            ),
+            ("errors", stats.error_counts),
+        ]
+    )
+    if stats.recent_failures:
+        print()
+        _print_table(
+            ("ID", "STARTED", "VERSION", "STATUS", "ERROR"),
+            (
+                (
+                    f.execution_id,
+                    _text(f.started_at),
+                    str(f.version),
+                    f.status,
+                    f"{f.error_type}: {_first_line(f.error_message)}",
+                )
+                for f in stats.recent_failures
+            ),
+        )
     return 0
 
 

@@ -1,8 +1,17 @@
 """Validate and run untrusted Python functions: the sandbox of toolvault.
 
-check_source vets source before it is stored; run executes one call in a fresh process
-under memory, CPU, wall-clock and output limits. Both return their findings as values and
-raise only for programming errors. The package imports nothing else of toolvault.
+check_source vets source before it is stored; SandboxHost.run (or run, on a default host)
+executes one call in a process of its own under memory, CPU, wall-clock and output
+limits. Both return their findings as values and raise only for programming errors. The
+package imports nothing else of toolvault.
+
+How a call runs: the server starts a warm sandbox host (``_host``) once, spawned with
+posix_spawn and supervised over a Unix socket (``_runner``). The host imports the runtime
+and the allowed modules, confines itself once (the kernel layer's namespaces and
+read-only mounts) and caches compiled code by sha256; per call it forks a sandbox
+process, which confines itself further and runs the function (``_child.run_job``). The
+server owns the call's output pipes, the wall clock and the verdict; the host forks,
+kills and reaps.
 
 Layers, each useful alone:
 
@@ -11,47 +20,60 @@ Layers, each useful alone:
 2. A restricted runtime (``_globals``): RestrictedPython's guards, safe builtins and an
    import hook admitting only allowed modules. RestrictedPython says itself that it is
    not a sandbox: allowed modules can still hand out ways around its guards.
-3. The process (``_runner`` spawns ``_child``, which applies ``_isolation``): a new
+3. The process (``_isolation.confine`` and ``set_limits`` in each forked sandbox): a new
    session, an empty environment, only the pipes as fds, a private working directory,
-   an unprivileged uid with no capabilities and no_new_privs, rlimits on address
-   space, CPU, file size, open files, core dumps and processes; everything it started
-   is killed on any limit.
-4. The kernel (``_isolation``), where the host allows it: new network, PID, mount, IPC
-   and UTS namespaces (in a user namespace when the server is not root), a read-only
-   filesystem. ``isolation_layers`` says which layers a probe sandbox found in effect.
+   an unprivileged uid of its own per concurrent call with no capabilities and
+   no_new_privs, rlimits on address space, CPU, file size, open files, core dumps and
+   processes; everything it started is killed on any limit.
+4. The kernel (``_isolation.enter_host`` once in the host, ``fork_sandbox`` per call),
+   where the machine allows it: new network, PID, mount, IPC and UTS namespaces (in a
+   user namespace when the server is not root), a read-only filesystem, and a PID
+   namespace of its own for every call, so calls cannot see or signal one another.
+   ``isolation_layers`` says which layers a probe sandbox, forked by a host like any
+   call, found in effect.
 
 Approaches not taken, and why:
 
 - ``exec`` in the server process or a thread: it cannot be stopped or bounded, and it
   shares memory with everything else.
-- ``subprocess`` / ``asyncio.create_subprocess_exec``: ``preexec_fn`` is unsafe in a
-  process with threads, and asyncio's child watcher is process-global state; posix_spawn
-  plus a pidfd needs neither.
-- Forking the server: forking a process that runs gRPC threads is unsafe. A warm,
-  single-threaded host that forks per call is the planned replacement for spawning;
-  ``_child.run_job`` (with ``_isolation.isolate``) is written to be called from such a fork.
-- The ``unshare`` binary in front of the interpreter: one more exec per call, and the
-  mounts and the uid switch must happen inside the new namespaces anyway; libc's
-  unshare through ctypes does the same in the process itself.
-- A user namespace when the server is root: one that maps only root makes
-  setuid(65534) fail, and the real root can switch to an unprivileged uid directly.
+- Forking the server: forking a process that runs gRPC threads is unsafe; the host is a
+  separate, single-threaded process that never runs user code itself.
+- A fresh interpreter per call (``python -m toolvault.sandbox._child``, kept as the
+  benchmark's baseline): about 100 ms a call here, almost all of it interpreter start-up
+  and imports, against a few ms for a fork of the warm host.
+- ``subprocess`` / ``asyncio.create_subprocess_exec`` to start the host:
+  ``preexec_fn`` is unsafe in a process with threads, and asyncio's child watcher is
+  process-global state; posix_spawn plus a pidfd needs neither.
+- Sharing one PID namespace (and one uid) among the calls: a call could then see the
+  others in /proc and signal them. unshare(CLONE_NEWPID) before each fork (and setns
+  back after it) gives each call its own; one uid per slot keeps them apart even
+  without namespaces.
+- Compiling in each sandbox: RestrictedPython's compiler costs far more than a fork;
+  the host compiles once per source (the server compiled it at publish already) and
+  builds the restricted globals once per allow-list, which each fork copies.
+- The ``unshare`` binary in front of the interpreter: one more exec, and the mounts and
+  the uid switch must happen inside the new namespaces anyway; libc's unshare through
+  ctypes does the same in the process itself.
+- A user namespace when the server is root: one that maps only root makes setuid to an
+  unprivileged uid fail, and the real root can switch to one directly.
 
-``peak_memory_bytes`` is the sandbox process's own VmHWM; only for a process killed
-before it reported does it fall back to ``wait4``'s ``ru_maxrss``, which Linux starts from
-the spawning server's resident size, so it is then an upper bound.
+``peak_memory_bytes`` is the sandbox process's own VmHWM, which includes the pages it
+still shares with the host it was forked from (about 20 MiB); only for a process killed
+before it reported does it fall back to ``wait4``'s ``ru_maxrss``.
 """
 
-from ._isolation import Layer, detect
+from ._isolation import Isolation, Layer, Plan
 from ._models import DEFAULT_ALLOWED_IMPORTS, Job, Limits, RunResult, RunStatus
-from ._runner import run
+from ._runner import HostFailed, SandboxHost, detect, run
 from ._validate import CheckedSource, SourceIssue, check_source
 
 
 def isolation_layers() -> tuple[Layer, ...]:
     """The process and kernel layers, each active or not, as a probe sandbox found them.
 
-    The probe runs once per process (the first call, or the first run); a layer the
-    host does not allow is logged as a WARNING then.
+    The probe (a sandbox host started for it, and a sandbox it forks) runs once per
+    process; a layer the machine does not allow is logged as a WARNING then. Call it
+    from synchronous code or a thread: it runs an event loop of its own.
     """
     return detect().layers
 
@@ -59,11 +81,15 @@ def isolation_layers() -> tuple[Layer, ...]:
 __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
     "CheckedSource",
+    "HostFailed",
+    "Isolation",
     "Job",
     "Layer",
     "Limits",
+    "Plan",
     "RunResult",
     "RunStatus",
+    "SandboxHost",
     "SourceIssue",
     "check_source",
     "isolation_layers",

@@ -1,10 +1,14 @@
 """The sandbox process: run one job under its limits and report on fd 3.
 
-The runner starts it as ``python -I -m toolvault.sandbox._child WORKDIR PLAN [HIDDEN...]``
-with the job on stdin, stdout and stderr on fds 1 and 2, and the report pipe on fd 3.
-Everything before the process confines itself (``_isolation``) is trusted bootstrap:
-reading the job, compiling it, importing the modules it may use. run_job is the part a
-forked sandbox host can call directly.
+run_job runs in a process that is already confined (``_isolation``): the process a
+sandbox host forks per call, or one spawned per call, which main() confines first. What
+comes before the confinement is trusted bootstrap: compiling the source (compile_job),
+importing the modules it may use (preload) and building its globals. A sandbox host does
+that ahead of the fork and keeps the results for the next calls.
+
+``python -I -m toolvault.sandbox._child WORKDIR PLAN [HIDDEN...]`` is the sandbox
+spawned per call, kept as the benchmark's baseline: the job on stdin, stdout and stderr
+on fds 1 and 2, the report pipe on fd 3.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
 "memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
@@ -21,13 +25,14 @@ import linecache
 import os
 import sys
 import traceback
-from collections.abc import Mapping
-from types import CodeType
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import CodeType, ModuleType
 from typing import Any, NoReturn, cast
 
 from RestrictedPython.compile import compile_restricted_exec
 
-from ._globals import restricted_globals
+from ._globals import restricted_module
 from ._isolation import Plan, isolate, set_limits
 from ._models import (
     MAX_MESSAGE_CHARS,
@@ -36,6 +41,7 @@ from ._models import (
     Job,
     decode_job,
 )
+from ._modules import USER_MODULE
 from ._validate import RestrictingPolicy
 
 # Imported on first use by allowed modules (datetime.strptime); after the switch to an
@@ -43,26 +49,69 @@ from ._validate import RestrictingPolicy
 _LAZY_IMPORTS = ("_strptime",)
 
 
+@dataclass(frozen=True)
+class Program:
+    """A job's source compiled by RestrictedPython, or why it does not compile.
+
+    Attributes:
+        code: The module's code; None if it does not compile.
+        error_type: Why not, e.g. ``"SyntaxError"``; ``""`` when it compiles.
+        error_message: What the compiler said.
+        lines: The source's lines, for tracebacks.
+    """
+
+    code: CodeType | None
+    error_type: str
+    error_message: str
+    lines: list[str]
+
+
 def main() -> NoReturn:
-    """Read the job from stdin and run it confined as the command line says."""
+    """Read the job from stdin, confine this process as the command line says, run it."""
     job = decode_job(sys.stdin.buffer.read())
     workdir, plan, *hidden = sys.argv[1:]
-    run_job(job, Plan.from_json(plan), workdir, hidden)
+    program = compile_job(job.source, job.filename)
+    preload(job.allowed_imports)
+    module = restricted_module(job.allowed_imports)
+    isolate(Plan.from_json(plan), workdir, hidden)
+    run_job(job, program, module)
 
 
-def run_job(job: Job, plan: Plan, workdir: str, hidden: list[str]) -> NoReturn:
-    """Run ``job`` in this process, confined by ``plan`` and under its limits, then exit.
+def compile_job(source: str, filename: str) -> Program:
+    """Compile ``source`` as the sandbox runs it; a failure is a value."""
+    try:
+        compiled = compile_restricted_exec(source, filename, policy=RestrictingPolicy)
+    except (SyntaxError, MemoryError, RecursionError) as exc:
+        return Program(None, type(exc).__name__, str(exc), [])
+    if compiled.code is None:
+        return Program(None, "SyntaxError", "; ".join(compiled.errors), [])
+    return Program(compiled.code, "", "", source.splitlines(keepends=True))
 
-    The report goes to fd 3. With namespaces, only a child of this process returns from
-    the confinement to run the job (see ``_isolation``).
+
+def preload(modules: Iterable[str]) -> None:
+    """Import ``modules`` and those allowed modules import lazily, before the confinement."""
+    for name in (*modules, *_LAZY_IMPORTS):
+        # A module that is not installed fails later, where the user's code imports it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def run_job(job: Job, program: Program, module: ModuleType) -> NoReturn:
+    """Run ``job`` in this confined process under its limits, report on fd 3 and exit.
+
+    Args:
+        job: What to run.
+        program: ``job.source`` compiled.
+        module: Fresh globals for the code (restricted_module), this process's own.
     """
     # Encoded now: when memory runs out there may be none left to encode it with.
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
     # So that what was printed before a kill for time or output still reaches the runner.
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
+    set_limits(job.limits)
     try:
         data = _encode(
-            {**_execute(job, plan, workdir, hidden), "peak_memory_bytes": _peak_memory_bytes()}
+            {**_execute(job, program, module), "peak_memory_bytes": _peak_memory_bytes()}
         )
         sys.stdout.flush()
     except MemoryError:
@@ -73,33 +122,25 @@ def run_job(job: Job, plan: Plan, workdir: str, hidden: list[str]) -> NoReturn:
     os._exit(0)
 
 
-def _execute(job: Job, plan: Plan, workdir: str, hidden: list[str]) -> dict[str, str]:
-    try:
-        compiled = compile_restricted_exec(job.source, job.filename, policy=RestrictingPolicy)
-    except (SyntaxError, MemoryError, RecursionError) as exc:
-        return _report("error", error_type=type(exc).__name__, error_message=str(exc))
-    if compiled.code is None:
-        return _report("error", error_type="SyntaxError", error_message="; ".join(compiled.errors))
+def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:
+    if program.code is None:
+        return _report("error", error_type=program.error_type, error_message=program.error_message)
     try:
         kwargs = json.loads(job.args_json)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         message = f"arguments are not valid JSON: {exc}"
         return _report("error", error_type="ValueError", error_message=message)
     if not isinstance(kwargs, dict):
         message = f"arguments must be a JSON object, not {type(kwargs).__name__}"
         return _report("error", error_type="TypeError", error_message=message)
 
-    lines = job.source.splitlines(keepends=True)
-    linecache.cache[job.filename] = (len(job.source), None, lines, job.filename)
-    for name in (*job.allowed_imports, *_LAZY_IMPORTS):
-        # A module that is not installed fails later, where the user's code imports it.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    namespace = restricted_globals(job.allowed_imports)
-    isolate(plan, workdir, hidden)
-    set_limits(job.limits)
+    linecache.cache[job.filename] = (len(job.source), None, program.lines, job.filename)
+    # Where dataclasses and typing look for the module of the code's classes.
+    sys.modules[USER_MODULE] = module
     try:
-        return _report("ok", result_json=_call(compiled.code, namespace, job.entrypoint, kwargs))
+        return _report(
+            "ok", result_json=_call(program.code, module.__dict__, job.entrypoint, kwargs)
+        )
     except BaseException as exc:
         return _report(
             "memory_limit" if isinstance(exc, MemoryError) else "error",
@@ -131,8 +172,9 @@ def _call(
 def _peak_memory_bytes() -> int:
     """This process's peak resident size (VmHWM).
 
-    Unlike wait4's ru_maxrss, which starts from the spawning server's size, VmHWM belongs
-    to the memory map that exec created, so it counts only this process.
+    Unlike wait4's ru_maxrss, which may start from a larger parent's size, VmHWM belongs
+    to this process's own memory map; forked from a sandbox host, it includes the pages
+    it still shares with the host.
     """
     with open("/proc/self/status", "rb") as status:
         for line in status:

@@ -88,6 +88,20 @@ _INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
 
 def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
     """Fresh globals for running restricted code that may import ``allowed_imports``."""
+    module = restricted_module(allowed_imports)
+    # The code runs in a module of its own, as code normally does: dataclasses (and
+    # typing) look up a class's module in sys.modules to read its string annotations,
+    # and RestrictedPython compiles every annotation to a string.
+    sys.modules[USER_MODULE] = module
+    return module.__dict__
+
+
+def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
+    """A fresh module for restricted code, not yet in sys.modules; see restricted_globals.
+
+    A sandbox host builds one per set of allowed imports ahead of the calls: each call's
+    process gets its own copy when the host forks it.
+    """
     builtins_: dict[str, Any] = {
         # RestrictedPython's own underscore entries (_getattr_) would bypass the policy.
         **{name: value for name, value in safe_builtins.items() if not name.startswith("_")},
@@ -127,11 +141,7 @@ def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
         "__import__": guarded_import,
     }
     policy = Policy(allowed_imports, builtins_.values())
-    # The code runs in a module of its own, as code normally does: dataclasses (and
-    # typing) look up a class's module in sys.modules to read its string annotations,
-    # and RestrictedPython compiles every annotation to a string.
     module = ModuleType(USER_MODULE)
-    sys.modules[USER_MODULE] = module
     module.__dict__.update(
         {
             "__builtins__": builtins_,
@@ -147,7 +157,7 @@ def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
             "_print_": _Print,
         }
     )
-    return module.__dict__
+    return module
 
 
 def _guarded_setattr(obj: object, name: str, value: object) -> None:

@@ -1,21 +1,24 @@
-"""The process and kernel layers: what a sandbox process does to itself before user code.
+"""The process and kernel layers: what a sandbox host and each sandbox process do to themselves.
 
-isolate() confines the calling process (single-threaded, still privileged, about to run
-untrusted code): new network, PID, mount, IPC, UTS and cgroup namespaces (inside a new
-user namespace when the server is not root), a read-only filesystem with a private tmpfs
-as working directory, a fresh /proc, an unprivileged uid without capabilities, and
-no_new_privs. set_limits() then sets the rlimits and closes inherited fds. Both work the
-same in a process spawned per call and in a child forked from a warm sandbox host.
+A warm sandbox host (``_host``) confines itself once with enter_host(): new network, PID,
+mount, IPC, UTS and cgroup namespaces (inside a new user namespace when the server is
+not root), a read-only view of every mount, its own /proc, the server's data hidden, its
+own hostname. Per call it forks with fork_sandbox(): the process for the call is PID 1 of
+a fresh PID namespace of its own, in its own session, and dies with the host. That
+process then calls confine(): its own mount namespace with a private tmpfs as working
+directory and a /proc that shows only itself, its own IPC namespace, an unprivileged uid
+of its own (one per concurrent call) without capabilities, and no_new_privs;
+set_limits() finally sets the rlimits and closes inherited fds. isolate() does all of it
+in one process, for a sandbox spawned per call (``python -m toolvault.sandbox._child``).
 
 The first process in a new PID namespace is its init: signals it has no handler for are
-ignored when sent from inside, and its death kills everything in the namespace. So the
-calling process forks: the child, PID 1 of the new namespace, runs the user's code; the
-parent stays outside as a relay that turns SIGTERM into a SIGKILL for the child, reaps
-it and exits the way it did. Whoever kills a sandbox signals the relay, never the
-child, so that nothing is ever orphaned.
+ignored when sent from inside, and its death kills everything in the namespace. So
+enter_host() forks: the child, PID 1 of the new namespace, returns; the parent stays
+outside as a relay that turns SIGTERM into a SIGKILL for the child, reaps it and exits
+the way it did, so that nothing is ever orphaned.
 
-detect() finds, once per process, the strongest plan the host allows: a probe process
-applies each candidate plan and checks from inside that every layer it claims holds.
+observe() is what a probe sandbox reports from inside, and layers() turns it into the
+layers that are in effect; candidates() lists the plans to try, strongest first.
 """
 
 from __future__ import annotations
@@ -25,24 +28,21 @@ import dataclasses
 import errno
 import functools
 import json
-import logging
 import os
 import resource
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ._models import Limits, cpu_limit_seconds
 
-log = logging.getLogger("toolvault.sandbox")
-
-UNPRIVILEGED_UID = 65534  # nobody / nogroup
+# The first of the uids sandboxes run as when the server is root, one per concurrent
+# call (slot), so that no two running calls share a uid: above the ranges that useradd
+# and container runtimes hand out as subordinate ids (100000 up, in blocks of 65536)
+# and below the 2**31 that some tools mishandle.
+SANDBOX_UID_BASE = 1_000_000_000
 WORKDIR_BYTES = 16 * 1024 * 1024
 _WORKDIR_INODES = 1024
 _MIB = 1024 * 1024
@@ -85,7 +85,8 @@ class Plan:
         user_namespace: Enter them inside a new user namespace that maps the server's
             uid to root (for a server that is not root), then drop every capability.
         read_only: Make every mount read-only but the private working directory.
-        uid: The unprivileged uid and gid to switch to (for a server that is root).
+        uid: The first unprivileged uid (and gid) to switch to, for a server that is
+            root: the sandbox in slot N runs as ``uid + N``.
     """
 
     namespaces: bool = False
@@ -94,12 +95,12 @@ class Plan:
     uid: int | None = None
 
     def to_json(self) -> str:
-        """The plan as the sandbox process gets it on its command line."""
+        """The plan as the sandbox process (or host) gets it."""
         return json.dumps(dataclasses.asdict(self))
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
-        """The plan from its command-line form."""
+        """The plan from its JSON form."""
         return cls(**json.loads(text))
 
 
@@ -109,7 +110,8 @@ class Layer:
 
     Attributes:
         name: A short name, e.g. ``"network-namespace"``.
-        active: Whether sandboxes get it; checked from inside a probe sandbox.
+        active: Whether sandboxes get it; checked from inside a probe sandbox forked
+            by a sandbox host.
         detail: What it does here, or why it is missing.
     """
 
@@ -120,21 +122,31 @@ class Layer:
 
 @dataclass(frozen=True)
 class Isolation:
-    """What detect() found: the plan every sandbox process applies, and the layers."""
+    """What a probe found: the plan every sandbox applies, and the layers in effect."""
 
     plan: Plan
     layers: tuple[Layer, ...]
 
 
 def isolate(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
-    """Apply ``plan`` to this process, leaving it in ``workdir``; trusted bootstrap only.
+    """Confine this process by ``plan`` as a sandbox spawned for one call; trusted bootstrap.
 
-    With namespaces this process forks, and only the child returns (see the module's
-    docstring). Modules not imported before may be unreadable afterwards.
+    enter_host() then confine() in slot 0: with namespaces this process forks, and only
+    the child returns (see the module's docstring).
+    """
+    enter_host(plan, workdir, hidden)
+    confine(plan, workdir, 0)
+
+
+def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
+    """Apply the host's half of ``plan`` to this process, once; trusted bootstrap only.
+
+    With namespaces this process forks, and only the child, PID 1 of the new PID
+    namespace, returns. Modules not imported before may be unreadable afterwards.
 
     Args:
-        plan: The layers to apply, from detect().
-        workdir: An empty directory: with namespaces it becomes a private tmpfs.
+        plan: The layers to apply.
+        workdir: An empty directory, the sandboxes' working directory: never hidden.
         hidden: Directories to cover with an empty read-only tmpfs (the server's data).
 
     Raises:
@@ -150,15 +162,71 @@ def isolate(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
         _fork_into_the_pid_namespace()
         _set_up_filesystem(plan, workdir, hidden)
         _call("sethostname", _libc.sethostname(_HOSTNAME, len(_HOSTNAME)))
-    elif plan.uid is not None:
-        os.chown(workdir, plan.uid, plan.uid)
+
+
+def fork_sandbox(plan: Plan) -> int:
+    """Fork the process for one call, as os.fork does; the host keeps forking afterwards.
+
+    With namespaces the child is PID 1 of a PID namespace of its own, so it sees and
+    can signal no other call, and its death ends everything it started. The child leads
+    its own session and gets SIGKILL when this process dies.
+
+    Raises:
+        IsolationError: When the PID namespace cannot be made.
+    """
+    if not plan.namespaces:
+        pid = os.fork()
+    else:
+        _call("unshare", _libc.unshare(_CLONE_NEWPID))
+        pid = -1
+        try:
+            pid = os.fork()
+        finally:
+            if pid != 0:
+                # Back to this process's own namespace for its next children: unshare
+                # refuses a new one while the one for children is not the active one.
+                _call("setns", _libc.setns(_own_pid_namespace(), _CLONE_NEWPID))
+    if pid == 0:
+        _lead_a_session_and_die_with_the_parent()
+    return pid
+
+
+def confine(plan: Plan, workdir: str, slot: int) -> None:
+    """Apply a sandbox's own half of ``plan`` to this process, forked for one call.
+
+    Args:
+        plan: The layers the host applied.
+        workdir: The working directory: with namespaces a private tmpfs is mounted on
+            it, otherwise it must be empty and this call's alone.
+        slot: Which of the calls running at once this is; picks the uid.
+
+    Raises:
+        IsolationError: When a step of the plan fails.
+    """
+    uid = None if plan.uid is None else plan.uid + slot
+    if plan.namespaces:
+        # Mounts of its own (the tmpfs and /proc of this call) and System V IPC objects of
+        # its own, all gone when it ends.
+        _call("unshare", _libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC))
+        sealed = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+        owner = 0 if uid is None else uid
+        options = (
+            f"size={WORKDIR_BYTES},nr_inodes={_WORKDIR_INODES},mode=0700,uid={owner},gid={owner}"
+        )
+        _mount("tmpfs", workdir, "tmpfs", sealed, options)
+        # This PID namespace's /proc: no other process, and no host secrets through it.
+        _mount("proc", "/proc", "proc", sealed | _MS_RDONLY)
+    elif uid is not None:
+        os.chown(workdir, uid, uid)
     os.chdir(workdir)
-    if plan.uid is not None:
+    if uid is not None:
         os.setgroups([])
-        os.setgid(plan.uid)
-        os.setuid(plan.uid)  # clears every capability as well
+        os.setgid(uid)
+        os.setuid(uid)  # clears every capability as well
     elif plan.user_namespace:
         _drop_capabilities()
+    # After the uid switch, which resets it: no core dumps, no ptrace by the same uid.
+    _prctl(_PR_SET_DUMPABLE, 0)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
 
 
@@ -178,36 +246,6 @@ def set_limits(limits: Limits) -> None:
         (resource.RLIMIT_NPROC, 0, 0),
     ):
         resource.setrlimit(limit, (soft, hard))
-
-
-@functools.cache
-def detect() -> Isolation:
-    """Probe once which layers this host allows, log what is missing, and remember it."""
-    isolation = _run_probe()
-    for layer in isolation.layers:
-        if not layer.active:
-            log.warning("sandbox layer %s is not active: %s", layer.name, layer.detail)
-    return isolation
-
-
-def _run_probe() -> Isolation:
-    done = subprocess.run(
-        [sys.executable, "-I", "-m", "toolvault.sandbox._isolation"],
-        env={},
-        capture_output=True,
-        timeout=60,
-        check=False,
-        start_new_session=True,
-    )
-    try:
-        found = json.loads(done.stdout)
-    except ValueError:
-        # Without a probe nothing can be claimed: the process layer alone, as root or not.
-        why = done.stderr.decode(errors="replace").strip()[-500:] or f"exit {done.returncode}"
-        uid = UNPRIVILEGED_UID if os.geteuid() == 0 else None
-        return Isolation(Plan(uid=uid), (Layer("kernel", False, f"the probe failed: {why}"),))
-    layers = tuple(Layer(**layer) for layer in found["layers"])
-    return Isolation(Plan(**found["plan"]), layers)
 
 
 def _enter_namespaces(user: bool) -> None:
@@ -230,10 +268,20 @@ def _fork_into_the_pid_namespace() -> None:
     child = os.fork()
     if child:
         _relay(child)
-    # Own session: kill(0, ...) from user code must not reach the relay, in its group.
+    _lead_a_session_and_die_with_the_parent()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _lead_a_session_and_die_with_the_parent() -> None:
+    # Own session: kill(0, ...) from user code must not reach the parent's group.
     os.setsid()
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+@functools.cache
+def _own_pid_namespace() -> int:
+    """An fd of this process's PID namespace, opened once (its /proc must be mounted)."""
+    return os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
 
 def _relay(child: int) -> NoReturn:
@@ -267,14 +315,11 @@ def _set_up_filesystem(plan: Plan, workdir: str, hidden: Sequence[str]) -> None:
             ),
         )
     sealed = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-    # The PID namespace's own /proc: no other process, and no host secrets through it.
+    # The host's own /proc, for its PID namespace; each sandbox mounts its own over it.
     _mount("proc", "/proc", "proc", sealed | _MS_RDONLY)
     for path in hidden:
         if os.path.isdir(path) and os.path.commonpath([path, workdir]) != path:
             _mount("tmpfs", path, "tmpfs", sealed | _MS_RDONLY, "size=4k,nr_inodes=1,mode=0555")
-    owner = 0 if plan.uid is None else plan.uid
-    options = f"size={WORKDIR_BYTES},nr_inodes={_WORKDIR_INODES},mode=0700,uid={owner},gid={owner}"
-    _mount("tmpfs", workdir, "tmpfs", sealed, options)
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
@@ -306,17 +351,18 @@ def _call(what: str, result: int) -> None:
         raise IsolationError(code, f"{what}: {os.strerror(code)}")
 
 
-# The probe: run as ``python -I -m toolvault.sandbox._isolation``, it prints the best plan
-# this host allows and the layers as checked from inside a sandbox confined by it.
+# The probe: a sandbox host forks one sandbox at start-up that runs observe() instead of
+# user code; the server turns what it saw into layers().
 
-_PROBE_LIMITS = Limits(timeout_ms=5_000, memory_mb=256, max_output_bytes=1024)
+PROBE_LIMITS = Limits(timeout_ms=5_000, memory_mb=256, max_output_bytes=1024)
 
 
-def _candidates() -> list[Plan]:
+def candidates() -> list[Plan]:
+    """The plans to try, strongest first; the last is the process layer alone."""
     if os.geteuid() == 0:
-        # As real root: no user namespace (setuid(65534) fails in one that maps only
-        # root), and an unprivileged uid instead.
-        strong = Plan(namespaces=True, read_only=True, uid=UNPRIVILEGED_UID)
+        # As real root: no user namespace (setuid to an unprivileged uid fails in one
+        # that maps only root), and unprivileged uids instead.
+        strong = Plan(namespaces=True, read_only=True, uid=SANDBOX_UID_BASE)
     else:
         strong = Plan(namespaces=True, user_namespace=True, read_only=True)
     weaker = dataclasses.replace(strong, read_only=False)
@@ -324,48 +370,8 @@ def _candidates() -> list[Plan]:
     return [strong, weaker, fallback]
 
 
-def _probe() -> dict[str, Any]:
-    outside = _namespace_ids()
-    failures: list[str] = []
-    for plan in _candidates():
-        facts = _observe_in_a_sandbox(plan)
-        if "error" not in facts:
-            return {
-                "plan": dataclasses.asdict(plan),
-                "layers": _layers(plan, facts, outside, failures),
-            }
-        failures.append(facts["error"])
-    raise SystemExit(f"even the process layer failed: {failures}")
-
-
-def _observe_in_a_sandbox(plan: Plan) -> dict[str, Any]:
-    """Confine a forked child by ``plan`` and say what it observes from inside."""
-    workdir = tempfile.mkdtemp(prefix="toolvault-probe-")
-    read_end, write_end = os.pipe()
-    try:
-        pid = os.fork()
-        if pid == 0:
-            os.close(read_end)
-            os.dup2(write_end, 1)  # the fds a sandbox keeps are 0 to 3
-            try:
-                isolate(plan, workdir)
-                set_limits(_PROBE_LIMITS)
-                facts = _observe(workdir)
-            except Exception as exc:
-                facts = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(1, json.dumps(facts).encode())
-            os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as pipe:
-            data = pipe.read()
-        os.waitpid(pid, 0)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return json.loads(data) if data else {"error": "the probe sandbox died"}
-
-
-def _observe(workdir: str) -> dict[str, Any]:
-    """What the layers look like from inside; must not import anything."""
+def observe(workdir: str) -> dict[str, Any]:
+    """What the layers look like from inside a sandbox; must not import anything."""
     status = dict(line.split(":", 1) for line in _read("/proc/self/status").splitlines())
     with socket.socket() as sock:
         network = sock.connect_ex(("127.0.0.1", 9))
@@ -391,7 +397,7 @@ def _observe(workdir: str) -> dict[str, Any]:
         "no_new_privs": status["NoNewPrivs"].strip() == "1",
         "uid_map": _read("/proc/self/uid_map").split(),
         "workdir": workdir,
-        "namespaces": _namespace_ids(),
+        "namespaces": namespace_ids(),
         "network_errno": network,
         "pids": sorted(int(name) for name in os.listdir("/proc") if name.isdigit()),
         "fork_errno": forked,
@@ -400,17 +406,26 @@ def _observe(workdir: str) -> dict[str, Any]:
     }
 
 
-def _namespace_ids() -> dict[str, int]:
+def namespace_ids() -> dict[str, int]:
+    """The inode of each namespace this process is in."""
     names = ("net", "pid", "mnt", "ipc", "uts", "cgroup", "user")
     return {name: os.stat(f"/proc/self/ns/{name}").st_ino for name in names}
 
 
-def _layers(
-    plan: Plan, facts: dict[str, Any], outside: dict[str, int], failures: list[str]
-) -> list[dict[str, Any]]:
+def layers(
+    plan: Plan, facts: dict[str, Any], outside: dict[str, int], failures: Sequence[str]
+) -> tuple[Layer, ...]:
+    """The layers in effect, from what a probe sandbox confined by ``plan`` observed.
+
+    Args:
+        plan: The plan the probe's host and sandbox applied.
+        facts: What observe() returned inside the probe sandbox.
+        outside: namespace_ids() of a process outside the sandbox.
+        failures: Why stronger plans failed, strongest first.
+    """
     new = {name for name, ino in facts["namespaces"].items() if ino != outside[name]}
     missing = f"not available: {failures[0]}" if failures else ""
-    layers = [
+    found = [
         ("process", True, "own session, empty environment, inherited fds closed"),
         (
             "rlimits",
@@ -427,7 +442,9 @@ def _layers(
         (
             "pid-namespace",
             "pid" in new and facts["pids"] == [1],
-            "sees no other process; its own /proc" if "pid" in new else missing,
+            "sees no other process, other calls included; its own /proc"
+            if "pid" in new
+            else missing,
         ),
         (
             "ipc-namespace",
@@ -437,10 +454,10 @@ def _layers(
         ("uts-namespace", "uts" in new, "own hostname" if "uts" in new else missing),
     ]
     if plan.user_namespace:
-        layers.append(("user-namespace", "user" in new, "maps only the server's uid, to root"))
+        found.append(("user-namespace", "user" in new, "maps only the server's uid, to root"))
     # From inside, the only writable mount must be the working directory.
     read_only = plan.read_only and facts["writable_mounts"] == [facts["workdir"]]
-    layers.append(
+    found.append(
         (
             "read-only-filesystem",
             read_only,
@@ -450,11 +467,11 @@ def _layers(
             else (failures[-1] if failures else "needs a mount namespace"),
         )
     )
-    layers += [
+    found += [
         ("seccomp", False, "not implemented: no system-call filter is installed"),
         ("cgroup-memory", False, _cgroup_detail()),
     ]
-    return [{"name": n, "active": a, "detail": d} for n, a, d in layers]
+    return tuple(Layer(n, a, d) for n, a, d in found)
 
 
 def _user_layer(plan: Plan, facts: dict[str, Any]) -> tuple[str, bool, str]:
@@ -464,7 +481,8 @@ def _user_layer(plan: Plan, facts: dict[str, Any]) -> tuple[str, bool, str]:
         return (
             "unprivileged-user",
             active,
-            f"uid {plan.uid}, no groups, no capabilities, no_new_privs",
+            f"uid {plan.uid} + the call's slot (no two running calls share one), no groups, "
+            "no capabilities, no_new_privs",
         )
     if plan.user_namespace:
         host_uid = facts["uid_map"][1] if len(facts["uid_map"]) == 3 else "?"
@@ -487,7 +505,3 @@ def _cgroup_detail() -> str:
 def _read(path: str) -> str:
     with open(path) as file:
         return file.read()
-
-
-if __name__ == "__main__":
-    print(json.dumps(_probe()))

@@ -1,7 +1,9 @@
 """The values the runner and the sandbox process exchange: jobs, limits and results.
 
-Also the wire protocol between the two, kept here so both sides agree on it: the job
-travels as JSON on the sandbox process's stdin, and the report comes back on fd 3.
+Also the wire protocols, kept here so that both sides agree on them: the server and its
+sandbox host exchange frames (a 4-byte big-endian length, then a JSON object) on a Unix
+socket; a sandbox process spawned per call reads its job as JSON on stdin. Either way
+the sandbox's report comes back on fd 3.
 """
 
 import dataclasses
@@ -9,6 +11,7 @@ import enum
 import json
 import math
 from dataclasses import dataclass
+from typing import Any
 
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "json",
@@ -113,8 +116,9 @@ class RunResult:
     peak_memory_bytes: int
 
 
-# The sandbox process reads its job from stdin and writes its report to this fd.
+# The sandbox process writes its report to this fd.
 REPORT_FD = 3
+_LENGTH_BYTES = 4
 # The sandbox process trims these report fields, so the runner can bound the report's size.
 MAX_MESSAGE_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
@@ -126,13 +130,13 @@ def cpu_limit_seconds(limits: Limits) -> int:
 
 
 def encode_job(job: Job) -> bytes:
-    """The job as the sandbox process reads it from stdin."""
+    """The job as a sandbox process spawned per call reads it from stdin."""
     return json.dumps(dataclasses.asdict(job)).encode()
 
 
-def decode_job(data: bytes) -> Job:
-    """The job from its wire form."""
-    fields = json.loads(data)
+def decode_job(data: bytes | dict[str, Any]) -> Job:
+    """The job from its wire form, or from that form already parsed (inside a frame)."""
+    fields = json.loads(data) if isinstance(data, bytes) else data
     return Job(
         **{
             **fields,
@@ -140,3 +144,23 @@ def decode_job(data: bytes) -> Job:
             "limits": Limits(**fields["limits"]),
         }
     )
+
+
+def encode_frame(message: dict[str, Any]) -> bytes:
+    """One message between the server and its sandbox host, framed."""
+    data = json.dumps(message).encode()
+    return len(data).to_bytes(_LENGTH_BYTES, "big") + data
+
+
+def decode_frames(buffer: bytearray) -> list[dict[str, Any]]:
+    """Take every complete frame off the front of ``buffer`` and return the messages."""
+    messages = []
+    start = 0
+    while len(buffer) - start >= _LENGTH_BYTES:
+        end = start + _LENGTH_BYTES + int.from_bytes(buffer[start : start + _LENGTH_BYTES], "big")
+        if end > len(buffer):
+            break
+        messages.append(json.loads(buffer[start + _LENGTH_BYTES : end]))
+        start = end
+    del buffer[:start]
+    return messages

@@ -1,47 +1,65 @@
-"""Run a job in a fresh sandbox process and say what happened.
+"""The server's side of the sandbox: a supervised sandbox host and the calls it runs.
 
-The parent side. It runs inside the asyncio gRPC server, a process with threads, so it
-never forks: os.posix_spawn starts ``python -I -m toolvault.sandbox._child`` in a new
-session (its own process group) with an empty environment, a private working directory
-and pipes on fds 0-3, and tells it the isolation plan that ``_isolation.detect`` found.
-The event loop watches the child without threads or asyncio's child watcher: a pidfd
-says when it exits, and stdout, stderr and the report are read without blocking and
-capped as they arrive. Whatever happens (exit, limit, cancellation) everything the child
-started is killed, the child reaped, every fd closed and the directory removed.
+The server runs gRPC threads, so it never forks: SandboxHost spawns the host
+(``python -I -m toolvault.sandbox._host``, see ``_host``) with os.posix_spawn in a new
+session, with an empty environment and one end of a Unix socket pair, and the host forks
+a sandbox per call. For each call the server makes the stdout, stderr and report pipes
+itself and passes their write ends to the host with the run frame, so that it reads the
+output and caps it as it arrives, never trusting the sandbox to stop. It enforces the wall
+clock, and on any limit or cancellation has the host kill the sandbox and waits until the
+host reports it reaped. The event loop watches everything without threads or asyncio's
+child watcher: the socket, the pipes, and a pidfd of the host process.
+
+If the host dies, every call in flight ends at once as CRASHED and the next call starts
+a new host. A host that does not report a killed sandbox gone within a grace period is
+killed in turn.
 """
+
+from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
+import itertools
 import json
+import logging
 import os
-import select
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
-from ._isolation import Plan, detect
+from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
+    DEFAULT_ALLOWED_IMPORTS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
-    REPORT_FD,
     Job,
     Limits,
     RunResult,
     RunStatus,
     cpu_limit_seconds,
-    encode_job,
+    decode_frames,
+    encode_frame,
 )
 
+log = logging.getLogger("toolvault.sandbox")
+
 _CHUNK = 64 * 1024
-# How long a sandbox process may take to relay a kill to its PID namespace before the
-# whole group gets SIGKILL (which would orphan the namespace's init).
-_RELAY_GRACE_S = 1.0
+_RECEIVE_BYTES = 1024 * 1024
+# How long a host may take to start (imports, confinement, the probe sandbox).
+_START_TIMEOUT_S = 60.0
+# How long a host may take to report a killed sandbox gone, or to exit when told to,
+# before it is killed itself.
+_KILL_GRACE_S = 5.0
 _STDERR_TAIL_CHARS = 1_000
 _REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
 _REPORTED_STATUSES = ("ok", "error", "memory_limit")
@@ -51,35 +69,447 @@ _ERROR_TYPES = {
     RunStatus.OUTPUT_LIMIT: "OutputLimitExceeded",
     RunStatus.CRASHED: "Crashed",
 }
+_HOST_DIED = "the sandbox host died while the function ran"
 
 
-async def run(job: Job, *, hidden_paths: Sequence[str] = ()) -> RunResult:
-    """Run ``job`` in a fresh sandbox process under its limits and say what happened.
+class HostFailed(RuntimeError):
+    """A sandbox host could not be started under any plan."""
 
-    A failing function is a result, not an exception. The first run in a process probes
-    which layers the host allows (``isolation_layers``), once.
+
+class SandboxHost:
+    """A warm sandbox host process, started on first use and restarted when it dies.
+
+    Serves one event loop at a time; between calls it may move to another one (as
+    ``asyncio.run`` calls in turn do).
 
     Args:
-        job: What to run.
-        hidden_paths: Directories the function must not see, such as the server's data:
+        preload: Modules the host imports ahead of the calls (the server's allow-list);
+            others are imported when a call first allows them.
+        hidden_paths: Directories no sandbox may see, such as the server's data:
             covered by an empty tmpfs where the host allows a mount namespace.
-
-    Raises:
-        asyncio.CancelledError: When the awaiting task is cancelled, after the sandbox
-            process and everything it started are killed and reaped.
     """
-    plan = detect().plan
-    workdir = tempfile.mkdtemp(prefix="toolvault-")
-    try:
-        with _Sandbox(job, workdir, plan, hidden_paths) as sandbox:
-            return await sandbox.wait()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+
+    def __init__(
+        self,
+        *,
+        preload: Sequence[str] = DEFAULT_ALLOWED_IMPORTS,
+        hidden_paths: Sequence[str] = (),
+    ) -> None:
+        self._preload = list(preload)
+        self._hidden = [str(path) for path in hidden_paths]
+        self._process: _Process | None = None
+        self._starting: asyncio.Task[_Process] | None = None
+        self._isolation: Isolation | None = None
+        self._ids = itertools.count()
+        self._busy_slots: set[int] = set()
+
+    @property
+    def isolation(self) -> Isolation | None:
+        """The plan the sandboxes get and the layers in effect; None before the first start."""
+        return self._isolation
+
+    @property
+    def pid(self) -> int | None:
+        """The pid of the process that forks the sandboxes, if one is running."""
+        process = self._process
+        return process.host_pid if process is not None and process.alive else None
+
+    @property
+    def compilations(self) -> int:
+        """How many sources the running host compiled rather than found in its cache."""
+        return self._process.compilations if self._process is not None else 0
+
+    async def start(self) -> Isolation:
+        """Start the host now unless it runs, and say how the sandboxes are confined.
+
+        Raises:
+            HostFailed: When no plan, not even the process layer alone, works.
+        """
+        await self._live()
+        assert self._isolation is not None
+        return self._isolation
+
+    async def run(self, job: Job) -> RunResult:
+        """Run ``job`` in a sandbox forked by the host, under its limits; say what happened.
+
+        A failing function is a result, not an exception; so is a host that died or
+        cannot start (CRASHED).
+
+        Raises:
+            asyncio.CancelledError: When the awaiting task is cancelled, after the
+                sandbox and everything it started are killed and reaped.
+        """
+        try:
+            process = await self._live()
+        except HostFailed as exc:
+            return _crashed(f"the sandbox host could not start: {exc}")
+        slot = next(n for n in itertools.count() if n not in self._busy_slots)
+        self._busy_slots.add(slot)
+        call = _Call(job, next(self._ids), slot, process)
+        try:
+            process.submit(call)
+            try:
+                await asyncio.shield(call.exited)
+            except asyncio.CancelledError:
+                call.kill()
+                await _uncancellable(call.exited)
+                raise
+            return call.result()
+        finally:
+            call.close()
+            self._busy_slots.discard(slot)
+
+    async def close(self) -> None:
+        """Stop the host: every sandbox it runs is killed; wait until it has exited."""
+        if self._starting is not None:
+            with contextlib.suppress(HostFailed):
+                await self._starting
+        if self._process is not None:
+            await self._process.stop()
+            self._process = None
+
+    async def _live(self) -> _Process:
+        """The running host process, started (again) if there is none."""
+        loop = asyncio.get_running_loop()
+        process = self._process
+        if process is not None and process.alive:
+            process.bind(loop)
+            return process
+        if self._starting is None or self._starting.get_loop() is not loop:
+            self._starting = loop.create_task(self._spawn())
+        try:
+            # Shielded: a caller that goes away must not abandon a half-started host.
+            return await asyncio.shield(self._starting)
+        finally:
+            if self._starting is not None and self._starting.done():
+                self._starting = None
+
+    async def _spawn(self) -> _Process:
+        restart = self._isolation is not None
+        plans = [self._isolation.plan] if self._isolation is not None else candidates()
+        failures: list[str] = []
+        for plan in plans:
+            process = _Process(plan, self._preload, self._hidden)
+            try:
+                facts = await process.started
+            except HostFailed as exc:
+                failures.append(str(exc))
+                await process.stop()
+                continue
+            if restart:
+                log.warning("sandbox host restarted (pid %s)", process.host_pid)
+            else:
+                found = layers(plan, facts, namespace_ids(), failures)
+                for layer in found:
+                    if not layer.active:
+                        log.warning("sandbox layer %s is not active: %s", layer.name, layer.detail)
+                self._isolation = Isolation(plan, found)
+            self._process = process
+            return process
+        raise HostFailed("; ".join(failures))
+
+
+async def run(job: Job) -> RunResult:
+    """Run ``job`` in a sandbox of this process's default host (see SandboxHost.run)."""
+    return await default_host().run(job)
+
+
+@functools.cache
+def default_host() -> SandboxHost:
+    """The host ``run`` uses: the default allow-list preloaded, nothing hidden."""
+    return SandboxHost()
+
+
+@functools.cache
+def detect() -> Isolation:
+    """Start a sandbox host once to find which layers this machine allows; remember it.
+
+    Runs its own event loop: call it from synchronous code or a thread.
+    """
+
+    async def probe() -> Isolation:
+        host = SandboxHost(preload=())
+        try:
+            return await host.start()
+        finally:
+            await host.close()
+
+    return asyncio.run(probe())
+
+
+async def _uncancellable(future: asyncio.Future[None]) -> None:
+    """Wait for ``future`` even if the waiting task is cancelled again meanwhile."""
+    while not future.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(future)
+
+
+class _Process:
+    """One sandbox host process and its socket, watched from the event loop."""
+
+    def __init__(self, plan: Plan, preload: list[str], hidden: list[str]) -> None:
+        self.plan = plan
+        self.calls: dict[int, _Call] = {}
+        self.compilations = 0
+        self.alive = True
+        self._loop = asyncio.get_running_loop()
+        self._inbox = bytearray()
+        self._outbox: deque[tuple[memoryview, list[int]]] = deque()
+        self._stopping = False
+        # The sandboxes' working directory: with namespaces each mounts a tmpfs on it.
+        self._workdir = tempfile.mkdtemp(prefix="toolvault-")
+        self.started: asyncio.Future[dict[str, Any]] = self._loop.create_future()
+        self.gone: asyncio.Future[None] = self._loop.create_future()
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.pid = os.posix_spawn(
+                sys.executable,
+                [sys.executable, "-I", "-m", "toolvault.sandbox._host"],
+                {},
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3),
+                ],
+                setsid=True,
+                # A blocked or ignored SIGXCPU, inherited from this process, would defeat
+                # the sandboxes' CPU-time limit.
+                setsigmask=(),
+                setsigdef=(signal.SIGXCPU, signal.SIGXFSZ),
+            )
+        except BaseException:
+            self._sock.close()
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            raise
+        finally:
+            theirs.close()
+        self.host_pid = self.pid
+        self._pidfd = os.pidfd_open(self.pid)
+        # A host nobody stopped ends when its owner is collected, or at exit: the socket's
+        # EOF stops it.
+        self._release = weakref.finalize(self, _release, self._sock, self._pidfd, self._workdir)
+        self._sock.setblocking(False)
+        self._loop.add_reader(self._sock.fileno(), self._receive)
+        self._loop.add_reader(self._pidfd, self._on_exit)
+        self._start_timer = self._loop.call_later(
+            _START_TIMEOUT_S, self._fail_start, f"no answer in {_START_TIMEOUT_S:.0f} s"
+        )
+        self.send(
+            {
+                "op": "init",
+                "plan": dataclasses.asdict(plan),
+                "preload": preload,
+                "workdir": self._workdir,
+                "hidden": hidden,
+            }
+        )
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Move the watches to ``loop``, the running one, when no call is in flight."""
+        if loop is self._loop:
+            return
+        if self.calls:
+            raise RuntimeError("a sandbox host serves one event loop at a time")
+        if not self._loop.is_closed():
+            self._unwatch()
+        self._loop = loop
+        gone = loop.create_future()
+        if self.gone.done():
+            gone.set_result(None)
+        self.gone = gone
+        if self.alive:
+            loop.add_reader(self._sock.fileno(), self._receive)
+            if self._outbox:
+                loop.add_writer(self._sock.fileno(), self._flush)
+        if self._pidfd >= 0:
+            loop.add_reader(self._pidfd, self._on_exit)
+
+    def _unwatch(self) -> None:
+        if self.alive:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.remove_writer(self._sock.fileno())
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+
+    def submit(self, call: _Call) -> None:
+        """Have the host fork a sandbox for ``call``."""
+        self.calls[call.id] = call
+        fields = dataclasses.asdict(call.job)
+        self.send({"op": "run", "id": call.id, "slot": call.slot, "job": fields}, call.give_away())
+
+    def kill(self, call: _Call) -> None:
+        """Have the host kill ``call``'s sandbox; kill the host if it does not within the grace."""
+        if self.alive:
+            self.send({"op": "kill", "id": call.id})
+            self._loop.call_later(_KILL_GRACE_S, self._check_killed, call)
+
+    def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        """Queue ``message``, with ``fds`` attached, which are closed here once sent."""
+        if not self.alive:
+            _close_all(fds or [])
+            return
+        self._outbox.append((memoryview(encode_frame(message)), fds or []))
+        if len(self._outbox) == 1:
+            self._flush()
+
+    async def stop(self) -> None:
+        """Tell the host to stop (by closing the socket), and reap it."""
+        self._stopping = True
+        self._died()
+        self.bind(asyncio.get_running_loop())
+        try:
+            await asyncio.wait_for(asyncio.shield(self.gone), _KILL_GRACE_S)
+        except TimeoutError:
+            self._terminate()
+            await _uncancellable(self.gone)
+
+    def _flush(self) -> None:
+        while self._outbox:
+            data, fds = self._outbox[0]
+            try:
+                if fds:
+                    # The fds travel with the frame's first byte.
+                    sent = socket.send_fds(self._sock, [data], fds)
+                    _close_all(fds)
+                    fds.clear()
+                else:
+                    sent = self._sock.send(data)
+            except BlockingIOError:
+                break
+            except OSError:
+                self._died()  # the host is gone; the EOF or its exit says so too
+                return
+            if sent < len(data):
+                self._outbox[0] = (data[sent:], fds)
+            else:
+                self._outbox.popleft()
+        if self._outbox:
+            self._loop.add_writer(self._sock.fileno(), self._flush)
+        else:
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _receive(self) -> None:
+        try:
+            data = self._sock.recv(_RECEIVE_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._died()
+            return
+        self._inbox += data
+        for message in decode_frames(self._inbox):
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "started":
+            self.compilations += message["compiled"]
+            self.calls[message["id"]].started(message["pid"])
+        elif op == "exited":
+            self.calls.pop(message["id"]).exited_with(message)
+        elif op == "ready":
+            self._start_timer.cancel()
+            self.host_pid = _host_loop_pid(self.pid, self.plan)
+            self.started.set_result(message["facts"])
+        elif op == "failed":
+            self._fail_start(message["error"])
+
+    def _fail_start(self, why: str) -> None:
+        if not self.started.done():
+            self.started.set_exception(HostFailed(why))
+        self._died()
+
+    def _check_killed(self, call: _Call) -> None:
+        if self.calls.get(call.id) is call:
+            log.error("the sandbox host did not report a killed sandbox gone: killing the host")
+            self._terminate()
+
+    def _died(self) -> None:
+        """The host is gone or must go: end every call in flight and stop watching."""
+        if not self.alive:
+            return
+        self._start_timer.cancel()
+        if not self._loop.is_closed():
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop.remove_writer(self._sock.fileno())
+        self.alive = False
+        self._sock.close()  # the host's EOF: it kills its sandboxes and exits
+        for _, fds in self._outbox:
+            _close_all(fds)
+        self._outbox.clear()
+        if not self.started.done():
+            self.started.set_exception(HostFailed("the sandbox host exited while starting"))
+        if self.calls and not self._stopping:
+            log.error(
+                "the sandbox host (pid %s) died with %d calls in flight; they end as CRASHED "
+                "and the next call starts a new host",
+                self.host_pid,
+                len(self.calls),
+            )
+        elif not self._stopping and self.started.exception() is None:
+            log.error("the sandbox host (pid %s) died; the next call starts a new one", self.pid)
+        for call in self.calls.values():
+            call.host_died()
+        self.calls.clear()
+
+    def _on_exit(self) -> None:
+        """The spawned process ended (with the host): reap it and clean up."""
+        self._loop.remove_reader(self._pidfd)
+        os.waitpid(self.pid, 0)
+        self._died()
+        self._release()
+        self._pidfd = -1
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def _terminate(self) -> None:
+        # With namespaces the spawned process is the relay: SIGTERM makes it kill the
+        # host, PID 1 of the namespace, which ends every sandbox. Without, it is the host
+        # itself, and its sandboxes die with it (PR_SET_PDEATHSIG).
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM if self.plan.namespaces else signal.SIGKILL)
+
+
+def _host_loop_pid(spawned: int, plan: Plan) -> int:
+    """The pid of the process that forks the sandboxes: the relay's child, with namespaces."""
+    if not plan.namespaces:
+        return spawned
+    with open(f"/proc/{spawned}/task/{spawned}/children") as children:
+        return int(children.read().split()[0])
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _release(sock: socket.socket, pidfd: int, workdir: str) -> None:
+    """Let go of a host process: close its socket and pidfd, remove its working directory."""
+    sock.close()
+    os.close(pidfd)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _crashed(message: str) -> RunResult:
+    return RunResult(
+        status=RunStatus.CRASHED,
+        result_json="",
+        stdout="",
+        stderr="",
+        error_type=_ERROR_TYPES[RunStatus.CRASHED],
+        error_message=message,
+        traceback="",
+        duration_ms=0.0,
+        cpu_time_ms=0.0,
+        peak_memory_bytes=0,
+    )
 
 
 @dataclass
 class _Pipe:
-    """The parent's end of one output pipe and what came through it, up to a cap."""
+    """The server's end of one output pipe and what came through it, up to a cap."""
 
     name: str
     cap: int
@@ -88,17 +518,16 @@ class _Pipe:
     reading: bool = True
 
 
-class _Sandbox:
-    """One sandbox process, watched from the event loop."""
+class _Call:
+    """One call: its pipes, its clock, and what the host said about its sandbox."""
 
-    def __init__(self, job: Job, workdir: str, plan: Plan, hidden: Sequence[str]) -> None:
-        self._job = job
-        self._workdir = workdir
-        self._plan = plan
-        self._hidden = list(hidden)
+    def __init__(self, job: Job, call_id: int, slot: int, process: _Process) -> None:
+        self.job = job
+        self.id = call_id
+        self.slot = slot
+        self._process = process
         self._loop = asyncio.get_running_loop()
-        self._exited = self._loop.create_future()
-        self._unsent = memoryview(encode_job(job))
+        self.exited: asyncio.Future[None] = self._loop.create_future()
         cap = job.limits.max_output_bytes
         self._stdout = _Pipe("stdout", cap)
         self._stderr = _Pipe("stderr", cap)
@@ -108,51 +537,75 @@ class _Sandbox:
             "result", 2 * cap + 6 * (MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS) + 1024
         )
         self._pipes = (self._stdout, self._stderr, self._report)
-        self._fds: list[int] = []
-        self._stdin = self._pidfd = -1
-        self._pid = 0
-        self._reaped = False
+        self._write_ends: list[int] = []
+        self.pid = 0
+        self._wait_status: int | None = None
+        self._cpu_ms = 0.0
+        self._maxrss_kb = 0
         self._started = self._ended = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._verdict: tuple[RunStatus, str] | None = None
 
-    def __enter__(self) -> "_Sandbox":
-        try:
-            self._start()
-        except BaseException:
-            self._close()
-            raise
-        return self
+    def give_away(self) -> list[int]:
+        """Make the pipes and start the clock; return the write ends, which the host gets."""
+        for pipe in self._pipes:
+            pipe.fd, write_end = os.pipe()
+            self._write_ends.append(write_end)
+            # Only our end: O_NONBLOCK is shared with the sandbox's copies of its ends.
+            os.set_blocking(pipe.fd, False)
+            self._loop.add_reader(pipe.fd, self._drain, pipe)
+        self._started = time.monotonic()
+        limits = self.job.limits
+        self._timer = self._loop.call_later(
+            limits.timeout_ms / 1000,
+            self._limit,
+            RunStatus.TIMEOUT,
+            f"wall-clock limit of {limits.timeout_ms} ms exceeded",
+        )
+        write_ends, self._write_ends = self._write_ends, []
+        return write_ends
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._close()
+    def started(self, pid: int) -> None:
+        """The host forked the sandbox, ``pid`` in the host's PID namespace."""
+        self.pid = pid
 
-    async def wait(self) -> RunResult:
-        """Wait for the process to exit, then reap it and say what happened."""
-        await self._exited
-        # Kill what the process may have left behind before reaping it: until then its
-        # pid, which is also the group's id, cannot be reused by an unrelated process.
-        self._kill_group(signal.SIGKILL)
+    def exited_with(self, message: dict[str, Any]) -> None:
+        """The host reaped the sandbox (or could not start one)."""
+        error = message.get("error")
+        if error is not None:
+            self._verdict = self._verdict or (
+                RunStatus.CRASHED,
+                f"the sandbox host could not start the sandbox process: {error}",
+            )
+        else:
+            self._wait_status = message["status"]
+            self._cpu_ms = message["cpu_ms"]
+            self._maxrss_kb = message["maxrss_kb"]
+        self._end()
+
+    def host_died(self) -> None:
+        """The host died, and the sandbox with it."""
+        self._verdict = self._verdict or (RunStatus.CRASHED, _HOST_DIED)
+        self._end()
+
+    def kill(self) -> None:
+        """Have the sandbox killed, whatever it is doing (for a cancellation)."""
+        self._process.kill(self)
+
+    def result(self) -> RunResult:
+        """What happened, once the sandbox is gone."""
         for pipe in self._pipes:
             self._drain(pipe)
-        _, wait_status, usage = os.wait4(self._pid, 0)
-        self._reaped = True
-        cpu_time_ms = (usage.ru_utime + usage.ru_stime) * 1000
         stderr = self._stderr.data.decode("utf-8", "replace")
         report = _parse_report(self._report.data)
         status, result_json, error_type, error_message, trace = self._outcome(
-            report, wait_status, cpu_time_ms, stderr
+            report, self._wait_status, self._cpu_ms, stderr
         )
-        # ru_maxrss starts from this (large) process's size at spawn: use the sandbox
-        # process's own figure when it could report one.
+        # ru_maxrss starts from the host's size at the fork: use the sandbox process's own
+        # figure when it could report one.
         peak = report.get("peak_memory_bytes") if report else None
         if not isinstance(peak, int) or peak <= 0:
-            peak = usage.ru_maxrss * 1024
+            peak = self._maxrss_kb * 1024
         return RunResult(
             status=status,
             result_json=result_json,
@@ -162,71 +615,31 @@ class _Sandbox:
             error_message=error_message,
             traceback=trace,
             duration_ms=(self._ended - self._started) * 1000,
-            cpu_time_ms=cpu_time_ms,
+            cpu_time_ms=self._cpu_ms,
             peak_memory_bytes=peak,
         )
 
-    def _start(self) -> None:
-        stdin_end, self._stdin = self._pipe()
-        child_ends = {0: stdin_end}
-        for target, pipe in ((1, self._stdout), (2, self._stderr), (REPORT_FD, self._report)):
-            pipe.fd, child_ends[target] = self._pipe()
-
-        self._started = time.monotonic()
-        try:
-            self._pid = os.posix_spawn(
-                sys.executable,
-                [
-                    *(sys.executable, "-I", "-m", "toolvault.sandbox._child", self._workdir),
-                    *(self._plan.to_json(), *self._hidden),
-                ],
-                {},
-                file_actions=[(os.POSIX_SPAWN_DUP2, fd, to) for to, fd in child_ends.items()],
-                setsid=True,
-                # A blocked or ignored SIGXCPU, inherited from this process, would defeat
-                # the CPU-time limit.
-                setsigmask=(),
-                setsigdef=(signal.SIGXCPU, signal.SIGXFSZ),
-            )
-        finally:
-            for fd in child_ends.values():
-                self._close_fd(fd)
-
-        self._pidfd = os.pidfd_open(self._pid)
-        self._fds.append(self._pidfd)
-        self._loop.add_reader(self._pidfd, self._on_exit)
+    def close(self) -> None:
+        """Stop watching the pipes and close the server's ends."""
+        if self._timer is not None:
+            self._timer.cancel()
         for pipe in self._pipes:
-            # Only our ends: O_NONBLOCK is shared with the child's copies of its ends.
-            os.set_blocking(pipe.fd, False)
-            self._loop.add_reader(pipe.fd, self._drain, pipe)
-        os.set_blocking(self._stdin, False)
-        self._loop.add_writer(self._stdin, self._send_job)
-        limits = self._job.limits
-        self._timer = self._loop.call_later(
-            limits.timeout_ms / 1000,
-            self._kill,
-            RunStatus.TIMEOUT,
-            f"wall-clock limit of {limits.timeout_ms} ms exceeded",
-        )
+            if pipe.fd >= 0:
+                self._loop.remove_reader(pipe.fd)
+                os.close(pipe.fd)
+                pipe.fd = -1
+        _close_all(self._write_ends)
+        self._write_ends = []
 
-    def _pipe(self) -> tuple[int, int]:
-        read_end, write_end = os.pipe()
-        self._fds += (read_end, write_end)
-        return read_end, write_end
-
-    def _send_job(self) -> None:
-        try:
-            self._unsent = self._unsent[os.write(self._stdin, self._unsent) :]
-            if self._unsent:
-                return
-        except BlockingIOError:
-            return
-        except BrokenPipeError:
-            pass  # the process died before reading its job; its exit status says why
-        self._close_fd(self._stdin)
+    def _end(self) -> None:
+        self._ended = time.monotonic()
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.exited.done():
+            self.exited.set_result(None)
 
     def _drain(self, pipe: _Pipe) -> None:
-        """Read what ``pipe`` holds now, up to its cap; past the cap, kill the process."""
+        """Read what ``pipe`` holds now, up to its cap; past the cap, kill the sandbox."""
         while pipe.reading:
             try:
                 chunk = os.read(pipe.fd, _CHUNK)
@@ -239,71 +652,27 @@ class _Sandbox:
             if len(pipe.data) > pipe.cap:
                 del pipe.data[pipe.cap :]
                 self._stop_reading(pipe)
-                self._kill(RunStatus.OUTPUT_LIMIT, self._output_limit_message(pipe.name))
+                self._limit(RunStatus.OUTPUT_LIMIT, self._output_limit_message(pipe.name))
 
     def _stop_reading(self, pipe: _Pipe) -> None:
         pipe.reading = False
         self._loop.remove_reader(pipe.fd)
 
-    def _on_exit(self) -> None:
-        self._ended = time.monotonic()
-        self._loop.remove_reader(self._pidfd)
-        if self._timer is not None:
-            self._timer.cancel()
-        if not self._exited.done():
-            self._exited.set_result(None)
-
-    def _kill(self, status: RunStatus, message: str) -> None:
-        """Kill the process group for hitting a limit; the first limit hit is the verdict."""
-        if self._verdict is None:
+    def _limit(self, status: RunStatus, message: str) -> None:
+        """Kill the sandbox for hitting a limit; the first limit hit is the verdict."""
+        if self._verdict is None and not self.exited.done():
             self._verdict = (status, message)
-            self._terminate()
-            self._loop.call_later(_RELAY_GRACE_S, self._force_kill)
-
-    def _force_kill(self) -> None:
-        if not self._exited.done() and not self._reaped:
-            self._kill_group(signal.SIGKILL)
-
-    def _terminate(self) -> None:
-        """Kill the sandbox process and everything it started."""
-        if self._plan.namespaces:
-            # The process relays this as SIGKILL to its child, the init of its PID
-            # namespace, whose death ends every process in it; then reaps it and exits.
-            # A SIGKILL to the group would leave the child for someone else to reap.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self._pid, signal.SIGTERM)
-        else:
-            self._kill_group(signal.SIGKILL)
-
-    def _kill_group(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self._pid, signum)
-
-    def _close_fd(self, fd: int) -> None:
-        self._loop.remove_reader(fd)
-        self._loop.remove_writer(fd)
-        os.close(fd)
-        self._fds.remove(fd)
-
-    def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        if self._pid and not self._reaped:
-            self._terminate()
-            # Blocking, but only as long as a kill takes; an await here could be
-            # cancelled in turn and leave a zombie behind.
-            if self._pidfd < 0 or not select.select([self._pidfd], [], [], _RELAY_GRACE_S)[0]:
-                self._kill_group(signal.SIGKILL)
-            os.wait4(self._pid, 0)
-            self._reaped = True
-        for fd in list(self._fds):
-            self._close_fd(fd)
+            self.kill()
 
     def _outcome(
-        self, report: dict[str, Any] | None, wait_status: int, cpu_time_ms: float, stderr: str
+        self,
+        report: dict[str, Any] | None,
+        wait_status: int | None,
+        cpu_time_ms: float,
+        stderr: str,
     ) -> tuple[RunStatus, str, str, str, str]:
         """Status, result JSON, error type, error message and traceback of the run."""
-        limits = self._job.limits
+        limits = self.job.limits
         verdict = self._verdict
         if verdict is None and report is not None:
             status = RunStatus(report["status"])
@@ -315,11 +684,14 @@ class _Sandbox:
                 error_type, message = report["error_type"], report["error_message"]
                 return status, report["result_json"], error_type, message, trace
             verdict = RunStatus.OUTPUT_LIMIT, self._output_limit_message("result")
-        status, message = verdict or _explain_exit(wait_status, cpu_time_ms, limits, stderr)
+        if verdict is None:
+            assert wait_status is not None  # with no verdict the host reaped it
+            verdict = _explain_exit(wait_status, cpu_time_ms, limits, stderr)
+        status, message = verdict
         return status, "", _ERROR_TYPES[status], message, ""
 
     def _output_limit_message(self, name: str) -> str:
-        return f"{name} passed the output limit of {self._job.limits.max_output_bytes} bytes"
+        return f"{name} passed the output limit of {self.job.limits.max_output_bytes} bytes"
 
 
 def _parse_report(data: bytes | bytearray) -> dict[str, Any] | None:

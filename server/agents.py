@@ -34,6 +34,7 @@ from toolvault.server.functions import FunctionStore, checked_schema, parse_json
 from toolvault.server.invocations import CallContext, ExecutionInfo, Invocations, problems
 from toolvault.server.models import Agent, AgentCapability, AgentRevision, utcnow
 from toolvault.server.paging import decode_token, encode_token, page_size
+from toolvault.server.plugins import Plugins
 from toolvault.server.store import VersionInfo
 from toolvault.server.toolspec import derive_input_schema
 
@@ -114,12 +115,19 @@ class Agents:
     """Defines agents, lists their tools, runs their tool calls and routes tasks."""
 
     def __init__(
-        self, db: Database, functions: FunctionStore, invocations: Invocations, settings: Settings
+        self,
+        db: Database,
+        functions: FunctionStore,
+        invocations: Invocations,
+        settings: Settings,
+        *,
+        plugins: Plugins | None = None,
     ) -> None:
         self._db = db
         self._functions = functions
         self._invocations = invocations
         self._settings = settings
+        self._plugins = plugins or Plugins()
         # Per server process: least_loaded and round_robin balance this replica's calls.
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._turns: collections.Counter[str] = collections.Counter()
@@ -130,7 +138,9 @@ class Agents:
         with self._db.write.begin() as session:
             if self._find(session, definition.name) is not None:
                 raise AlreadyExists(f"agent {definition.name!r} already exists")
-            return _add_revision(session, None, definition)
+            info = _add_revision(session, None, definition)
+        self._plugins.agent_changed(info, "created")
+        return info
 
     def update(self, definition: AgentDefinition, *, allow_missing: bool) -> tuple[AgentInfo, bool]:
         """Store a new revision unless identical to the current one; True if one was."""
@@ -143,7 +153,9 @@ class Agents:
                 current = _revision(session, agent, agent.current_revision)
                 if current.definition.canonical() == definition.canonical():
                     return current, False
-            return _add_revision(session, agent, definition), True
+            info = _add_revision(session, agent, definition)
+        self._plugins.agent_changed(info, "updated" if agent is not None else "created")
+        return info, True
 
     def get(self, name: str, revision: int = 0) -> AgentInfo:
         """The current revision of an agent, or the one numbered ``revision``."""
@@ -187,9 +199,11 @@ class Agents:
         """Delete an agent with its revisions; returns how many revisions."""
         with self._db.write.begin() as session:
             agent = self._agent(session, name, lock=True)
+            current = _revision(session, agent, agent.current_revision)
             count = session.scalar(select(func.count()).where(AgentRevision.agent_id == agent.id))
             session.delete(agent)
-            return count or 0
+        self._plugins.agent_changed(current, "deleted")
+        return count or 0
 
     def tools(self, name: str) -> list[ToolInfo]:
         """The agent's tools, resolved now, in the order of its definition."""

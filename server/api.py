@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -36,6 +37,7 @@ from toolvault.server.invocations import (
     History,
     Invocations,
 )
+from toolvault.server.stats import FunctionStatistics, FunctionStatsInfo, StatsQuery
 from toolvault.server.store import FunctionInfo, VersionInfo
 from toolvault.v1 import (
     agent_pb2,
@@ -94,6 +96,18 @@ def _timestamp(value: dt.datetime) -> Timestamp:
     return stamp
 
 
+def _optional_datetime(message: Message, field: str) -> dt.datetime | None:
+    """A Timestamp field as an aware UTC datetime, or None when it is unset."""
+    if not message.HasField(field):
+        return None
+    stamp: Timestamp = getattr(message, field)
+    return stamp.ToDatetime(tzinfo=dt.UTC)
+
+
+def _status_pb(status: str) -> execution_pb2.ExecutionStatus.ValueType:
+    return execution_pb2.ExecutionStatus.Value(_STATUS_PREFIX + status)
+
+
 def _status_filter(value: int) -> str:
     if value == execution_pb2.EXECUTION_STATUS_UNSPECIFIED:
         return ""
@@ -118,9 +132,11 @@ def _version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.Functio
             timeout_ms=content.limits.timeout_ms,
             memory_mb=content.limits.memory_mb,
             max_output_bytes=content.limits.max_output_bytes,
+            max_concurrency=content.max_concurrency,
         ),
         allowed_imports=content.allowed_imports,
         create_time=_timestamp(info.created_at),
+        deterministic=content.deterministic,
     )
 
 
@@ -146,7 +162,7 @@ def _execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
         function_name=info.function_name,
         version=info.version,
         sha256=info.sha256,
-        status=execution_pb2.ExecutionStatus.Value(_STATUS_PREFIX + info.status),
+        status=_status_pb(info.status),
         args_json=info.args_json,
         result_json=info.result_json,
         stdout=info.stdout,
@@ -163,14 +179,54 @@ def _execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
         agent_revision=info.context.agent_revision,
         conversation_id=info.context.conversation_id,
         chain_depth=info.context.chain_depth,
+        cached=info.cached,
+        cached_from=str(info.cached_from) if info.cached_from else "",
+        trace_id=info.trace_id,
+    )
+
+
+def _stats_pb(info: FunctionStatsInfo) -> function_pb2.FunctionStats:
+    return function_pb2.FunctionStats(
+        name=info.name,
+        version=info.version,
+        start_time_from=_timestamp(info.start_from),
+        start_time_to=_timestamp(info.start_to),
+        calls=info.calls,
+        status_counts=[
+            function_pb2.StatusCount(status=_status_pb(status), count=count)
+            for status, count in info.status_counts.items()
+        ],
+        success_rate=info.success_rate,
+        p50_duration_ms=info.p50_duration_ms,
+        p95_duration_ms=info.p95_duration_ms,
+        p99_duration_ms=info.p99_duration_ms,
+        max_peak_memory_bytes=info.max_peak_memory_bytes,
+        p95_peak_memory_bytes=info.p95_peak_memory_bytes,
+        error_counts=[
+            function_pb2.ErrorTypeCount(type=error_type, count=count)
+            for error_type, count in info.error_counts
+        ],
+        recent_failures=[
+            function_pb2.FunctionFailure(
+                execution_id=str(f.id),
+                start_time=_timestamp(f.start_time),
+                version=f.version,
+                status=_status_pb(f.status),
+                error_type=f.error_type,
+                error_message=f.error_message,
+            )
+            for f in info.recent_failures
+        ],
+        cached_calls=info.cached_calls,
     )
 
 
 class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
-    """FunctionService over :class:`FunctionStore`."""
+    """FunctionService over :class:`FunctionStore` and :class:`FunctionStatistics`."""
 
-    def __init__(self, functions: FunctionStore) -> None:
+    def __init__(self, functions: FunctionStore, statistics: FunctionStatistics) -> None:
         self._functions = functions
+        self._statistics = statistics
 
     @_rpc
     async def PublishFunction(
@@ -192,6 +248,8 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
             memory_mb=request.limits.memory_mb,
             max_output_bytes=request.limits.max_output_bytes,
             allowed_imports=tuple(request.allowed_imports),
+            max_concurrency=request.limits.max_concurrency,
+            deterministic=request.deterministic,
         )
         version, created = await asyncio.to_thread(self._functions.publish, publish)
         return function_pb2.PublishFunctionResponse(
@@ -282,6 +340,25 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
         count = await asyncio.to_thread(self._functions.delete, request.name)
         return function_pb2.DeleteFunctionResponse(deleted_versions=count)
 
+    @_rpc
+    async def GetFunctionStats(
+        self,
+        request: function_pb2.GetFunctionStatsRequest,
+        context: grpc.aio.ServicerContext[
+            function_pb2.GetFunctionStatsRequest, function_pb2.GetFunctionStatsResponse
+        ],
+    ) -> function_pb2.GetFunctionStatsResponse:
+        """See the .proto."""
+        query = StatsQuery(
+            name=request.name,
+            version=request.version,
+            start_from=_optional_datetime(request, "start_time_from"),
+            start_to=_optional_datetime(request, "start_time_to"),
+            failure_limit=request.failure_limit,
+        )
+        info = await asyncio.to_thread(self._statistics.stats, query)
+        return function_pb2.GetFunctionStatsResponse(stats=_stats_pb(info))
+
 
 class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
     """InvocationService over :class:`Invocations`."""
@@ -299,7 +376,10 @@ class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
     ) -> invocation_pb2.InvokeResponse:
         """See the .proto."""
         execution = await self._invocations.invoke(
-            request.ref, request.args_json, CallContext(caller=context.peer())
+            request.ref,
+            request.args_json,
+            CallContext(caller=context.peer()),
+            idempotency_key=request.idempotency_key,
         )
         return invocation_pb2.InvokeResponse(execution=_execution_pb(execution))
 
@@ -323,16 +403,8 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             function_name=request.function_name,
             status=_status_filter(request.status),
             version=request.version,
-            start_from=(
-                request.start_time_from.ToDatetime(tzinfo=dt.UTC)
-                if request.HasField("start_time_from")
-                else None
-            ),
-            start_to=(
-                request.start_time_to.ToDatetime(tzinfo=dt.UTC)
-                if request.HasField("start_time_to")
-                else None
-            ),
+            start_from=_optional_datetime(request, "start_time_from"),
+            start_to=_optional_datetime(request, "start_time_to"),
             agent=request.agent,
             conversation_id=request.conversation_id,
         )

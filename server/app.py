@@ -12,8 +12,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
-from toolvault import sandbox
-from toolvault.server import metrics
+from toolvault.server import metrics, tracing
 from toolvault.server.agents import Agents
 from toolvault.server.api import (
     AgentServicer,
@@ -26,6 +25,8 @@ from toolvault.server.db import Database
 from toolvault.server.functions import FunctionStore
 from toolvault.server.interceptors import ReadinessGate, RequestLog
 from toolvault.server.invocations import History, Invocations
+from toolvault.server.plugins import Plugins
+from toolvault.server.stats import FunctionStatistics
 from toolvault.v1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -58,15 +59,24 @@ async def serve(settings: Settings) -> None:
     """Run the server until SIGTERM or SIGINT, then drain in-flight calls and return.
 
     The port opens first with every RPC but health and reflection refused (health says
-    NOT_SERVING); once the database is migrated and the sandbox probed, health turns
-    SERVING. On a signal, health turns NOT_SERVING, then in-flight calls get the grace
-    period to finish.
+    NOT_SERVING); once the database is migrated and the sandbox host started (and
+    probed), health turns SERVING. On a signal, health turns NOT_SERVING, then in-flight
+    calls get the grace period to finish, and the sandbox host stops.
     """
+    # Before the port opens: a plugin that fails to load stops the start-up.
+    plugins = Plugins()
+    plugins.load(settings.plugins)
+    log.info("plugins loaded: %s", ", ".join(plugins.names) or "none")
+    tracer_provider = tracing.tracer_provider(settings)
+    tracer = tracer_provider.get_tracer(tracing.TRACER_NAME)
+    if endpoint := tracing.otlp_endpoint(settings):
+        log.info("traces exported over OTLP to %s", endpoint)
+
     gate = ReadinessGate()
     # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
     max_reply = 3 * settings.max_max_output_bytes + MiB
     server = grpc.aio.server(
-        interceptors=[RequestLog(), gate],
+        interceptors=[RequestLog(tracer), gate],
         options=[
             (
                 "grpc.max_receive_message_length",
@@ -85,10 +95,12 @@ async def serve(settings: Settings) -> None:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
-    functions = FunctionStore(db, settings)
-    invocations = Invocations(db, functions, settings)
-    agents = Agents(db, functions, invocations, settings)
-    function_pb2_grpc.add_FunctionServiceServicer_to_server(FunctionServicer(functions), server)
+    functions = FunctionStore(db, settings, plugins=plugins)
+    invocations = Invocations(db, functions, settings, plugins=plugins, tracer=tracer)
+    agents = Agents(db, functions, invocations, settings, plugins=plugins)
+    function_pb2_grpc.add_FunctionServiceServicer_to_server(
+        FunctionServicer(functions, FunctionStatistics(db)), server
+    )
     invocation_pb2_grpc.add_InvocationServiceServicer_to_server(
         InvocationServicer(invocations), server
     )
@@ -110,9 +122,11 @@ async def serve(settings: Settings) -> None:
     await server.start()
     try:
         await asyncio.to_thread(db.upgrade)
-        # Probed once, before the first call; what the host does not allow is said plainly.
-        layers = await asyncio.to_thread(sandbox.isolation_layers)
+        # Before the first call: the sandbox host starts warm, and its probe sandbox says
+        # which layers are in effect; what the machine does not allow is said plainly.
+        layers = await invocations.start_sandbox()
     except BaseException:
+        await invocations.close()
         await server.stop(None)
         raise
     log.info("sandbox layers active: %s", ", ".join(x.name for x in layers if x.active) or "none")
@@ -137,5 +151,7 @@ async def serve(settings: Settings) -> None:
     log.info("shutting down: finishing in-flight calls for up to %.1f s", settings.shutdown_grace_s)
     await health_service.enter_graceful_shutdown()
     await server.stop(settings.shutdown_grace_s)
+    await invocations.close()
     db.dispose()
+    tracing.shutdown(tracer_provider)
     log.info("stopped")

@@ -22,6 +22,7 @@ from toolvault.server.app import ListenError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
+from toolvault.server.plugins import PluginError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -34,15 +35,18 @@ def serve(
     db: str | None = None,
     data_dir: str | None = None,
     metrics_port: int | None = None,
+    plugins: tuple[str, ...] | None = None,
 ) -> int:
     """Start the server in the foreground; returns the process exit code."""
-    settings = _settings(listen=listen, db=db, data_dir=data_dir, metrics_port=metrics_port)
+    settings = _settings(
+        listen=listen, db=db, data_dir=data_dir, metrics_port=metrics_port, plugins=plugins
+    )
     if settings is None:
         return EXIT_USAGE
     _configure_logging(settings)
     try:
         asyncio.run(run_server(settings))
-    except ListenError as e:
+    except (ListenError, PluginError) as e:
         logging.getLogger("toolvault.server").error("%s", e)
         return EXIT_FAILED
     except SQLAlchemyError as e:

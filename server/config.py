@@ -42,12 +42,19 @@ class Settings(BaseSettings):
     default_max_chain_depth: int = Field(3, ge=0)
     max_chain_depth: int = Field(10, ge=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached result")
+    cache_max_entries: int = Field(10_000, ge=0, description="result cache size; 0: off")
+    idempotency_ttl_s: float = Field(86_400.0, gt=0, description="lifetime of a key")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")
     metrics_host: str = "127.0.0.1"
+    plugins: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="MODULE:ATTRIBUTE plugins to load beside the entry points"
+    )
+    otlp_endpoint: str = Field("", description="OTLP/gRPC collector for traces; default: off")
 
-    @field_validator("allowed_imports", mode="before")
+    @field_validator("allowed_imports", "plugins", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # A comma-separated list reads better in an environment variable than JSON.

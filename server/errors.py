@@ -4,7 +4,7 @@ DomainError
 ├── InvalidArgument      bad input: names the field, or the line and column
 ├── NotFound             no such function, version, alias or execution
 ├── FailedPrecondition   the request is valid but the state does not allow it
-└── ResourceExhausted    too many calls waiting for a sandbox
+└── ResourceExhausted    too many calls waiting for a sandbox, or running one function
 """
 
 

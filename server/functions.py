@@ -23,6 +23,7 @@ from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound
 from toolvault.server.models import Function
 from toolvault.server.paging import decode_token, encode_token, page_size
+from toolvault.server.plugins import Plugins
 from toolvault.server.store import FunctionInfo, VersionContent, VersionInfo
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
@@ -31,6 +32,8 @@ LATEST = "latest"
 # Publishing retries when a concurrent publisher of a new name wins the insert race.
 _PUBLISH_ATTEMPTS = 3
 _MAX_REPORTED_ISSUES = 20
+# Far above any useful setting; it only keeps the counter's bound meaningful.
+MAX_CONCURRENCY = 100_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class PublishRequest:
     memory_mb: int = 0
     max_output_bytes: int = 0
     allowed_imports: tuple[str, ...] = ()
+    max_concurrency: int = 0
+    deterministic: bool = False
 
 
 def check_name(name: str, field: str = "name") -> str:
@@ -76,9 +81,10 @@ def parse_ref(ref: str) -> tuple[str, int | str]:
 class FunctionStore:
     """Publishes, reads, aliases and deletes functions."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, *, plugins: Plugins | None = None) -> None:
         self._db = db
         self._settings = settings
+        self._plugins = plugins or Plugins()
 
     def publish(self, request: PublishRequest) -> tuple[VersionInfo, bool]:
         """Validate and store a version; returns it and whether it is new."""
@@ -87,12 +93,17 @@ class FunctionStore:
         for attempt in range(_PUBLISH_ATTEMPTS):
             try:
                 with self._db.write.begin() as session:
-                    return store.add_version(session, name, content)
+                    version, created = store.add_version(session, name, content)
             except (IntegrityError, OperationalError):
                 # Another replica inserted the same new name or version first, or
                 # PostgreSQL aborted a serialization conflict: the retry sees its row.
                 if attempt == _PUBLISH_ATTEMPTS - 1:
                     raise
+                continue
+            # After the commit, so that plugins hear only of versions that exist.
+            if created:
+                self._plugins.function_published(version)
+            return version, created
         raise AssertionError("unreachable")
 
     def resolve(self, ref: str) -> VersionInfo:
@@ -220,6 +231,8 @@ class FunctionStore:
                 ),
             ),
             allowed_imports=allowed,
+            max_concurrency=_max_concurrency(request.max_concurrency),
+            deterministic=request.deterministic,
         )
 
 
@@ -231,6 +244,15 @@ def _limit(value: int, field: str, settings: Settings, minimum: int) -> int:
     if not minimum <= value <= maximum:
         raise InvalidArgument(
             f"limits.{field} is {value}: it must be between {minimum} and {maximum}"
+        )
+    return value
+
+
+def _max_concurrency(value: int) -> int:
+    if not 0 <= value <= MAX_CONCURRENCY:
+        raise InvalidArgument(
+            f"limits.max_concurrency is {value}: it must be between 0 (unlimited) and "
+            f"{MAX_CONCURRENCY}"
         )
     return value
 

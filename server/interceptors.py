@@ -1,4 +1,4 @@
-"""Cross-cutting RPC behaviour: the readiness gate and the one-line-per-RPC request log."""
+"""Cross-cutting RPC behaviour: the readiness gate, and a log line and a span per RPC."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from opentelemetry import propagate, trace
 
 from toolvault.server import metrics
+from toolvault.server.tracing import trace_id
 
 log = logging.getLogger("toolvault.rpc")
 
@@ -54,7 +56,15 @@ class ReadinessGate(Interceptor):
 
 
 class RequestLog(Interceptor):
-    """Logs one line per unary RPC: request id, method, caller, status, duration."""
+    """Logs one line per unary RPC (request id, method, caller, status, duration) and traces it.
+
+    The RPC's span is a child of the client's span when the call's metadata carries W3C
+    trace context (``traceparent``); the handler runs inside it, so that the spans it
+    makes are the RPC span's children.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
 
     async def intercept_service(
         self,
@@ -69,13 +79,28 @@ class RequestLog(Interceptor):
             return handler
         method = handler_call_details.method
         inner = handler.unary_unary
+        # Binary (-bin) metadata has bytes values; trace context is text.
+        carrier = {
+            key: value
+            for key, value in handler_call_details.invocation_metadata or ()
+            if isinstance(value, str)
+        }
+        service, _, name = method.lstrip("/").partition("/")
 
         async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = uuid.uuid4().hex[:16]
             started = time.perf_counter()
             code = "OK"
+            span = self._tracer.start_span(
+                method.lstrip("/"),
+                context=propagate.extract(carrier),
+                kind=trace.SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            )
             try:
-                return await inner(request, context)  # type: ignore[arg-type]
+                # The status code, not the exception an abort raises, says how the RPC went.
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    return await inner(request, context)  # type: ignore[arg-type]
             except BaseException:
                 code = _code_name(context, "UNKNOWN")
                 raise
@@ -83,18 +108,22 @@ class RequestLog(Interceptor):
                 if code == "OK":
                     code = _code_name(context, "OK")
                 elapsed = time.perf_counter() - started
+                span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+                if code != "OK":
+                    span.set_status(trace.StatusCode.ERROR, code)
+                span.end()
                 metrics.RPC_SECONDS.labels(method, code).observe(elapsed)
-                log.info(
-                    "rpc",
-                    extra={
-                        "request_id": request_id,
-                        "method": method,
-                        "caller": context.peer(),
-                        "target": _target(request),
-                        "code": code,
-                        "duration_ms": round(elapsed * 1000, 3),
-                    },
-                )
+                fields = {
+                    "request_id": request_id,
+                    "method": method,
+                    "caller": context.peer(),
+                    "target": _target(request),
+                    "code": code,
+                    "duration_ms": round(elapsed * 1000, 3),
+                }
+                if traced := trace_id(span):
+                    fields["trace_id"] = traced
+                log.info("rpc", extra=fields)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,

@@ -2,33 +2,52 @@
 
 A run waits for one of ``max_concurrent_runs`` sandbox slots; when
 ``max_queued_runs`` calls are already waiting, a new call is refused at once rather
-than queued without bound. Every run that reached a sandbox is recorded, including
+than queued without bound. A version's ``max_concurrency`` bounds the calls of its
+function (all versions, counted per server process) that hold or wait for a slot; one
+over it is refused at once too. Every run that reached a sandbox is recorded, including
 runs whose caller went away (status CANCELLED).
+
+A successful run of a deterministic version is kept in the result cache (see
+``cache``); an equal call then gets the result without a sandbox, recorded as its own
+execution with ``cached`` set and ``cached_from`` naming the run it came from. Invoke's
+idempotency keys are kept in ``idempotency``.
+
+Plugins hear of each call once its arguments are checked (and may refuse it), and of each
+recorded run. A run's spans are ``validate``, ``queue``, ``sandbox`` and ``record``, under
+the RPC's span; the execution keeps the trace id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import functools
 import json
 import time
 import uuid
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import jsonschema
+from opentelemetry import trace
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from toolvault import sandbox
-from toolvault.server import metrics
+from toolvault.server import idempotency, metrics
+from toolvault.server.cache import MAX_ENTRY_BYTES, ResultCache, cache_key
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from toolvault.server.functions import FunctionStore, check_name, parse_json
 from toolvault.server.models import Execution, utcnow
 from toolvault.server.paging import decode_token, encode_token, page_size
+from toolvault.server.plugins import Call, Plugins
 from toolvault.server.store import VersionInfo
+from toolvault.server.tracing import trace_id
 
 CANCELLED = "CANCELLED"
 OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
@@ -37,6 +56,10 @@ HISTORY_TEXT_BYTES = 64 * 1024
 HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
 STATUSES = (*(s.name for s in sandbox.RunStatus), CANCELLED, OUTPUT_SCHEMA_MISMATCH)
 _MAX_REPORTED_PROBLEMS = 20
+# A duplicate call polls its idempotency key this often while the first call runs.
+_KEY_POLL_S = 0.1
+# A pending key older than the longest possible run plus this belongs to a dead server.
+_KEY_ABANDON_MARGIN_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,9 @@ class ExecutionInfo:
     cpu_time_ms: float
     peak_memory_bytes: int
     context: CallContext
+    cached: bool = False
+    cached_from: uuid.UUID | None = None
+    trace_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,21 +117,80 @@ class ExecutionFilter:
 class Invocations:
     """Runs functions in sandboxes, bounded in parallelism and queue length."""
 
-    def __init__(self, db: Database, functions: FunctionStore, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        functions: FunctionStore,
+        settings: Settings,
+        *,
+        plugins: Plugins | None = None,
+        tracer: trace.Tracer | None = None,
+    ) -> None:
         self._db = db
         self._functions = functions
         self._settings = settings
+        self._plugins = plugins or Plugins()
+        self._tracer = tracer or trace.NoOpTracer()
         self._slots = asyncio.Semaphore(settings.max_concurrent_runs)
         self._waiting = 0
         self._running = 0
+        self._per_function: Counter[str] = Counter()
+        self._cache: ResultCache[ExecutionInfo] = ResultCache(
+            settings.cache_max_entries, settings.cache_ttl_s
+        )
+        self._keys = idempotency.IdempotencyKeys(
+            db,
+            ttl_s=settings.idempotency_ttl_s,
+            abandon_after_s=settings.max_timeout_ms / 1000 + _KEY_ABANDON_MARGIN_S,
+        )
+        self._history = History(db)
+        # Started by start_sandbox (or the first run), and again whenever it dies.
+        self._sandbox = sandbox.SandboxHost(
+            preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
+        )
         metrics.QUEUED.set_function(lambda: self._waiting)
         metrics.IN_FLIGHT.set_function(lambda: self._running)
 
-    async def invoke(self, ref: str, args_json: str, context: CallContext) -> ExecutionInfo:
-        """Resolve ``ref``, check the arguments, run the version and record the run."""
+    async def invoke(
+        self, ref: str, args_json: str, context: CallContext, *, idempotency_key: str = ""
+    ) -> ExecutionInfo:
+        """Resolve ``ref``, check the arguments, run the version and record the run.
+
+        With an ``idempotency_key`` used before for the same ``ref`` and ``args_json``,
+        return that call's recorded execution instead; while that call is still running,
+        wait for it.
+        """
+        if not idempotency_key:
+            return await self._resolve_and_run(ref, args_json, context, "")
+        request = idempotency.fingerprint(ref, args_json)
+        while True:
+            try:
+                claim = await asyncio.to_thread(self._keys.claim, idempotency_key, request)
+            except IntegrityError:
+                continue  # a concurrent duplicate inserted the key first: read its state
+            if claim.execution_id is not None:
+                return await asyncio.to_thread(self._history.get, str(claim.execution_id))
+            if claim.owned:
+                break
+            await asyncio.sleep(_KEY_POLL_S)
+        try:
+            return await self._resolve_and_run(ref, args_json, context, idempotency_key)
+        except BaseException:
+            # No run was recorded under the key: free it, so that the caller's retry runs.
+            await asyncio.shield(asyncio.to_thread(self._keys.release, idempotency_key))
+            raise
+
+    async def _resolve_and_run(
+        self, ref: str, args_json: str, context: CallContext, idempotency_key: str
+    ) -> ExecutionInfo:
         version = await asyncio.to_thread(self._functions.resolve, ref)
         return await self.run(
-            version, args_json, context, version.content.input_schema, args_field="args_json"
+            version,
+            args_json,
+            context,
+            version.content.input_schema,
+            args_field="args_json",
+            idempotency_key=idempotency_key,
         )
 
     async def run(
@@ -116,16 +201,30 @@ class Invocations:
         input_schema: str | None,
         *,
         args_field: str,
+        idempotency_key: str = "",
     ) -> ExecutionInfo:
         """Check the arguments against ``input_schema``, run ``version`` and record the run.
 
         ``args_field`` names the arguments in error messages, as the caller's request does.
+        ``idempotency_key`` (already claimed) is bound to the execution as it is recorded.
 
         A result that does not match the version's output schema is recorded with the
-        status OUTPUT_SCHEMA_MISMATCH.
+        status OUTPUT_SCHEMA_MISMATCH. A deterministic version's result may come from the
+        result cache.
         """
-        args_json = self._checked_args(args_json, input_schema, args_field)
+        with self._tracer.start_as_current_span("validate"):
+            args_json = self._checked_args(args_json, input_schema, args_field)
+            if self._plugins.implemented("before_invoke"):
+                call = Call(version=version, args_json=args_json, context=context)
+                await asyncio.to_thread(self._plugins.before_invoke, call)
         content = version.content
+        key: tuple[str, str] | None = None
+        if content.deterministic and self._cache.enabled:
+            key = cache_key(version.sha256, args_json)
+            hit = self._cache.get(key)
+            metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
+            if hit is not None:
+                return await self._record_cached(hit, args_json, context, idempotency_key)
         job = sandbox.Job(
             source=content.source,
             entrypoint=content.entrypoint,
@@ -154,14 +253,16 @@ class Invocations:
             cpu_time_ms=0.0,
             peak_memory_bytes=0,
             context=context,
+            trace_id=trace_id(trace.get_current_span()),
         )
         started = time.monotonic()
         try:
-            result = await self._run(job)
+            with self._function_slot(version):
+                result = await self._run(job)
         except asyncio.CancelledError:
             cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
             # Shielded: the record is written even though this task is being cancelled.
-            await asyncio.shield(asyncio.to_thread(self._record, cancelled))
+            await asyncio.shield(asyncio.to_thread(self._record_and_report, cancelled))
             raise
         info = replace(
             info,
@@ -185,10 +286,51 @@ class Invocations:
                     error_type="OutputSchemaMismatch",
                     error_message="the result does not match the output schema: " + found,
                 )
-        await asyncio.to_thread(self._record, info)
+        await asyncio.to_thread(self._record_and_report, info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         metrics.RUN_SECONDS.labels(info.function_name).observe(info.duration_ms / 1000)
+        if key is not None and info.status == "OK" and _output_bytes(info) <= MAX_ENTRY_BYTES:
+            self._cache.put(key, info)
         return info
+
+    async def _record_cached(
+        self, hit: ExecutionInfo, args_json: str, context: CallContext, idempotency_key: str
+    ) -> ExecutionInfo:
+        """Record and return a call answered from the cache with ``hit``'s result."""
+        info = replace(
+            hit,
+            id=uuid.uuid4(),
+            args_json=args_json,
+            start_time=utcnow(),
+            duration_ms=0.0,
+            cpu_time_ms=0.0,
+            peak_memory_bytes=0,
+            context=context,
+            cached=True,
+            cached_from=hit.id,
+            trace_id=trace_id(trace.get_current_span()),
+        )
+        await asyncio.to_thread(self._record_and_report, info, idempotency_key)
+        metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
+        return info
+
+    @contextlib.contextmanager
+    def _function_slot(self, version: VersionInfo) -> Iterator[None]:
+        """Count a call of ``version``'s function for as long as it waits or runs."""
+        limit = version.content.max_concurrency
+        active = self._per_function[version.name]
+        if limit and active >= limit:
+            metrics.REJECTIONS.labels("function_concurrency").inc()
+            raise ResourceExhausted(
+                f"function {version.name!r} allows {limit} concurrent calls; {active} are running"
+            )
+        self._per_function[version.name] += 1
+        try:
+            yield
+        finally:
+            self._per_function[version.name] -= 1
+            if not self._per_function[version.name]:
+                del self._per_function[version.name]
 
     async def _run(self, job: sandbox.Job) -> sandbox.RunResult:
         if self._slots.locked() and self._waiting >= self._settings.max_queued_runs:
@@ -199,13 +341,23 @@ class Invocations:
             )
         self._waiting += 1
         try:
-            await self._slots.acquire()
+            with self._tracer.start_as_current_span("queue"):
+                await self._slots.acquire()
         finally:
             self._waiting -= 1
         try:
-            return await sandbox.run(job, hidden_paths=(str(self._settings.data_dir),))
+            with self._tracer.start_as_current_span("sandbox"):
+                return await self._sandbox.run(job)
         finally:
             self._slots.release()
+
+    async def start_sandbox(self) -> tuple[sandbox.Layer, ...]:
+        """Start the sandbox host; return the layers its probe sandbox found in effect."""
+        return (await self._sandbox.start()).layers
+
+    async def close(self) -> None:
+        """Stop the sandbox host, once no call runs any more."""
+        await self._sandbox.close()
 
     def _checked_args(self, args_json: str, input_schema: str | None, field: str) -> str:
         size = len(args_json.encode())
@@ -220,7 +372,13 @@ class Invocations:
             raise InvalidArgument(f"{field} does not match the input schema: {found}")
         return args_json or "{}"
 
-    def _record(self, info: ExecutionInfo) -> None:
+    def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
+        """Record a run, then tell the plugins (in the caller's worker thread)."""
+        with self._tracer.start_as_current_span("record"):
+            self._record(info, idempotency_key)
+        self._plugins.after_invoke(info)
+
+    def _record(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
         args_json, args_cut = _head(info.args_json, HISTORY_TEXT_BYTES)
         result_json, result_cut = _head(info.result_json, HISTORY_TEXT_BYTES)
         with self._db.write.begin() as session:
@@ -249,8 +407,13 @@ class Invocations:
                     agent_revision=info.context.agent_revision,
                     conversation_id=info.context.conversation_id,
                     chain_depth=info.context.chain_depth,
+                    cached=info.cached,
+                    cached_from=info.cached_from,
+                    trace_id=info.trace_id,
                 )
             )
+            if idempotency_key:
+                idempotency.bind(session, idempotency_key, info.id)
 
 
 class History:
@@ -340,6 +503,9 @@ def _execution_info(row: Execution) -> ExecutionInfo:
             conversation_id=row.conversation_id,
             chain_depth=row.chain_depth,
         ),
+        cached=row.cached,
+        cached_from=row.cached_from,
+        trace_id=row.trace_id,
     )
 
 
@@ -353,6 +519,10 @@ def problems(schema_json: str, instance: Any) -> str:
     """Each way ``instance`` fails the schema, with its JSON path; "" when it matches."""
     errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
     return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])
+
+
+def _output_bytes(info: ExecutionInfo) -> int:
+    return sum(len(text.encode()) for text in (info.result_json, info.stdout, info.stderr))
 
 
 def _head(text: str, limit: int) -> tuple[str, bool]:

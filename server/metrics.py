@@ -50,6 +50,12 @@ IN_FLIGHT = Gauge(
     "toolvault_sandboxes_in_flight", "Sandboxes running a function now.", registry=REGISTRY
 )
 QUEUED = Gauge("toolvault_queued_calls", "Calls waiting for a free sandbox.", registry=REGISTRY)
+PLUGIN_ERRORS = Counter(
+    "toolvault_plugin_errors",
+    "Plugin hook implementations that raised, by plugin and hook.",
+    ["plugin", "hook"],
+    registry=REGISTRY,
+)
 
 
 def serve(host: str, port: int) -> int:

@@ -26,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -110,6 +111,8 @@ class FunctionVersion(Base):
     max_output_bytes: Mapped[int] = mapped_column(Integer)
     allowed_imports: Mapped[str] = mapped_column(Text)  # JSON list, sorted
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    max_concurrency: Mapped[int] = mapped_column(Integer, server_default="0")
+    deterministic: Mapped[bool] = mapped_column(server_default=false())
 
     function: Mapped[Function] = relationship(back_populates="versions")
 
@@ -169,6 +172,9 @@ class Execution(Base):
     agent_revision: Mapped[int] = mapped_column(Integer, server_default="0")
     conversation_id: Mapped[str] = mapped_column(String(128), server_default="")
     chain_depth: Mapped[int] = mapped_column(Integer, server_default="0")
+    cached: Mapped[bool] = mapped_column(server_default=false())
+    cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    trace_id: Mapped[str] = mapped_column(String(32), server_default="")
 
 
 class Agent(Base):
@@ -210,3 +216,19 @@ class AgentCapability(Base):
         ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
     )
     capability: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class IdempotencyKey(Base):
+    """An Invoke idempotency key: the request it was first used for and the run it made.
+
+    ``execution_id`` is NULL while the first call runs; the row is written before the run,
+    so the primary key stops a concurrent duplicate from running too.
+    """
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (Index("ix_idempotency_keys_created_at", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    execution_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)

@@ -29,10 +29,16 @@ class VersionContent:
     output_schema: str | None
     limits: Limits
     allowed_imports: tuple[str, ...]
+    max_concurrency: int = 0
+    deterministic: bool = False
 
     def sha256(self) -> str:
-        """Hex sha256 of the canonical form: sorted-key compact JSON of every field."""
-        document = {
+        """Hex sha256 of the canonical form: sorted-key compact JSON of every field.
+
+        ``max_concurrency`` and ``deterministic`` join the document only when set, so
+        versions stored before these fields existed keep their hash.
+        """
+        document: dict[str, object] = {
             "source": self.source,
             "entrypoint": self.entrypoint,
             "description": self.description,
@@ -45,6 +51,10 @@ class VersionContent:
             },
             "allowed_imports": sorted(self.allowed_imports),
         }
+        if self.max_concurrency:
+            document["max_concurrency"] = self.max_concurrency
+        if self.deterministic:
+            document["deterministic"] = True
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -85,6 +95,8 @@ def _version_info(row: FunctionVersion, name: str) -> VersionInfo:
             output_schema=row.output_schema,
             limits=Limits(row.timeout_ms, row.memory_mb, row.max_output_bytes),
             allowed_imports=tuple(json.loads(row.allowed_imports)),
+            max_concurrency=row.max_concurrency,
+            deterministic=row.deterministic,
         ),
         created_at=row.created_at,
     )
@@ -160,6 +172,8 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
         max_output_bytes=content.limits.max_output_bytes,
         allowed_imports=json.dumps(sorted(content.allowed_imports)),
         created_at=now,
+        max_concurrency=content.max_concurrency,
+        deterministic=content.deterministic,
     )
     session.add(row)
     session.flush()

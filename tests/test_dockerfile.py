@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,3 +43,11 @@ def test_copies_only_paths_that_exist() -> None:
 def test_listens_beyond_loopback_inside_the_container() -> None:
     assert "TOOLVAULT_LISTEN=0.0.0.0:50051" in DOCKERFILE
     assert instructions("ENTRYPOINT") == ['["toolvault"]']
+
+
+def test_hadolint_finds_nothing_to_fix() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run(
+        [str(hadolint), "--no-color", "Dockerfile"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "", "")

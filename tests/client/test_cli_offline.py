@@ -131,9 +131,12 @@ def test_serve_and_db_upgrade_hand_over_to_the_server_with_only_the_options_give
     calls: list[tuple[str, dict[str, object]]] = []
     monkeypatch.setitem(sys.modules, "toolvault.server.cli", fake_server_cli(calls))
     assert cli("serve", "--listen", "127.0.0.1:0", "--metrics-port", "9100")[0] == 0
+    assert cli("serve", "--plugin", "a:Audit", "--plugin", "b.c:quota")[0] == 0
     assert cli("db", "upgrade", "--db", "sqlite:///x.db", "--data-dir", "/tmp/x")[0] == 1
+    unset = {"listen": None, "db": None, "data_dir": None, "metrics_port": None, "plugins": None}
     assert calls == [
-        ("serve", {"listen": "127.0.0.1:0", "db": None, "data_dir": None, "metrics_port": 9100}),
+        ("serve", {**unset, "listen": "127.0.0.1:0", "metrics_port": 9100}),
+        ("serve", {**unset, "plugins": ("a:Audit", "b.c:quota")}),
         ("db_upgrade", {"db": "sqlite:///x.db", "data_dir": "/tmp/x"}),
     ]
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-from tests.sandbox.test_run import BUSY, job, record_results
-from toolvault.sandbox import isolation_layers, run
-from toolvault.sandbox._isolation import WORKDIR_BYTES, Plan, detect
+from tests.sandbox import test_run
+from tests.sandbox.test_run import BUSY, job
+from toolvault.sandbox import Plan, SandboxHost, detect, isolation_layers
+from toolvault.sandbox._isolation import WORKDIR_BYTES
 
 SECRET = "tv-isolation-secret-7c1d"
 UNSHARE = shutil.which("unshare")
@@ -280,47 +281,28 @@ def test_cant_fork_start_threads_or_keep_extra_fds_and_dumps_no_core(
     assert result["memory"] == ["MemoryError", None]
 
 
-def running_sandbox(
-    monkeypatch: pytest.MonkeyPatch, hidden: list[str], check: Any
-) -> tuple[Any, int]:
-    """Run BUSY through ``run``; call ``check(pid)`` on the process running user code."""
-    spawned = record_results(monkeypatch, os, "posix_spawn")
+def running_sandbox(hidden: list[str], check: Any) -> tuple[Any, int]:
+    """Run BUSY in a host hiding ``hidden``; call ``check(pid)`` on the sandbox running it."""
 
     async def scenario() -> tuple[Any, int]:
-        task = asyncio.create_task(run(job(BUSY, timeout_ms=3000), hidden_paths=hidden))
-        while not spawned:
-            await asyncio.sleep(0.01)
-        runner_of_user_code = spawned[0]
-        for _ in range(200):
-            children = [
-                int(p.name)
-                for p in Path("/proc").iterdir()
-                if p.name.isdigit() and _ppid(p) == spawned[0]
-            ]
-            if children:
-                runner_of_user_code = children[0]
-                await asyncio.sleep(0.1)  # past the confinement, into the busy loop
-                break
-            await asyncio.sleep(0.01)
-        seen = check(runner_of_user_code)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return seen, runner_of_user_code
+        host = SandboxHost(hidden_paths=hidden)
+        await host.start()
+        try:
+            task = asyncio.create_task(host.run(job(BUSY, timeout_ms=3000)))
+            pid = await test_run.running_sandbox(lambda: host.pid)
+            await asyncio.sleep(0.1)  # past the confinement, into the busy loop
+            seen = check(pid)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return seen, pid
+        finally:
+            await host.close()
 
     return asyncio.run(scenario())
 
 
-def _ppid(proc: Path) -> int:
-    try:
-        return int((proc / "stat").read_text().rpartition(")")[2].split()[1])
-    except OSError:
-        return -1
-
-
-def test_a_running_sandbox_is_confined_as_doctor_claims(
-    plan: Plan, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_a_running_sandbox_is_confined_as_doctor_claims(plan: Plan, tmp_path: Path) -> None:
     def look(pid: int) -> dict[str, Any]:
         proc = Path(f"/proc/{pid}")
         status = dict(line.split(":\t", 1) for line in (proc / "status").read_text().splitlines())
@@ -339,7 +321,7 @@ def test_a_running_sandbox_is_confined_as_doctor_claims(
             "hidden": [m[8] for m in mounts if m[4] == str(tmp_path)],
         }
 
-    seen, pid = running_sandbox(monkeypatch, [str(tmp_path)], look)
+    seen, pid = running_sandbox([str(tmp_path)], look)
     active = {layer.name for layer in isolation_layers() if layer.active}
 
     assert seen["environ"] == b""

@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from textwrap import dedent
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from toolvault.sandbox import Job, Limits, RunResult, RunStatus, run
+from toolvault.sandbox._runner import default_host
 
 LIMITS = Limits(timeout_ms=5_000, memory_mb=256, max_output_bytes=64 * 1024)
 BUSY = "def main():\n    while True:\n        pass\n"
@@ -37,17 +39,31 @@ def outcome(result: RunResult) -> tuple[RunStatus, str, str, str]:
     return result.status, result.result_json, result.error_type, result.error_message
 
 
-def record_results(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[Any]:
-    """Let ``owner.name`` work as usual, and keep what each call returned."""
-    results: list[Any] = []
-    real = getattr(owner, name)
+def children(pid: int | None) -> list[int]:
+    """The live child processes of ``pid``."""
+    if pid is None:
+        return []
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
-    def spy(*args: Any, **kwargs: Any) -> Any:
-        results.append(real(*args, **kwargs))
-        return results[-1]
 
-    monkeypatch.setattr(owner, name, spy)
-    return results
+async def running_sandbox(host_pid: Callable[[], int | None]) -> int:
+    """Wait until the host forked a sandbox; return its pid."""
+    while not (pids := children(host_pid())):
+        await asyncio.sleep(0.01)
+    return pids[0]
+
+
+def default_host_pid() -> int | None:
+    return default_host().pid
+
+
+def warm() -> int:
+    """Start the default host (with a call); return the fds this process holds then."""
+    assert call("def main():\n    return 1\n").status is RunStatus.OK
+    return len(os.listdir("/proc/self/fd"))
 
 
 def test_returns_the_value_as_compact_json() -> None:
@@ -293,13 +309,11 @@ def test_cant_reach_the_real_import_function() -> None:
 
 def test_cant_see_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOOLVAULT_SECRET", "hunter2")
-    pids = record_results(monkeypatch, os, "posix_spawn")
 
     async def environment_of_a_running_sandbox() -> bytes:
         task = asyncio.create_task(run(job(BUSY)))
-        while not pids:
-            await asyncio.sleep(0.01)
-        environment = Path(f"/proc/{pids[0]}/environ").read_bytes()
+        pid = await running_sandbox(default_host_pid)
+        environment = Path(f"/proc/{pid}/environ").read_bytes()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -308,43 +322,34 @@ def test_cant_see_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None
     assert asyncio.run(environment_of_a_running_sandbox()) == b""
 
 
-def test_cancelling_kills_the_process_group_and_cleans_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    pids = record_results(monkeypatch, os, "posix_spawn")
-    workdirs = record_results(monkeypatch, tempfile, "mkdtemp")
-    fds_before = len(os.listdir("/proc/self/fd"))
+def test_cancelling_kills_the_process_group_and_cleans_up() -> None:
+    fds_before = warm()
 
-    async def cancel_a_running_sandbox() -> None:
+    async def cancel_a_running_sandbox() -> int:
         task = asyncio.create_task(run(job(BUSY)))
-        while not pids:
-            await asyncio.sleep(0.01)
+        pid = await running_sandbox(default_host_pid)
         await asyncio.sleep(0.2)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        return pid
 
-    asyncio.run(cancel_a_running_sandbox())
+    pid = asyncio.run(cancel_a_running_sandbox())
 
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pids[0], 0)
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pids[0], os.WNOHANG)
-    assert not os.path.exists(workdirs[0])
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped
+    assert children(default_host().pid) == []
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
-def test_a_finished_run_leaves_no_process_directory_or_fd_behind(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    pids = record_results(monkeypatch, os, "posix_spawn")
-    workdirs = record_results(monkeypatch, tempfile, "mkdtemp")
-    fds_before = len(os.listdir("/proc/self/fd"))
+def test_a_finished_run_leaves_no_process_directory_or_fd_behind() -> None:
+    fds_before = warm()
+    workdirs = set(Path(tempfile.gettempdir()).glob("toolvault-*/*"))
 
     assert call("def main():\n    return 1\n").status is RunStatus.OK
 
-    with pytest.raises(ChildProcessError):
-        os.waitpid(pids[0], os.WNOHANG)
-    assert workdirs[0].startswith(os.path.join(tempfile.gettempdir(), "toolvault-"))
-    assert not os.path.exists(workdirs[0])
+    assert children(default_host().pid) == []
+    # The working directory was a tmpfs of the sandbox's own mount namespace.
+    assert set(Path(tempfile.gettempdir()).glob("toolvault-*/*")) == workdirs
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 

@@ -127,6 +127,9 @@ class Execution(_message.Message):
     AGENT_REVISION_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     CHAIN_DEPTH_FIELD_NUMBER: _builtins.int
+    CACHED_FIELD_NUMBER: _builtins.int
+    CACHED_FROM_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned unique id (a UUID in canonical text form)."""
     function_name: _builtins.str
@@ -172,6 +175,16 @@ class Execution(_message.Message):
     """The conversation the tool call belongs to, as given by the caller."""
     chain_depth: _builtins.int
     """How many agents deep the call was made (0: called directly, not delegated)."""
+    cached: _builtins.bool
+    """True when no sandbox ran: the result was served from the result cache of a
+    deterministic function (duration, CPU time and peak memory are then 0).
+    """
+    cached_from: _builtins.str
+    """For a cached execution, the id of the execution whose result was served; else empty."""
+    trace_id: _builtins.str
+    """The W3C trace id (32 hex digits) of the call's trace: the client's, when it sent a
+    traceparent, else the server's own when tracing is on; empty when the call was untraced.
+    """
     @_builtins.property
     def error(self) -> Global___ExecutionError:
         """Set when status is not OK."""
@@ -204,10 +217,13 @@ class Execution(_message.Message):
         agent_revision: _builtins.int = ...,
         conversation_id: _builtins.str = ...,
         chain_depth: _builtins.int = ...,
+        cached: _builtins.bool = ...,
+        cached_from: _builtins.str = ...,
+        trace_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

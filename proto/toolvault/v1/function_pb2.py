@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from toolvault.v1 import execution_pb2 as toolvault_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolvault/v1/function.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x18\n\x10max_output_bytes\x18\x03 \x01(\r\"\xa0\x02\n\x0f\x46unctionVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x19\n\x11input_schema_json\x18\x07 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x08 \x01(\t\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8d\x02\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\r\x12\x34\n\x07\x61liases\x18\x03 \x03(\x0b\x32#.toolvault.v1.Function.AliasesEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xd5\x01\n\x16PublishFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12$\n\x06limits\x18\x07 \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\x08 \x03(\t\"Z\n\x17PublishFunctionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x12GetFunctionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"o\n\x13GetFunctionResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x15ListFunctionsResponse\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.toolvault.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1bListFunctionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x1cListFunctionVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"<\n\x10SetAliasResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x16\x44\x65leteFunctionResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x01(\r2\x8a\x05\n\x0f\x46unctionService\x12^\n\x0fPublishFunction\x12$.toolvault.v1.PublishFunctionRequest\x1a%.toolvault.v1.PublishFunctionResponse\x12R\n\x0bGetFunction\x12 .toolvault.v1.GetFunctionRequest\x1a!.toolvault.v1.GetFunctionResponse\x12X\n\rListFunctions\x12\".toolvault.v1.ListFunctionsRequest\x1a#.toolvault.v1.ListFunctionsResponse\x12m\n\x14ListFunctionVersions\x12).toolvault.v1.ListFunctionVersionsRequest\x1a*.toolvault.v1.ListFunctionVersionsResponse\x12I\n\x08SetAlias\x12\x1d.toolvault.v1.SetAliasRequest\x1a\x1e.toolvault.v1.SetAliasResponse\x12R\n\x0b\x44\x65leteAlias\x12 .toolvault.v1.DeleteAliasRequest\x1a!.toolvault.v1.DeleteAliasResponse\x12[\n\x0e\x44\x65leteFunction\x12#.toolvault.v1.DeleteFunctionRequest\x1a$.toolvault.v1.DeleteFunctionResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolvault/v1/function.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctoolvault/v1/execution.proto\"b\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x18\n\x10max_output_bytes\x18\x03 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\r\"\xb7\x02\n\x0f\x46unctionVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x19\n\x11input_schema_json\x18\x07 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x08 \x01(\t\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdeterministic\x18\x0c \x01(\x08\"\x8d\x02\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\r\x12\x34\n\x07\x61liases\x18\x03 \x03(\x0b\x32#.toolvault.v1.Function.AliasesEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xec\x01\n\x16PublishFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12$\n\x06limits\x18\x07 \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\x08 \x03(\t\x12\x15\n\rdeterministic\x18\t \x01(\x08\"Z\n\x17PublishFunctionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x12GetFunctionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"o\n\x13GetFunctionResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x15ListFunctionsResponse\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.toolvault.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1bListFunctionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x1cListFunctionVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"<\n\x10SetAliasResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x16\x44\x65leteFunctionResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x01(\r\"\xb7\x01\n\x17GetFunctionStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_limit\x18\x05 \x01(\r\"F\n\x18GetFunctionStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.toolvault.v1.FunctionStats\"K\n\x0bStatusCount\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"-\n\x0e\x45rrorTypeCount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc2\x01\n\x0f\x46unctionFailure\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\r\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"\xf8\x03\n\rFunctionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x04\x12\x30\n\rstatus_counts\x18\x06 \x03(\x0b\x32\x19.toolvault.v1.StatusCount\x12\x14\n\x0csuccess_rate\x18\x07 \x01(\x01\x12\x17\n\x0fp50_duration_ms\x18\x08 \x01(\x01\x12\x17\n\x0fp95_duration_ms\x18\t \x01(\x01\x12\x17\n\x0fp99_duration_ms\x18\n \x01(\x01\x12\x1d\n\x15max_peak_memory_bytes\x18\x0b \x01(\x04\x12\x1d\n\x15p95_peak_memory_bytes\x18\x0c \x01(\x04\x12\x32\n\x0c\x65rror_counts\x18\r \x03(\x0b\x32\x1c.toolvault.v1.ErrorTypeCount\x12\x36\n\x0frecent_failures\x18\x0e \x03(\x0b\x32\x1d.toolvault.v1.FunctionFailure\x12\x14\n\x0c\x63\x61\x63hed_calls\x18\x0f \x01(\x04\x32\xed\x05\n\x0f\x46unctionService\x12^\n\x0fPublishFunction\x12$.toolvault.v1.PublishFunctionRequest\x1a%.toolvault.v1.PublishFunctionResponse\x12R\n\x0bGetFunction\x12 .toolvault.v1.GetFunctionRequest\x1a!.toolvault.v1.GetFunctionResponse\x12X\n\rListFunctions\x12\".toolvault.v1.ListFunctionsRequest\x1a#.toolvault.v1.ListFunctionsResponse\x12m\n\x14ListFunctionVersions\x12).toolvault.v1.ListFunctionVersionsRequest\x1a*.toolvault.v1.ListFunctionVersionsResponse\x12I\n\x08SetAlias\x12\x1d.toolvault.v1.SetAliasRequest\x1a\x1e.toolvault.v1.SetAliasResponse\x12R\n\x0b\x44\x65leteAlias\x12 .toolvault.v1.DeleteAliasRequest\x1a!.toolvault.v1.DeleteAliasResponse\x12[\n\x0e\x44\x65leteFunction\x12#.toolvault.v1.DeleteFunctionRequest\x1a$.toolvault.v1.DeleteFunctionResponse\x12\x61\n\x10GetFunctionStats\x12%.toolvault.v1.GetFunctionStatsRequest\x1a&.toolvault.v1.GetFunctionStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,42 +35,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FUNCTION_ALIASESENTRY']._loaded_options = None
   _globals['_FUNCTION_ALIASESENTRY']._serialized_options = b'8\001'
-  _globals['_LIMITS']._serialized_start=78
-  _globals['_LIMITS']._serialized_end=151
-  _globals['_FUNCTIONVERSION']._serialized_start=154
-  _globals['_FUNCTIONVERSION']._serialized_end=442
-  _globals['_FUNCTION']._serialized_start=445
-  _globals['_FUNCTION']._serialized_end=714
-  _globals['_FUNCTION_ALIASESENTRY']._serialized_start=668
-  _globals['_FUNCTION_ALIASESENTRY']._serialized_end=714
-  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_start=717
-  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_end=930
-  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_start=932
-  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_end=1022
-  _globals['_GETFUNCTIONREQUEST']._serialized_start=1024
-  _globals['_GETFUNCTIONREQUEST']._serialized_end=1057
-  _globals['_GETFUNCTIONRESPONSE']._serialized_start=1059
-  _globals['_GETFUNCTIONRESPONSE']._serialized_end=1170
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1172
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1233
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1235
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1326
-  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_start=1328
-  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_end=1410
-  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_start=1412
-  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_end=1516
-  _globals['_SETALIASREQUEST']._serialized_start=1518
-  _globals['_SETALIASREQUEST']._serialized_end=1581
-  _globals['_SETALIASRESPONSE']._serialized_start=1583
-  _globals['_SETALIASRESPONSE']._serialized_end=1643
-  _globals['_DELETEALIASREQUEST']._serialized_start=1645
-  _globals['_DELETEALIASREQUEST']._serialized_end=1694
-  _globals['_DELETEALIASRESPONSE']._serialized_start=1696
-  _globals['_DELETEALIASRESPONSE']._serialized_end=1717
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1719
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=1756
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1758
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=1808
-  _globals['_FUNCTIONSERVICE']._serialized_start=1811
-  _globals['_FUNCTIONSERVICE']._serialized_end=2461
+  _globals['_LIMITS']._serialized_start=108
+  _globals['_LIMITS']._serialized_end=206
+  _globals['_FUNCTIONVERSION']._serialized_start=209
+  _globals['_FUNCTIONVERSION']._serialized_end=520
+  _globals['_FUNCTION']._serialized_start=523
+  _globals['_FUNCTION']._serialized_end=792
+  _globals['_FUNCTION_ALIASESENTRY']._serialized_start=746
+  _globals['_FUNCTION_ALIASESENTRY']._serialized_end=792
+  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_start=795
+  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_end=1031
+  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_start=1033
+  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_end=1123
+  _globals['_GETFUNCTIONREQUEST']._serialized_start=1125
+  _globals['_GETFUNCTIONREQUEST']._serialized_end=1158
+  _globals['_GETFUNCTIONRESPONSE']._serialized_start=1160
+  _globals['_GETFUNCTIONRESPONSE']._serialized_end=1271
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1273
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1334
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1336
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1427
+  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_start=1429
+  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_end=1511
+  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_start=1513
+  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_end=1617
+  _globals['_SETALIASREQUEST']._serialized_start=1619
+  _globals['_SETALIASREQUEST']._serialized_end=1682
+  _globals['_SETALIASRESPONSE']._serialized_start=1684
+  _globals['_SETALIASRESPONSE']._serialized_end=1744
+  _globals['_DELETEALIASREQUEST']._serialized_start=1746
+  _globals['_DELETEALIASREQUEST']._serialized_end=1795
+  _globals['_DELETEALIASRESPONSE']._serialized_start=1797
+  _globals['_DELETEALIASRESPONSE']._serialized_end=1818
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1820
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=1857
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1859
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=1909
+  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_start=1912
+  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_end=2095
+  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_start=2097
+  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_end=2167
+  _globals['_STATUSCOUNT']._serialized_start=2169
+  _globals['_STATUSCOUNT']._serialized_end=2244
+  _globals['_ERRORTYPECOUNT']._serialized_start=2246
+  _globals['_ERRORTYPECOUNT']._serialized_end=2291
+  _globals['_FUNCTIONFAILURE']._serialized_start=2294
+  _globals['_FUNCTIONFAILURE']._serialized_end=2488
+  _globals['_FUNCTIONSTATS']._serialized_start=2491
+  _globals['_FUNCTIONSTATS']._serialized_end=2995
+  _globals['_FUNCTIONSERVICE']._serialized_start=2998
+  _globals['_FUNCTIONSERVICE']._serialized_end=3747
 # @@protoc_insertion_point(module_scope)

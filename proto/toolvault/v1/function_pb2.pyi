@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from toolvault.v1 import execution_pb2 as _execution_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -30,22 +31,28 @@ class Limits(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     MEMORY_MB_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
     timeout_ms: _builtins.int
     """Wall-clock time limit of one run, in milliseconds."""
     memory_mb: _builtins.int
     """Memory (address-space) limit of the sandbox process, in MiB."""
     max_output_bytes: _builtins.int
     """Cap on the bytes of standard output, of standard error, and of the JSON result, each."""
+    max_concurrency: _builtins.int
+    """Most runs of the function (any version) in a sandbox at once on one server process;
+    a call over it fails with RESOURCE_EXHAUSTED. 0 means unlimited (the default).
+    """
     def __init__(
         self,
         *,
         timeout_ms: _builtins.int = ...,
         memory_mb: _builtins.int = ...,
         max_output_bytes: _builtins.int = ...,
+        max_concurrency: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_output_bytes", b"max_output_bytes", "memory_mb", b"memory_mb", "timeout_ms", b"timeout_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_concurrency", b"max_concurrency", "max_output_bytes", b"max_output_bytes", "memory_mb", b"memory_mb", "timeout_ms", b"timeout_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -68,13 +75,14 @@ class FunctionVersion(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
     version: _builtins.int
     """Version number, 1 for the first, dense and increasing."""
     sha256: _builtins.str
     """Hex sha256 of the canonical content: source, entrypoint, description, schemas,
-    limits and allowed imports.
+    limits, allowed imports and the deterministic flag.
     """
     source: _builtins.str
     """The Python source. Empty in list responses."""
@@ -86,6 +94,10 @@ class FunctionVersion(_message.Message):
     """JSON Schema the arguments object must match; empty when none was given."""
     output_schema_json: _builtins.str
     """JSON Schema the result must match; empty when none was given."""
+    deterministic: _builtins.bool
+    """True if the publisher declared that equal arguments always give the same result:
+    the server may then answer a call from its result cache.
+    """
     @_builtins.property
     def limits(self) -> Global___Limits:
         """Resource limits with the server's defaults filled in."""
@@ -112,10 +124,11 @@ class FunctionVersion(_message.Message):
         limits: Global___Limits | None = ...,
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -203,6 +216,7 @@ class PublishFunctionRequest(_message.Message):
     OUTPUT_SCHEMA_JSON_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
+    DETERMINISTIC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name, [a-z][a-z0-9_]{0,63}."""
     source: _builtins.str
@@ -215,6 +229,10 @@ class PublishFunctionRequest(_message.Message):
     """Optional JSON Schema (as JSON text) for the arguments object."""
     output_schema_json: _builtins.str
     """Optional JSON Schema (as JSON text) for the result."""
+    deterministic: _builtins.bool
+    """Declares that equal arguments always give the same result (no randomness, no clock),
+    so successful results may be served from the server's result cache.
+    """
     @_builtins.property
     def limits(self) -> Global___Limits:
         """Limits; unset fields take the server's defaults."""
@@ -236,10 +254,11 @@ class PublishFunctionRequest(_message.Message):
         output_schema_json: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
+        deterministic: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -577,3 +596,257 @@ class DeleteFunctionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteFunctionResponse: _TypeAlias = DeleteFunctionResponse  # noqa: Y015
+
+@_typing.final
+class GetFunctionStatsRequest(_message.Message):
+    """Request of FunctionService.GetFunctionStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    START_TIME_FROM_FIELD_NUMBER: _builtins.int
+    START_TIME_TO_FIELD_NUMBER: _builtins.int
+    FAILURE_LIMIT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name (its history is kept after deletion, so it may be deleted)."""
+    version: _builtins.int
+    """Only runs of this version number; 0 for all versions."""
+    failure_limit: _builtins.int
+    """How many of the latest failures to return; 0 means 5; more than 50 is capped at 50."""
+    @_builtins.property
+    def start_time_from(self) -> _timestamp_pb2.Timestamp:
+        """Only runs that started at or after this time; unset means 24 hours before
+        start_time_to.
+        """
+
+    @_builtins.property
+    def start_time_to(self) -> _timestamp_pb2.Timestamp:
+        """Only runs that started before this time; unset means now."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        start_time_from: _timestamp_pb2.Timestamp | None = ...,
+        start_time_to: _timestamp_pb2.Timestamp | None = ...,
+        failure_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time_from", b"start_time_from", "start_time_to", b"start_time_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_limit", b"failure_limit", "name", b"name", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFunctionStatsRequest: _TypeAlias = GetFunctionStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetFunctionStatsResponse(_message.Message):
+    """Response of FunctionService.GetFunctionStats."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def stats(self) -> Global___FunctionStats:
+        """The statistics of the requested window."""
+
+    def __init__(
+        self,
+        *,
+        stats: Global___FunctionStats | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["stats", b"stats"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFunctionStatsResponse: _TypeAlias = GetFunctionStatsResponse  # noqa: Y015
+
+@_typing.final
+class StatusCount(_message.Message):
+    """How many runs in a window ended with one status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    status: _execution_pb2.ExecutionStatus.ValueType
+    """The outcome."""
+    count: _builtins.int
+    """How many runs ended with it."""
+    def __init__(
+        self,
+        *,
+        status: _execution_pb2.ExecutionStatus.ValueType = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusCount: _TypeAlias = StatusCount  # noqa: Y015
+
+@_typing.final
+class ErrorTypeCount(_message.Message):
+    """How many runs in a window failed with one error type."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """The error's type, as in ExecutionError.type."""
+    count: _builtins.int
+    """How many runs failed with it."""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ErrorTypeCount: _TypeAlias = ErrorTypeCount  # noqa: Y015
+
+@_typing.final
+class FunctionFailure(_message.Message):
+    """One failed run, in brief; HistoryService.GetExecution has the rest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTION_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ERROR_TYPE_FIELD_NUMBER: _builtins.int
+    ERROR_MESSAGE_FIELD_NUMBER: _builtins.int
+    execution_id: _builtins.str
+    """The execution's id."""
+    version: _builtins.int
+    """The version number that ran."""
+    status: _execution_pb2.ExecutionStatus.ValueType
+    """The outcome (never OK)."""
+    error_type: _builtins.str
+    """The error's type, as in ExecutionError.type."""
+    error_message: _builtins.str
+    """The error's message, as in ExecutionError.message."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run started (UTC)."""
+
+    def __init__(
+        self,
+        *,
+        execution_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
+        status: _execution_pb2.ExecutionStatus.ValueType = ...,
+        error_type: _builtins.str = ...,
+        error_message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error_message", b"error_message", "error_type", b"error_type", "execution_id", b"execution_id", "start_time", b"start_time", "status", b"status", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionFailure: _TypeAlias = FunctionFailure  # noqa: Y015
+
+@_typing.final
+class FunctionStats(_message.Message):
+    """Statistics of a function's runs in a time window. Latency percentiles use the
+    nearest-rank method over every run in the window; they are 0 when there are no runs.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    START_TIME_FROM_FIELD_NUMBER: _builtins.int
+    START_TIME_TO_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    STATUS_COUNTS_FIELD_NUMBER: _builtins.int
+    SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    P50_DURATION_MS_FIELD_NUMBER: _builtins.int
+    P95_DURATION_MS_FIELD_NUMBER: _builtins.int
+    P99_DURATION_MS_FIELD_NUMBER: _builtins.int
+    MAX_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    P95_PEAK_MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    ERROR_COUNTS_FIELD_NUMBER: _builtins.int
+    RECENT_FAILURES_FIELD_NUMBER: _builtins.int
+    CACHED_CALLS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The function's name."""
+    version: _builtins.int
+    """The version the statistics cover; 0 for all versions."""
+    calls: _builtins.int
+    """Recorded runs in the window, including those answered from the result cache."""
+    success_rate: _builtins.float
+    """Share of runs with status OK, from 0 to 1; 0 when there are no runs."""
+    p50_duration_ms: _builtins.float
+    """Median run duration in milliseconds."""
+    p95_duration_ms: _builtins.float
+    """95th percentile of the run duration in milliseconds."""
+    p99_duration_ms: _builtins.float
+    """99th percentile of the run duration in milliseconds."""
+    max_peak_memory_bytes: _builtins.int
+    """Highest peak memory of a run, in bytes."""
+    p95_peak_memory_bytes: _builtins.int
+    """95th percentile of the runs' peak memory, in bytes."""
+    cached_calls: _builtins.int
+    """Runs answered from the result cache (a subset of calls)."""
+    @_builtins.property
+    def start_time_from(self) -> _timestamp_pb2.Timestamp:
+        """Start of the window (inclusive, UTC)."""
+
+    @_builtins.property
+    def start_time_to(self) -> _timestamp_pb2.Timestamp:
+        """End of the window (exclusive, UTC)."""
+
+    @_builtins.property
+    def status_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusCount]:
+        """Runs by status, for each status that occurred, ordered by status."""
+
+    @_builtins.property
+    def error_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorTypeCount]:
+        """Failed runs (status not OK) by error type, most frequent first, then by type."""
+
+    @_builtins.property
+    def recent_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___FunctionFailure]:
+        """The latest failed runs, newest first, at most failure_limit of them."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        version: _builtins.int = ...,
+        start_time_from: _timestamp_pb2.Timestamp | None = ...,
+        start_time_to: _timestamp_pb2.Timestamp | None = ...,
+        calls: _builtins.int = ...,
+        status_counts: _abc.Iterable[Global___StatusCount] | None = ...,
+        success_rate: _builtins.float = ...,
+        p50_duration_ms: _builtins.float = ...,
+        p95_duration_ms: _builtins.float = ...,
+        p99_duration_ms: _builtins.float = ...,
+        max_peak_memory_bytes: _builtins.int = ...,
+        p95_peak_memory_bytes: _builtins.int = ...,
+        error_counts: _abc.Iterable[Global___ErrorTypeCount] | None = ...,
+        recent_failures: _abc.Iterable[Global___FunctionFailure] | None = ...,
+        cached_calls: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time_from", b"start_time_from", "start_time_to", b"start_time_to"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_calls", b"cached_calls", "calls", b"calls", "error_counts", b"error_counts", "max_peak_memory_bytes", b"max_peak_memory_bytes", "name", b"name", "p50_duration_ms", b"p50_duration_ms", "p95_duration_ms", b"p95_duration_ms", "p95_peak_memory_bytes", b"p95_peak_memory_bytes", "p99_duration_ms", b"p99_duration_ms", "recent_failures", b"recent_failures", "start_time_from", b"start_time_from", "start_time_to", b"start_time_to", "status_counts", b"status_counts", "success_rate", b"success_rate", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FunctionStats: _TypeAlias = FunctionStats  # noqa: Y015

@@ -73,6 +73,11 @@ class FunctionServiceStub:
                 request_serializer=toolvault_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
                 response_deserializer=toolvault_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
                 _registered_method=True)
+        self.GetFunctionStats = channel.unary_unary(
+                '/toolvault.v1.FunctionService/GetFunctionStats',
+                request_serializer=toolvault_dot_v1_dot_function__pb2.GetFunctionStatsRequest.SerializeToString,
+                response_deserializer=toolvault_dot_v1_dot_function__pb2.GetFunctionStatsResponse.FromString,
+                _registered_method=True)
 
 
 class FunctionServiceServicer:
@@ -134,6 +139,16 @@ class FunctionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFunctionStats(self, request, context):
+        """Summarizes a function's recorded runs over a time window: calls, outcomes, latency
+        percentiles, peak memory, errors by type and the latest failures. Computed from the
+        history, so it also covers deleted functions. INVALID_ARGUMENT for a bad name or an
+        empty window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FunctionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +186,11 @@ def add_FunctionServiceServicer_to_server(servicer, server):
                     servicer.DeleteFunction,
                     request_deserializer=toolvault_dot_v1_dot_function__pb2.DeleteFunctionRequest.FromString,
                     response_serializer=toolvault_dot_v1_dot_function__pb2.DeleteFunctionResponse.SerializeToString,
+            ),
+            'GetFunctionStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFunctionStats,
+                    request_deserializer=toolvault_dot_v1_dot_function__pb2.GetFunctionStatsRequest.FromString,
+                    response_serializer=toolvault_dot_v1_dot_function__pb2.GetFunctionStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -366,6 +386,33 @@ class FunctionService:
             '/toolvault.v1.FunctionService/DeleteFunction',
             toolvault_dot_v1_dot_function__pb2.DeleteFunctionRequest.SerializeToString,
             toolvault_dot_v1_dot_function__pb2.DeleteFunctionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFunctionStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/toolvault.v1.FunctionService/GetFunctionStats',
+            toolvault_dot_v1_dot_function__pb2.GetFunctionStatsRequest.SerializeToString,
+            toolvault_dot_v1_dot_function__pb2.GetFunctionStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -56,6 +56,12 @@ class FunctionServiceStub:
     """Removes a named alias. NOT_FOUND if it does not exist."""
     DeleteFunction: _grpc.UnaryUnaryMultiCallable[_function_pb2.DeleteFunctionRequest, _function_pb2.DeleteFunctionResponse]
     """Deletes a function with all its versions and aliases. Its execution history is kept."""
+    GetFunctionStats: _grpc.UnaryUnaryMultiCallable[_function_pb2.GetFunctionStatsRequest, _function_pb2.GetFunctionStatsResponse]
+    """Summarizes a function's recorded runs over a time window: calls, outcomes, latency
+    percentiles, peak memory, errors by type and the latest failures. Computed from the
+    history, so it also covers deleted functions. INVALID_ARGUMENT for a bad name or an
+    empty window.
+    """
 
 @_typing.type_check_only
 class FunctionServiceAsyncStub(FunctionServiceStub):
@@ -85,6 +91,12 @@ class FunctionServiceAsyncStub(FunctionServiceStub):
     """Removes a named alias. NOT_FOUND if it does not exist."""
     DeleteFunction: _aio.UnaryUnaryMultiCallable[_function_pb2.DeleteFunctionRequest, _function_pb2.DeleteFunctionResponse]  # type: ignore[assignment]
     """Deletes a function with all its versions and aliases. Its execution history is kept."""
+    GetFunctionStats: _aio.UnaryUnaryMultiCallable[_function_pb2.GetFunctionStatsRequest, _function_pb2.GetFunctionStatsResponse]  # type: ignore[assignment]
+    """Summarizes a function's recorded runs over a time window: calls, outcomes, latency
+    percentiles, peak memory, errors by type and the latest failures. Computed from the
+    history, so it also covers deleted functions. INVALID_ARGUMENT for a bad name or an
+    empty window.
+    """
 
 class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores functions as immutable, sha256-hashed versions, with movable aliases.
@@ -153,5 +165,17 @@ class FunctionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_function_pb2.DeleteFunctionResponse, _abc.Awaitable[_function_pb2.DeleteFunctionResponse]]:
         """Deletes a function with all its versions and aliases. Its execution history is kept."""
+
+    @_abc_1.abstractmethod
+    def GetFunctionStats(
+        self,
+        request: _function_pb2.GetFunctionStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_function_pb2.GetFunctionStatsResponse, _abc.Awaitable[_function_pb2.GetFunctionStatsResponse]]:
+        """Summarizes a function's recorded runs over a time window: calls, outcomes, latency
+        percentiles, peak memory, errors by type and the latest failures. Computed from the
+        history, so it also covers deleted functions. INVALID_ARGUMENT for a bad name or an
+        empty window.
+        """
 
 def add_FunctionServiceServicer_to_server(servicer: FunctionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,19 +25,28 @@ class InvokeRequest(_message.Message):
 
     REF_FIELD_NUMBER: _builtins.int
     ARGS_JSON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
     """"name", "name@N" or "name@alias"."""
     args_json: _builtins.str
     """A JSON object whose members are passed as keyword arguments; empty means {}."""
+    idempotency_key: _builtins.str
+    """Optional, at most 128 characters. A repeated request with the same key, ref and
+    args_json returns the first call's recorded execution instead of running again (for
+    the server's idempotency TTL, default 24 hours, also across restarts); the same key
+    with a different request fails with FAILED_PRECONDITION. A concurrent duplicate waits
+    for the first call's result. Empty means no key.
+    """
     def __init__(
         self,
         *,
         ref: _builtins.str = ...,
         args_json: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "idempotency_key", b"idempotency_key", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

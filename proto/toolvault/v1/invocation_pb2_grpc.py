@@ -51,7 +51,9 @@ class InvocationServiceServicer:
         the run. A function that fails is not a failed RPC: the RPC succeeds and the execution
         carries the status. RPC errors: NOT_FOUND (unknown ref), INVALID_ARGUMENT (arguments
         not a JSON object, or not matching the input schema), RESOURCE_EXHAUSTED (too many
-        calls waiting), CANCELLED / DEADLINE_EXCEEDED (the run is killed and recorded).
+        calls waiting, or the function's max_concurrency reached), CANCELLED /
+        DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
+        idempotency key was used for a different request, or its first call is still running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -38,7 +38,9 @@ class InvocationServiceStub:
     the run. A function that fails is not a failed RPC: the RPC succeeds and the execution
     carries the status. RPC errors: NOT_FOUND (unknown ref), INVALID_ARGUMENT (arguments
     not a JSON object, or not matching the input schema), RESOURCE_EXHAUSTED (too many
-    calls waiting), CANCELLED / DEADLINE_EXCEEDED (the run is killed and recorded).
+    calls waiting, or the function's max_concurrency reached), CANCELLED /
+    DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
+    idempotency key was used for a different request, or its first call is still running).
     """
 
 @_typing.type_check_only
@@ -51,7 +53,9 @@ class InvocationServiceAsyncStub(InvocationServiceStub):
     the run. A function that fails is not a failed RPC: the RPC succeeds and the execution
     carries the status. RPC errors: NOT_FOUND (unknown ref), INVALID_ARGUMENT (arguments
     not a JSON object, or not matching the input schema), RESOURCE_EXHAUSTED (too many
-    calls waiting), CANCELLED / DEADLINE_EXCEEDED (the run is killed and recorded).
+    calls waiting, or the function's max_concurrency reached), CANCELLED /
+    DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
+    idempotency key was used for a different request, or its first call is still running).
     """
 
 class InvocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -67,7 +71,9 @@ class InvocationServiceServicer(metaclass=_abc_1.ABCMeta):
         the run. A function that fails is not a failed RPC: the RPC succeeds and the execution
         carries the status. RPC errors: NOT_FOUND (unknown ref), INVALID_ARGUMENT (arguments
         not a JSON object, or not matching the input schema), RESOURCE_EXHAUSTED (too many
-        calls waiting), CANCELLED / DEADLINE_EXCEEDED (the run is killed and recorded).
+        calls waiting, or the function's max_concurrency reached), CANCELLED /
+        DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
+        idempotency key was used for a different request, or its first call is still running).
         """
 
 def add_InvocationServiceServicer_to_server(servicer: InvocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

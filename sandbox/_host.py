@@ -1,0 +1,306 @@
+"""The sandbox host: a warm, single-threaded process that forks one sandbox per call.
+
+The server spawns it as ``python -I -m toolvault.sandbox._host`` in a new session with an
+empty environment, its end of a Unix socket pair on fd 3, /dev/null on fds 0 and 1 and the
+server's stderr on fd 2 (for the host's own crashes). Frames (``_models.encode_frame``) go
+both ways on the socket:
+
+- ``init`` {plan, preload, workdir, hidden}, the first: the host imports the runtime and
+  the modules of the server's allow-list, confines itself once (``enter_host``), forks a
+  probe sandbox that reports from inside what it sees, and answers ``ready`` {facts}, or
+  ``failed`` {error} when the plan cannot be applied;
+- ``run`` {id, slot, job} with the write ends of the call's stdout, stderr and report
+  pipes attached (SCM_RIGHTS): the host compiles the source (cached by its sha256), forks
+  a sandbox, which confines itself and runs ``_child.run_job``, and answers ``started``
+  {id, pid, compiled}; the pid is the one in the host's PID namespace;
+- ``kill`` {id}: SIGKILL for the call's process, PID 1 of its own namespace, so that
+  everything it started dies with it;
+- ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
+  (status is wait4's; error says why there was none to reap).
+
+At EOF on the socket (the server closed it, or died) the host kills every sandbox and
+exits. The host never runs user code; it compiles it (the server compiled the same source
+when it was published) and builds its globals, both before the fork.
+"""
+
+import collections
+import contextlib
+import gc
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, NoReturn
+
+from ._child import Program, compile_job, preload, run_job
+from ._globals import restricted_module
+from ._isolation import (
+    PROBE_LIMITS,
+    Plan,
+    confine,
+    enter_host,
+    fork_sandbox,
+    observe,
+    set_limits,
+)
+from ._models import decode_frames, decode_job, encode_frame
+
+CONTROL_FD = 3
+# A run frame carries three fds; one recvmsg never returns those of two frames.
+_FDS_PER_FRAME = 3
+_RECEIVE_BYTES = 1024 * 1024
+_CACHED_PROGRAMS = 256
+_CACHED_MODULES = 16
+# The exit code of a sandbox process that failed to confine itself (EX_SOFTWARE).
+_CONFINEMENT_FAILED = 70
+
+
+def main() -> NoReturn:
+    """Serve the server on fd 3 until it goes away."""
+    sock = socket.socket(fileno=CONTROL_FD)
+    channel = _Channel(sock)
+    init = channel.first_message()
+    plan = Plan(**init["plan"])
+    workdir: str = init["workdir"]
+    # Imported now, while every file is readable, and shared by every sandbox.
+    preload(init["preload"])
+    try:
+        enter_host(plan, workdir, init["hidden"])
+        host = _Host(channel, plan, workdir)
+        facts = host.probe()
+    except Exception as exc:
+        channel.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
+        os._exit(1)
+    if "error" in facts:
+        channel.send({"op": "failed", "error": facts["error"]})
+        os._exit(1)
+    channel.send({"op": "ready", "facts": facts})
+    host.serve()
+
+
+class _Channel:
+    """The host's end of the socket: frames in, with the fds that came with them, and out."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self.fds: collections.deque[int] = collections.deque()
+
+    def fileno(self) -> int:
+        """The socket's fd, for select."""
+        return self._sock.fileno()
+
+    def first_message(self) -> dict[str, Any]:
+        """Block until the first message has arrived; exit if the server went away."""
+        while True:
+            messages = self.receive()
+            if messages is None:
+                os._exit(0)
+            if messages:
+                return messages[0]
+
+    def receive(self) -> list[dict[str, Any]] | None:
+        """The messages completed by what one read returns; None at EOF."""
+        data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
+        self.fds.extend(fds)
+        if flags & socket.MSG_CTRUNC:
+            raise RuntimeError("a frame came with more fds than it may carry")
+        if not data:
+            return None
+        self._buffer += data
+        return decode_frames(self._buffer)
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send one message; blocks while the server's end is full."""
+        self._sock.sendall(encode_frame(message))
+
+
+class _Host:
+    """Forks and reaps the sandboxes, one per call."""
+
+    def __init__(self, channel: _Channel, plan: Plan, workdir: str) -> None:
+        self._channel = channel
+        self._plan = plan
+        self._workdir = workdir
+        self._programs: collections.OrderedDict[tuple[bytes, str], Program] = (
+            collections.OrderedDict()
+        )
+        self._modules: collections.OrderedDict[tuple[str, ...], ModuleType] = (
+            collections.OrderedDict()
+        )
+        self._calls: dict[int, int] = {}  # call id -> pid
+        self._slots: dict[int, tuple[int, int]] = {}  # pid -> call id, slot
+        # SIGCHLD wakes select through this pipe: no signal handler does any work.
+        self._wakeup, wakeup_write = os.pipe()
+        os.set_blocking(self._wakeup, False)
+        os.set_blocking(wakeup_write, False)
+        signal.set_wakeup_fd(wakeup_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    def probe(self) -> dict[str, Any]:
+        """Fork a sandbox exactly as for a call that observes the layers from inside."""
+        read_end, write_end = os.pipe()
+        try:
+            pid = self._fork(0, (write_end,) * 3, self._observe)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            data = pipe.read()
+        os.waitpid(pid, 0)
+        self._finish(0)
+        try:
+            facts: dict[str, Any] = json.loads(data)
+        except ValueError:
+            text = data.decode(errors="replace").strip()[-2000:]
+            return {"error": f"the probe sandbox failed: {text or 'no output'}"}
+        return facts
+
+    def serve(self) -> NoReturn:
+        """Answer the server's frames and reap the sandboxes until the server goes away."""
+        while True:
+            readable = select.select([self._channel.fileno(), self._wakeup], [], [])[0]
+            if self._wakeup in readable:
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wakeup, 4096):
+                        pass
+                self._reap()
+            if self._channel.fileno() in readable:
+                messages = self._channel.receive()
+                if messages is None:
+                    self._shut_down()
+                for message in messages:
+                    self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message["op"] == "run":
+            fds = tuple(self._channel.fds.popleft() for _ in range(_FDS_PER_FRAME))
+            self._run(message["id"], message["slot"], message["job"], fds)
+        elif message["op"] == "kill":
+            pid = self._calls.get(message["id"])
+            if pid is not None:
+                _kill(pid)
+
+    def _run(self, call_id: int, slot: int, fields: dict[str, Any], fds: Sequence[int]) -> None:
+        job = decode_job(fields)
+        program, compiled = self._program(job.source, job.filename)
+        module = self._module(job.allowed_imports)
+        try:
+            pid = self._fork(slot, fds, lambda: run_job(job, program, module))
+        except OSError as exc:
+            self._finish(slot)
+            self._channel.send({"op": "exited", "id": call_id, "error": f"fork: {exc}"})
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)  # the sandbox's alone now: it closes when the sandbox ends
+        self._calls[call_id] = pid
+        self._slots[pid] = (call_id, slot)
+        self._channel.send({"op": "started", "id": call_id, "pid": pid, "compiled": compiled})
+
+    def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
+        """Fork a sandbox with ``fds`` as its stdout, stderr and report; it runs ``body``."""
+        workdir = self._workdir_of(slot)
+        if not self._plan.namespaces:
+            os.mkdir(workdir, 0o700)
+        # Everything allocated so far is the host's: the sandbox's collector never scans
+        # it, which would copy the pages it touches.
+        gc.freeze()
+        pid = fork_sandbox(self._plan)
+        if pid:
+            return pid
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for target, fd in zip((1, 2, 3), fds, strict=True):
+                os.dup2(fd, target)  # 3 was the socket: the sandbox never holds it
+            confine(self._plan, workdir, slot)
+            body()
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+        finally:
+            os._exit(_CONFINEMENT_FAILED)
+
+    def _observe(self) -> None:
+        set_limits(PROBE_LIMITS)
+        os.write(1, json.dumps(observe(os.getcwd())).encode())
+        os._exit(0)
+
+    def _workdir_of(self, slot: int) -> str:
+        if self._plan.namespaces:
+            return self._workdir  # each sandbox mounts a tmpfs of its own on it
+        return os.path.join(self._workdir, str(slot))
+
+    def _finish(self, slot: int) -> None:
+        """Remove what the sandbox in ``slot`` left in its working directory."""
+        if not self._plan.namespaces:
+            shutil.rmtree(self._workdir_of(slot), ignore_errors=True)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not pid:
+                return
+            call_id, slot = self._slots.pop(pid)
+            del self._calls[call_id]
+            self._finish(slot)
+            self._channel.send(
+                {
+                    "op": "exited",
+                    "id": call_id,
+                    "status": status,
+                    "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
+                    "maxrss_kb": usage.ru_maxrss,
+                }
+            )
+
+    def _program(self, source: str, filename: str) -> tuple[Program, bool]:
+        """The compiled source, and whether it was compiled now rather than found."""
+        key = (hashlib.sha256(source.encode("utf-8", "surrogatepass")).digest(), filename)
+        program = self._programs.get(key)
+        if program is not None:
+            self._programs.move_to_end(key)
+            return program, False
+        program = self._programs[key] = compile_job(source, filename)
+        if len(self._programs) > _CACHED_PROGRAMS:
+            self._programs.popitem(last=False)
+        return program, True
+
+    def _module(self, allowed_imports: tuple[str, ...]) -> ModuleType:
+        """Globals for code that may import ``allowed_imports``; each sandbox gets a copy."""
+        module = self._modules.get(allowed_imports)
+        if module is not None:
+            self._modules.move_to_end(allowed_imports)
+            return module
+        preload(allowed_imports)
+        module = self._modules[allowed_imports] = restricted_module(allowed_imports)
+        if len(self._modules) > _CACHED_MODULES:
+            self._modules.popitem(last=False)
+        return module
+
+    def _shut_down(self) -> NoReturn:
+        for pid in self._slots:
+            _kill(pid)
+        os._exit(0)
+
+
+def _kill(pid: int) -> None:
+    """Kill a sandbox: PID 1 of its namespace, or the leader of its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The result cache of deterministic functions: LRU with a time to live, in memory.
+
+Each server process (each replica) keeps its own cache, so a result cached on one replica
+is a miss on another. Only successful runs are stored, keyed by the version's sha256 and
+the canonical JSON of the arguments (sorted keys, no spaces), so equal argument objects
+share an entry however they were spelled. A run whose result, stdout and stderr
+together pass ``MAX_ENTRY_BYTES`` is not stored, which bounds the cache's memory by
+``cache_max_entries`` times that.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+MAX_ENTRY_BYTES = 64 * 1024
+
+
+def cache_key(sha256: str, args_json: str) -> tuple[str, str]:
+    """The key of a call: the version's hash and the canonical form of its arguments."""
+    canonical = json.dumps(json.loads(args_json), sort_keys=True, separators=(",", ":"))
+    return sha256, canonical
+
+
+class ResultCache(Generic[V]):
+    """A bounded mapping whose entries expire ``ttl_s`` seconds after they were stored."""
+
+    def __init__(
+        self, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._max_entries = max_entries
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[tuple[str, str], tuple[float, V]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        """False when configured with no room (``cache_max_entries`` 0)."""
+        return self._max_entries > 0
+
+    def get(self, key: tuple[str, str]) -> V | None:
+        """The live value under ``key``, marked as most recently used; None if absent."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        expires, value = entry
+        if expires <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def put(self, key: tuple[str, str], value: V) -> None:
+        """Store ``value``, evicting the least recently used entry when full."""
+        if not self.enabled:
+            return
+        self._entries[key] = (self._clock() + self._ttl_s, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,106 @@
+"""Idempotency keys of Invoke: a retried call with the same key returns the first run.
+
+A key is claimed before the run by inserting its row (execution id NULL: pending) in a
+short transaction; the table's primary key lets only one of several concurrent duplicates
+insert it, on any replica. The run's execution is bound to the key in the transaction that
+records the run, so the history and the key agree even across a crash. A call that fails
+before a run is recorded (bad arguments, a full queue, a cancelled caller) releases its
+key, so the client's retry runs. A pending key older than ``abandon_after_s`` belongs to
+a call whose server died mid-run, and the next claim takes it over.
+
+Keys expire ``ttl_s`` seconds after their first use; expired rows are deleted by the
+next claim of any key.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import delete, update
+from sqlalchemy.orm import Session
+
+from toolvault.server.db import Database
+from toolvault.server.errors import FailedPrecondition, InvalidArgument
+from toolvault.server.models import IdempotencyKey, utcnow
+
+MAX_KEY_LENGTH = 128
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What claiming a key found.
+
+    Attributes:
+        owned: This call holds the key and must run (and then bind or release it).
+        execution_id: The run the key's first call made; None while it is pending.
+    """
+
+    owned: bool
+    execution_id: uuid.UUID | None = None
+
+
+def fingerprint(ref: str, args_json: str) -> str:
+    """Hex sha256 of the request a key stands for: the ref and the arguments as sent."""
+    return hashlib.sha256(json.dumps([ref, args_json or "{}"]).encode()).hexdigest()
+
+
+def bind(session: Session, key: str, execution_id: uuid.UUID) -> None:
+    """Record in the caller's unit of work that ``key``'s call made ``execution_id``."""
+    session.execute(
+        update(IdempotencyKey).where(IdempotencyKey.key == key).values(execution_id=execution_id)
+    )
+
+
+class IdempotencyKeys:
+    """Claims, releases and expires idempotency keys; each method is one unit of work."""
+
+    def __init__(self, db: Database, *, ttl_s: float, abandon_after_s: float) -> None:
+        self._db = db
+        self._ttl = dt.timedelta(seconds=ttl_s)
+        self._abandon_after = dt.timedelta(seconds=abandon_after_s)
+
+    def claim(self, key: str, request: str) -> Claim:
+        """Take ``key`` for the request with fingerprint ``request``, or report its state.
+
+        Raises:
+            InvalidArgument: The key is longer than 128 characters.
+            FailedPrecondition: The key was used for a different request.
+            sqlalchemy.exc.IntegrityError: A concurrent call inserted the key first;
+                claiming again reports its state.
+        """
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidArgument(
+                f"idempotency_key is {len(key)} characters, more than the limit of {MAX_KEY_LENGTH}"
+            )
+        now = utcnow()
+        with self._db.write.begin() as session:
+            session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < now - self._ttl)
+            )
+            row = session.get(IdempotencyKey, key, with_for_update=True)
+            if row is None:
+                session.add(IdempotencyKey(key=key, fingerprint=request, created_at=now))
+                session.flush()
+                return Claim(owned=True)
+            if row.fingerprint != request:
+                raise FailedPrecondition(
+                    f"idempotency_key {key!r} was first used for a different request "
+                    "(another ref or other arguments); use a new key for a new request"
+                )
+            if row.execution_id is None and row.created_at < now - self._abandon_after:
+                row.created_at = now
+                return Claim(owned=True)
+            return Claim(owned=False, execution_id=row.execution_id)
+
+    def release(self, key: str) -> None:
+        """Give up a pending key whose call recorded no run, so that a retry may run."""
+        with self._db.write.begin() as session:
+            session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.key == key, IdempotencyKey.execution_id.is_(None)
+                )
+            )
