@@ -140,7 +140,7 @@ def spawn_per_call(job: dict[str, object], plan: str, workdir: str) -> None:
 
 def latency(client: Client, calls: int) -> dict[str, float]:
     """Sequential end-to-end invoke latency of a trivial function, and the spawn baseline."""
-    from toolvault.sandbox._isolation import detect
+    from toolvault.sandbox import detect
 
     for _ in range(50):
         client.invoke("noop")

@@ -110,6 +110,10 @@ class FunctionStore:
         """The version a reference names."""
         name, selector = parse_ref(ref)
         with self._db.read.begin() as session:
+            # One query on the hot path; the lookups below only explain a miss.
+            found = store.resolve_version(session, name, selector)
+            if found is not None:
+                return found
             function = self._function(session, name)
             if selector == LATEST:
                 number = function.latest_version

@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -124,6 +125,26 @@ def find_function(session: Session, name: str, *, lock: bool = False) -> Functio
     """The function named ``name``; ``lock`` takes a row lock for a following write."""
     query = select(Function).where(Function.name == name).options(selectinload(Function.aliases))
     return session.scalar(query.with_for_update() if lock else query)
+
+
+def resolve_version(session: Session, name: str, selector: int | str) -> VersionInfo | None:
+    """The version of ``name`` that ``selector`` names (a number, "latest" or an alias)."""
+    if isinstance(selector, int):
+        number: Any = selector
+    elif selector == "latest":
+        number = Function.latest_version
+    else:
+        number = (
+            select(Alias.version)
+            .where(Alias.function_id == Function.id, Alias.name == selector)
+            .scalar_subquery()
+        )
+    row = session.scalar(
+        select(FunctionVersion)
+        .join(Function, FunctionVersion.function_id == Function.id)
+        .where(Function.name == name, FunctionVersion.version == number)
+    )
+    return _version_info(row, name) if row else None
 
 
 def find_version(session: Session, function: Function, version: int) -> VersionInfo | None:
