@@ -117,6 +117,25 @@ _ACCELERATORS = {
 # dict_keys, mappingproxy...), types.GenericAlias and SimpleNamespace, and abc, where C
 # code such as decimal's creates helper classes (Context.flags is an abc.SignalDict).
 _DATA_MODULES = frozenset({"builtins", "types", "abc"})
+# Exactly these types (not subclasses, whose methods user code may have written) hold
+# plain data and lead nowhere: they pass without the checks below.
+PLAIN_DATA = frozenset(
+    {
+        int,
+        float,
+        complex,
+        bool,
+        str,
+        bytes,
+        bytearray,
+        type(None),
+        list,
+        tuple,
+        dict,
+        set,
+        frozenset,
+    }
+)
 # Objects that lead to globals and builtins whatever their origin.
 _INTERNALS = (FrameType, CodeType, TracebackType, CellType)
 
@@ -169,6 +188,8 @@ class Policy:
                 is denied.
             AttributeError: It is a frame, code object, traceback or cell.
         """
+        if type(value) in PLAIN_DATA:  # the hot path of every subscript in a loop
+            return value
         if isinstance(value, ModuleProxy):
             return value
         if isinstance(value, ModuleType):
