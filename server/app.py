@@ -123,16 +123,13 @@ async def serve(settings: Settings) -> None:
     try:
         await asyncio.to_thread(db.upgrade)
         # Before the first call: the sandbox host starts warm, and its probe sandbox says
-        # which layers are in effect; what the machine does not allow is said plainly.
+        # which layers are in effect (the sandbox logs a WARNING for each one that is not).
         layers = await invocations.start_sandbox()
     except BaseException:
         await invocations.close()
         await server.stop(None)
         raise
     log.info("sandbox layers active: %s", ", ".join(x.name for x in layers if x.active) or "none")
-    missing = [f"{x.name} ({x.detail})" for x in layers if not x.active]
-    if missing:
-        log.warning("sandbox layers NOT active: %s", "; ".join(missing))
     if settings.metrics_port is not None:
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_port)

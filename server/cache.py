@@ -14,15 +14,15 @@ import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 MAX_ENTRY_BYTES = 64 * 1024
 
 
-def cache_key(sha256: str, args_json: str) -> tuple[str, str]:
+def cache_key(sha256: str, args: dict[str, Any]) -> tuple[str, str]:
     """The key of a call: the version's hash and the canonical form of its arguments."""
-    canonical = json.dumps(json.loads(args_json), sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
     return sha256, canonical
 
 

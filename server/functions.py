@@ -135,7 +135,8 @@ class FunctionStore:
         """A function and the version ``ref`` resolves to."""
         version = self.resolve(ref)
         with self._db.read.begin() as session:
-            return store.function_info(session, self._function(session, version.name)), version
+            (function,) = store.function_infos(session, [self._function(session, version.name)])
+            return function, version
 
     def functions(self, *, size: int, token: str) -> tuple[list[FunctionInfo], str]:
         """A page of functions by name and the token of the next page ("" at the end)."""
@@ -143,7 +144,7 @@ class FunctionStore:
         limit = page_size(size)
         with self._db.read.begin() as session:
             rows = store.list_functions(session, after=key[0] if key else None, limit=limit + 1)
-            infos = [store.function_info(session, row) for row in rows[:limit]]
+            infos = store.function_infos(session, rows[:limit])
         more = len(rows) > limit
         return infos, encode_token([infos[-1].name]) if more else ""
 
@@ -174,7 +175,8 @@ class FunctionStore:
                     f"(latest is {function.latest_version})"
                 )
             store.set_alias(session, function, alias, version)
-            return store.function_info(session, function)
+            (info,) = store.function_infos(session, [function])
+            return info
 
     def delete_alias(self, name: str, alias: str) -> None:
         """Remove ``alias``."""

@@ -214,14 +214,14 @@ class Invocations:
         result cache.
         """
         with self._tracer.start_as_current_span("validate"):
-            args_json = self._checked_args(args_json, input_schema, args_field)
+            args_json, args = self._checked_args(args_json, input_schema, args_field)
             if self._plugins.implemented("before_invoke"):
                 call = Call(version=version, args_json=args_json, context=context)
                 await asyncio.to_thread(self._plugins.before_invoke, call)
         content = version.content
         key: tuple[str, str] | None = None
         if content.deterministic and self._cache.enabled:
-            key = cache_key(version.sha256, args_json)
+            key = cache_key(version.sha256, args)
             hit = self._cache.get(key)
             metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
             if hit is not None:
@@ -360,7 +360,10 @@ class Invocations:
         """Stop the sandbox host, once no call runs any more."""
         await self._sandbox.close()
 
-    def _checked_args(self, args_json: str, input_schema: str | None, field: str) -> str:
+    def _checked_args(
+        self, args_json: str, input_schema: str | None, field: str
+    ) -> tuple[str, dict[str, Any]]:
+        """The arguments' text (``{}`` for none) and their parsed form, once checked."""
         size = len(args_json.encode())
         if size > self._settings.max_args_bytes:
             raise InvalidArgument(
@@ -371,7 +374,7 @@ class Invocations:
             raise InvalidArgument(f"{field} must be a JSON object, not {type(args).__name__}")
         if input_schema is not None and (found := problems(input_schema, args)):
             raise InvalidArgument(f"{field} does not match the input schema: {found}")
-        return args_json or "{}"
+        return args_json or "{}", args
 
     def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
         """Record a run, then tell the plugins (in the caller's worker thread)."""

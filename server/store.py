@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
@@ -103,22 +103,28 @@ def _version_info(row: FunctionVersion | Row[Any], name: str) -> VersionInfo:
     )
 
 
-def function_info(session: Session, row: Function) -> FunctionInfo:
-    """Detach a function row, with its aliases and latest description."""
-    description = session.scalar(
-        select(FunctionVersion.description).where(
-            FunctionVersion.function_id == row.id,
-            FunctionVersion.version == row.latest_version,
+def function_infos(session: Session, rows: list[Function]) -> list[FunctionInfo]:
+    """Detach function rows, with their aliases and latest descriptions (one query)."""
+    latest = {(row.id, row.latest_version) for row in rows}
+    descriptions: dict[int, str] = {}
+    if latest:
+        found = session.execute(
+            select(FunctionVersion.function_id, FunctionVersion.description).where(
+                tuple_(FunctionVersion.function_id, FunctionVersion.version).in_(latest)
+            )
         )
-    )
-    return FunctionInfo(
-        name=row.name,
-        latest_version=row.latest_version,
-        aliases={alias.name: alias.version for alias in row.aliases},
-        description=description or "",
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+        descriptions = {function_id: text for function_id, text in found}
+    return [
+        FunctionInfo(
+            name=row.name,
+            latest_version=row.latest_version,
+            aliases={alias.name: alias.version for alias in row.aliases},
+            description=descriptions.get(row.id, ""),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+        for row in rows
+    ]
 
 
 def find_function(session: Session, name: str, *, lock: bool = False) -> Function | None:
