@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import httpx
 
@@ -120,7 +120,20 @@ class OpenAIChatModel:
         self.model = model
         self.timeout = timeout
         self.settings = dict(settings or {})
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # One client for every turn: a loop of many turns reuses its connection.
+        self._http = httpx.Client(headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the connection to the model's server."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def complete(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> ChatReply:
         """Send the conversation and return the first choice's message.
@@ -133,9 +146,8 @@ class OpenAIChatModel:
         # Some servers reject an empty tools list, so it is left out instead.
         if tools:
             body["tools"] = tools
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         try:
-            response = httpx.post(self.url, json=body, headers=headers, timeout=self.timeout)
+            response = self._http.post(self.url, json=body)
         except httpx.HTTPError as error:
             raise ChatModelError(f"cannot reach the model at {self.url}: {error}") from error
         if response.is_error:

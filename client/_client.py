@@ -61,13 +61,9 @@ _RETRY_SERVICE_CONFIG = json.dumps(
         "methodConfig": [
             {
                 "name": [
-                    {"service": f"toolvault.v1.{service}"}
-                    for service in (
-                        "FunctionService",
-                        "InvocationService",
-                        "HistoryService",
-                        "AgentService",
-                    )
+                    {"service": service.full_name}
+                    for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2)
+                    for service in module.DESCRIPTOR.services_by_name.values()
                 ],
                 "retryPolicy": {
                     "maxAttempts": 4,
@@ -493,7 +489,7 @@ class Client:
         capability: str,
         input: Any = None,
         *,
-        strategy: RoutingStrategy | str = RoutingStrategy.ROUND_ROBIN,
+        strategy: RoutingStrategy | str | None = None,
         agent: str | None = None,
         calling_agent: str | None = None,
         chain: ChainContext | None = None,
@@ -504,7 +500,8 @@ class Client:
             capability: The capability the task needs.
             input: The task's input (JSON-serializable), checked against the picked
                 agent's input schema; None for no input.
-            strategy: "round_robin", "least_loaded" or "named" (then `agent` names it).
+            strategy: "round_robin", "least_loaded" or "named" (then `agent` names it);
+                None means "named" when `agent` is given, else "round_robin".
             agent: With the "named" strategy: the agent to pick.
             calling_agent: The agent delegating the task; None when a person or
                 program routes it.
@@ -523,7 +520,7 @@ class Client:
         request = agent_pb2.RouteTaskRequest(
             capability=capability,
             input_json=json.dumps(input) if input is not None else "",
-            strategy=RoutingStrategy(strategy).to_proto(),
+            strategy=RoutingStrategy(strategy or ("named" if agent else "round_robin")).to_proto(),
             agent=agent or "",
             calling_agent=calling_agent or "",
             chain=chain.to_proto() if chain is not None else None,

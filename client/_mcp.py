@@ -27,19 +27,9 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from toolvault.client import Client, ToolResult
-from toolvault.client.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-)
+from toolvault.client.errors import MODEL_READABLE
 
 __all__ = ["serve_mcp"]
-
-# Refusals of one call (not on the agent's list, bad arguments, chain or agent state,
-# a tool deleted since it was listed): results the model can read. Anything else, such as
-# an unreachable server, is an MCP error response.
-_REFUSALS = (PermissionDenied, InvalidArgument, FailedPrecondition, NotFound)
 
 
 def serve_mcp(target: str, agent: str, *, conversation_id: str | None = None) -> int:
@@ -90,7 +80,7 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
 
         try:
             result = await anyio.to_thread.run_sync(call)
-        except _REFUSALS as refusal:
+        except MODEL_READABLE as refusal:
             text = types.TextContent(text=f"error: {refusal}")
             return types.CallToolResult(content=[text], is_error=True)
         structured = result.execution.result

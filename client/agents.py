@@ -35,7 +35,7 @@ from toolvault.client._chat import (
     ScriptedModel,
     ToolCall,
 )
-from toolvault.client.errors import InvalidArgument, PermissionDenied
+from toolvault.client.errors import MODEL_READABLE
 
 __all__ = [
     "AgentRun",
@@ -53,7 +53,6 @@ __all__ = [
 # Refusals caused by what the model asked for (a tool not on the agent's list, arguments
 # that do not match the schema): the model can read them and try again. Other errors
 # (server unreachable, agent disabled or deleted) end the run.
-_MODEL_MISTAKES = (PermissionDenied, InvalidArgument)
 # model_settings keys the loop uses to build a model; the others become request fields.
 _CONNECTION_KEYS = ("base_url", "model", "api_key_env")
 
@@ -176,8 +175,30 @@ def iter_agent(
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, not {max_steps}")
     definition = client.agent(agent)
+    # A model built here is closed here; one passed in belongs to the caller.
+    own = None
     if model is None:
-        model = _model_from_settings(definition)
+        own = model = _model_from_settings(definition)
+    try:
+        return (
+            yield from _loop(client, definition, message, model, max_steps, conversation_id, chain)
+        )
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _loop(
+    client: Client,
+    definition: Agent,
+    message: str,
+    model: ChatModel,
+    max_steps: int,
+    conversation_id: str | None,
+    chain: ChainContext | None,
+) -> Generator[Step, None, AgentRun]:
+    """The loop of `iter_agent`, once the agent and its model are known."""
+    agent = definition.spec.name
     tools = [spec.to_openai_chat() for spec in client.agent_tools(agent)]
     conversation_id = conversation_id or uuid.uuid4().hex
     messages: list[dict[str, Any]] = []
@@ -220,7 +241,7 @@ def _call_tool(
         result = client.call_tool(
             agent, call.name, arguments, conversation_id=conversation_id, chain=chain
         )
-    except _MODEL_MISTAKES as refusal:
+    except MODEL_READABLE as refusal:
         return Step(index, "tool", call=call, error=refusal.details, output=f"error: {refusal}")
     # A failed tool's text already starts with its status, e.g. "ERROR: ValueError: ...".
     return Step(index, "tool", call=call, result=result, output=result.text)

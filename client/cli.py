@@ -724,8 +724,7 @@ def _agents_call(client: Client, args: argparse.Namespace) -> int:
 
 
 def _agents_route(client: Client, args: argparse.Namespace) -> int:
-    strategy = args.strategy or ("named" if args.agent else "round_robin")
-    routed = client.route_task(args.capability, strategy=strategy, agent=args.agent)
+    routed = client.route_task(args.capability, strategy=args.strategy, agent=args.agent)
     if args.json:
         _print_json(routed)
     else:

@@ -132,3 +132,9 @@ def from_rpc_error(error: grpc.RpcError) -> ToolvaultError:
     # Some transport failures carry no details; the code's name is better than "".
     details = error.details() or code.name
     return _BY_CODE.get(code, ToolvaultError)(details, code)
+
+
+# A tool call refused for what the model asked (a tool it may not use, bad arguments, a
+# chain too deep, a tool gone): the agent loop and the MCP bridge hand these back to the
+# model as text it can act on, rather than failing the run.
+MODEL_READABLE = (PermissionDenied, InvalidArgument, FailedPrecondition, NotFound)

@@ -261,17 +261,22 @@ def test_the_openai_model_reports_http_errors_and_malformed_replies(
         (200, {"choices": []}),
         (200, completion("hi", ("c1", "add", {"a": 1}))),
     ]
-    model = OpenAIChatModel(chat_server.url, "tiny", api_key="")
-    with pytest.raises(ChatModelError, match=r'answered HTTP 503: \{"error": "model is loading"\}'):
-        model.complete([], [])
-    with pytest.raises(ChatModelError, match=r"sent a malformed reply \(IndexError"):
-        model.complete([], [])
-    # Arguments sent as an object instead of JSON text are turned into text.
-    assert model.complete([], []) == ChatReply("hi", (ToolCall("c1", "add", '{"a": 1}'),))
+    with OpenAIChatModel(chat_server.url, "tiny", api_key="") as model:
+        with pytest.raises(
+            ChatModelError, match=r'answered HTTP 503: \{"error": "model is loading"\}'
+        ):
+            model.complete([], [])
+        with pytest.raises(ChatModelError, match=r"sent a malformed reply \(IndexError"):
+            model.complete([], [])
+        # Arguments sent as an object instead of JSON text are turned into text.
+        assert model.complete([], []) == ChatReply("hi", (ToolCall("c1", "add", '{"a": 1}'),))
     assert [r["authorization"] for r in chat_server.requests] == [None] * 3
     assert "tools" not in chat_server.requests[0]["body"]
-    with pytest.raises(ChatModelError, match="cannot reach the model at http://127.0.0.1"):
-        OpenAIChatModel(f"http://{closed_address}", "tiny").complete([], [])
+    with (
+        pytest.raises(ChatModelError, match="cannot reach the model at http://127.0.0.1"),
+        OpenAIChatModel(f"http://{closed_address}", "tiny") as unreachable,
+    ):
+        unreachable.complete([], [])
 
 
 def test_the_example_runs_its_agent_with_the_scripted_model(server: str) -> None:
