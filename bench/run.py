@@ -140,19 +140,13 @@ def spawn_per_call(job: dict[str, object], plan: str, workdir: str) -> None:
 
 def latency(client: Client, calls: int) -> dict[str, float]:
     """Sequential end-to-end invoke latency of a trivial function, and the spawn baseline."""
-    from toolvault.sandbox import detect
+    from toolvault.sandbox import Job, Limits, detect
+    from toolvault.sandbox._models import job_fields
 
     for _ in range(50):
         client.invoke("noop")
     times = [timed(lambda: client.invoke("noop")) for _ in range(calls)]
-    job = {
-        "source": NOOP,
-        "entrypoint": "main",
-        "args_json": "{}",
-        "allowed_imports": [],
-        "limits": {"timeout_ms": 5000, "memory_mb": 256, "max_output_bytes": 1 << 20},
-        "filename": "noop@1",
-    }
+    job = job_fields(Job(NOOP, "main", "{}", (), Limits(5000, 256, 1 << 20), filename="noop@1"))
     plan = detect().plan.to_json()
     spawned = []
     for _ in range(max(10, calls // 20)):

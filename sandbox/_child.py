@@ -42,7 +42,7 @@ from ._models import (
     decode_job,
 )
 from ._modules import USER_MODULE
-from ._validate import RestrictingPolicy
+from ._validate import RestrictingPolicy, source_lines
 
 # Imported on first use by allowed modules (datetime.strptime); after the switch to an
 # unprivileged uid the interpreter's files may not be readable any more.
@@ -85,7 +85,7 @@ def compile_job(source: str, filename: str) -> Program:
         return Program(None, type(exc).__name__, str(exc), [])
     if compiled.code is None:
         return Program(None, "SyntaxError", "; ".join(compiled.errors), [])
-    return Program(compiled.code, "", "", source.splitlines(keepends=True))
+    return Program(compiled.code, "", "", source_lines(source))
 
 
 def preload(modules: Iterable[str]) -> None:

@@ -12,7 +12,7 @@ both ways on the socket:
 - ``run`` {id, slot, job} with the write ends of the call's stdout, stderr and report
   pipes attached (SCM_RIGHTS): the host compiles the source (cached by its sha256), forks
   a sandbox, which confines itself and runs ``_child.run_job``, and answers ``started``
-  {id, pid, compiled}; the pid is the one in the host's PID namespace;
+  {id, compiled};
 - ``kill`` {id}: SIGKILL for the call's process, PID 1 of its own namespace, so that
   everything it started dies with it;
 - ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
@@ -127,6 +127,7 @@ class _Host:
 
     def __init__(self, channel: _Channel, plan: Plan, workdir: str) -> None:
         self._channel = channel
+        self._pid = os.getpid()
         self._plan = plan
         self._workdir = workdir
         self._programs: collections.OrderedDict[tuple[bytes, str], Program] = (
@@ -202,7 +203,7 @@ class _Host:
                 os.close(fd)  # the sandbox's alone now: it closes when the sandbox ends
         self._calls[call_id] = pid
         self._slots[pid] = (call_id, slot)
-        self._channel.send({"op": "started", "id": call_id, "pid": pid, "compiled": compiled})
+        self._channel.send({"op": "started", "id": call_id, "compiled": compiled})
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
         """Fork a sandbox with ``fds`` as its stdout, stderr and report; it runs ``body``."""
@@ -212,7 +213,12 @@ class _Host:
         # Everything allocated so far is the host's: the sandbox's collector never scans
         # it, which would copy the pages it touches.
         gc.freeze()
-        pid = fork_sandbox(self._plan)
+        try:
+            pid = fork_sandbox(self._plan)
+        finally:
+            if os.getpid() == self._pid:
+                # Back in the host: what it frees from now on must stay collectable.
+                gc.unfreeze()
         if pid:
             return pid
         try:

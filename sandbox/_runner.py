@@ -49,6 +49,7 @@ from ._models import (
     cpu_limit_seconds,
     decode_frames,
     encode_frame,
+    job_fields,
 )
 
 log = logging.getLogger("toolvault.sandbox")
@@ -334,7 +335,7 @@ class _Process:
     def submit(self, call: _Call) -> None:
         """Have the host fork a sandbox for ``call``."""
         self.calls[call.id] = call
-        fields = dataclasses.asdict(call.job)
+        fields = job_fields(call.job)
         self.send({"op": "run", "id": call.id, "slot": call.slot, "job": fields}, call.give_away())
 
     def kill(self, call: _Call) -> None:
@@ -406,7 +407,6 @@ class _Process:
         op = message["op"]
         if op == "started":
             self.compilations += message["compiled"]
-            self.calls[message["id"]].started(message["pid"])
         elif op == "exited":
             self.calls.pop(message["id"]).exited_with(message)
         elif op == "ready":
@@ -538,7 +538,6 @@ class _Call:
         )
         self._pipes = (self._stdout, self._stderr, self._report)
         self._write_ends: list[int] = []
-        self.pid = 0
         self._wait_status: int | None = None
         self._cpu_ms = 0.0
         self._maxrss_kb = 0
@@ -564,10 +563,6 @@ class _Call:
         )
         write_ends, self._write_ends = self._write_ends, []
         return write_ends
-
-    def started(self, pid: int) -> None:
-        """The host forked the sandbox, ``pid`` in the host's PID namespace."""
-        self.pid = pid
 
     def exited_with(self, message: dict[str, Any]) -> None:
         """The host reaped the sandbox (or could not start one)."""

@@ -7,15 +7,12 @@ the check compiles and imports there too.
 """
 
 import ast
+import io
 import keyword
-import re
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from RestrictedPython.transformer import RestrictingNodeTransformer
-
-# The line breaks of Python's tokenizer; str.splitlines also splits on form feeds and more.
-_LINE_BREAK = re.compile(r"\r\n?|\n")
 
 
 @dataclass(frozen=True)
@@ -159,7 +156,7 @@ def check_source(
         issue = SourceIssue("source is nested too deeply", None, None)
         return CheckedSource(issues=(issue,), docstring=None)
 
-    lines = _LINE_BREAK.split(source)
+    lines = source_lines(source)
     issues = [_issue_at(lines, node, info) for node, info in policy.error_nodes]
     issues += sorted(
         (_issue_at(lines, node, why) for node, why in _import_problems(tree, allowed_imports)),
@@ -169,6 +166,15 @@ def check_source(
     if problem:
         issues.append(SourceIssue(problem, None, None))
     return CheckedSource(issues=tuple(issues), docstring=docstring)
+
+
+def source_lines(source: str) -> list[str]:
+    """The lines of ``source`` as Python's tokenizer counts them, each with its line end.
+
+    ``str.splitlines`` would also split on form feeds, U+2028 and more, and so disagree
+    with the line numbers of errors and tracebacks.
+    """
+    return io.StringIO(source, newline=None).readlines()
 
 
 def _import_problems(tree: ast.AST, allowed: Collection[str]) -> Iterator[tuple[ast.AST, str]]:
