@@ -157,6 +157,18 @@ def test_an_exception_is_an_error_with_a_traceback_through_the_users_lines_only(
     )
 
 
+def test_the_traceback_counts_lines_as_python_does_despite_odd_line_breaks() -> None:
+    # Form feeds and U+2028 end lines for str.splitlines but not for Python's tokenizer.
+    result = call("# a\u2028b\x0cc\ndef main():\n    return 1 / 0\n")
+
+    assert result.traceback == (
+        "Traceback (most recent call last):\n"
+        '  File "add@3", line 3, in main\n'
+        "    return 1 / 0\n"
+        "ZeroDivisionError: division by zero\n"
+    )
+
+
 def test_a_result_that_is_not_json_is_an_error() -> None:
     result = call("def main():\n    return {1, 2}\n")
 
