@@ -17,9 +17,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from toolvault.server import audit, names
+from toolvault.server.audit import Actor
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.errors import (
@@ -33,12 +35,14 @@ from toolvault.server.errors import (
 from toolvault.server.functions import FunctionStore, checked_schema, parse_json, parse_ref
 from toolvault.server.invocations import CallContext, ExecutionInfo, Invocations, problems
 from toolvault.server.models import Agent, AgentCapability, AgentRevision, utcnow
+from toolvault.server.names import EVERYWHERE, Scope
 from toolvault.server.paging import decode_token, encode_token, page_size
 from toolvault.server.plugins import Plugins
 from toolvault.server.store import VersionInfo
 from toolvault.server.toolspec import derive_input_schema
 
 AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+AGENT_NAME_RULE = "1 to 64 of a-z, 0-9, _ and -, starting with a letter"
 CAPABILITY = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 MAX_TEXT_CHARS = 64 * 1024
 MAX_CONVERSATION_ID_CHARS = 128
@@ -132,17 +136,20 @@ class Agents:
         self._in_flight: collections.Counter[str] = collections.Counter()
         self._turns: collections.Counter[str] = collections.Counter()
 
-    def create(self, definition: AgentDefinition) -> AgentInfo:
+    def create(self, definition: AgentDefinition, *, actor: Actor) -> AgentInfo:
         """Store revision 1 of a new agent."""
         definition = self._validated(definition)
         with self._db.write.begin() as session:
             if self._find(session, definition.name) is not None:
                 raise AlreadyExists(f"agent {definition.name!r} already exists")
             info = _add_revision(session, None, definition)
+            audit.record(session, actor, "agent.create", definition.name, revision=1)
         self._plugins.agent_changed(info, "created")
         return info
 
-    def update(self, definition: AgentDefinition, *, allow_missing: bool) -> tuple[AgentInfo, bool]:
+    def update(
+        self, definition: AgentDefinition, *, allow_missing: bool, actor: Actor
+    ) -> tuple[AgentInfo, bool]:
         """Store a new revision unless identical to the current one; True if one was."""
         definition = self._validated(definition)
         with self._db.write.begin() as session:
@@ -154,6 +161,8 @@ class Agents:
                 if current.definition.canonical() == definition.canonical():
                     return current, False
             info = _add_revision(session, agent, definition)
+            action = "agent.update" if agent is not None else "agent.create"
+            audit.record(session, actor, action, definition.name, revision=info.revision)
         self._plugins.agent_changed(info, "updated" if agent is not None else "created")
         return info, True
 
@@ -163,11 +172,13 @@ class Agents:
             agent = self._agent(session, name)
             return _revision(session, agent, revision or agent.current_revision)
 
-    def agents(self, *, capability: str, size: int, token: str) -> tuple[list[AgentInfo], str]:
-        """A page of current agents by name, optionally with a capability."""
-        key = decode_token(token, 1)
+    def agents(
+        self, *, capability: str, scope: Scope = EVERYWHERE, size: int, token: str
+    ) -> tuple[list[AgentInfo], str]:
+        """A page of the current agents in ``scope`` by name, optionally with a capability."""
+        key = decode_token(token, str)
         limit = page_size(size)
-        query = select(Agent).order_by(Agent.name)
+        query = _in_scope(select(Agent).order_by(Agent.name), scope)
         if capability:
             query = query.join(AgentCapability).where(AgentCapability.capability == capability)
         if key is not None:
@@ -180,7 +191,7 @@ class Agents:
 
     def revisions(self, name: str, *, size: int, token: str) -> tuple[list[AgentInfo], str]:
         """A page of an agent's revisions, newest first."""
-        key = decode_token(token, 1)
+        key = decode_token(token, int)
         limit = page_size(size)
         with self._db.read.begin() as session:
             agent = self._agent(session, name)
@@ -190,18 +201,19 @@ class Agents:
                 .order_by(AgentRevision.revision.desc())
             )
             if key is not None:
-                query = query.where(AgentRevision.revision < int(key[0]))
+                query = query.where(AgentRevision.revision < key[0])
             rows = [_info(row) for row in session.scalars(query.limit(limit + 1))]
         more = len(rows) > limit
         return rows[:limit], encode_token([rows[limit - 1].revision]) if more else ""
 
-    def delete(self, name: str) -> int:
+    def delete(self, name: str, *, actor: Actor) -> int:
         """Delete an agent with its revisions; returns how many revisions."""
         with self._db.write.begin() as session:
             agent = self._agent(session, name, lock=True)
             current = _revision(session, agent, agent.current_revision)
             count = session.scalar(select(func.count()).where(AgentRevision.agent_id == agent.id))
             session.delete(agent)
+            audit.record(session, actor, "agent.delete", name, revisions=count)
         self._plugins.agent_changed(current, "deleted")
         return count or 0
 
@@ -274,13 +286,16 @@ class Agents:
         named: str,
         calling_agent: str,
         chain: Chain,
+        scope: Scope = EVERYWHERE,
     ) -> tuple[AgentInfo, Chain]:
-        """Pick an enabled agent with ``capability`` and the chain its calls must carry."""
+        """Pick an enabled agent in ``scope`` with ``capability``, and the chain it carries."""
         if not CAPABILITY.fullmatch(capability):
             raise InvalidArgument(f"capability {capability!r} is invalid")
         if strategy not in STRATEGIES:
             raise InvalidArgument(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         if calling_agent:
+            if not scope.allows(calling_agent):
+                raise NotFound(f"agent {calling_agent!r} not found")
             caller = self.get(calling_agent).definition
             depth = chain.depth + 1
             if depth > self._depth_limit(caller):
@@ -292,7 +307,7 @@ class Agents:
             chain = Chain(depth, chain.root_agent or calling_agent)
         candidates = [
             info
-            for info in self._all_with(capability)
+            for info in self._all_with(capability, scope)
             if info.definition.enabled and (strategy != "named" or info.definition.name == named)
         ]
         if not candidates:
@@ -315,10 +330,10 @@ class Agents:
             )
         return picked, chain
 
-    def _all_with(self, capability: str) -> list[AgentInfo]:
+    def _all_with(self, capability: str, scope: Scope) -> list[AgentInfo]:
         with self._db.read.begin() as session:
             rows = session.scalars(
-                select(Agent)
+                _in_scope(select(Agent), scope)
                 .join(AgentCapability)
                 .where(AgentCapability.capability == capability)
                 .order_by(Agent.name)
@@ -350,11 +365,7 @@ class Agents:
 
     def _validated(self, definition: AgentDefinition) -> AgentDefinition:
         name = definition.name
-        if not AGENT_NAME.fullmatch(name):
-            raise InvalidArgument(
-                f"name {name!r} is invalid: use 1 to 64 of a-z, 0-9, _ and -, "
-                "starting with a letter"
-            )
+        names.check_qualified(name, AGENT_NAME, AGENT_NAME_RULE, "name")
         for field in ("description", "system_prompt"):
             if len(getattr(definition, field)) > MAX_TEXT_CHARS:
                 raise InvalidArgument(f"{field} is longer than {MAX_TEXT_CHARS} characters")
@@ -362,7 +373,14 @@ class Agents:
         if not isinstance(settings, dict):
             raise InvalidArgument("model_settings_json must be a JSON object")
         seen: dict[str, str] = {}
+        namespace = names.namespace_of(name)
         for index, ref in enumerate(definition.tools):
+            # Keys are scoped to namespaces: a tool from another one would let this
+            # agent's callers run code they cannot see.
+            if names.namespace_of(ref) != namespace:
+                raise InvalidArgument(
+                    f"tools[{index}]: {ref!r} is not in the agent's namespace {namespace!r}"
+                )
             try:
                 function = parse_ref(ref)[0]
                 self._functions.resolve(ref)
@@ -410,7 +428,13 @@ class Agents:
 def _add_revision(session: Session, agent: Agent | None, definition: AgentDefinition) -> AgentInfo:
     now = utcnow()
     if agent is None:
-        agent = Agent(name=definition.name, current_revision=0, created_at=now, updated_at=now)
+        agent = Agent(
+            name=definition.name,
+            namespace=names.namespace_of(definition.name),
+            current_revision=0,
+            created_at=now,
+            updated_at=now,
+        )
         session.add(agent)
     agent.current_revision += 1
     agent.updated_at = now
@@ -442,6 +466,12 @@ def _revision(session: Session, agent: Agent, revision: int) -> AgentInfo:
 
 def _info(row: AgentRevision) -> AgentInfo:
     return AgentInfo(AgentDefinition.from_canonical(row.spec_json), row.revision, row.created_at)
+
+
+def _in_scope(query: Select[Agent], scope: Scope) -> Select[Agent]:
+    if scope.namespaces is None:
+        return query
+    return query.where(Agent.namespace.in_(scope.namespaces))
 
 
 @functools.lru_cache(maxsize=1024)

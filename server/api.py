@@ -9,17 +9,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy.exc import SQLAlchemyError
 
-from toolvault.server import metrics
+from toolvault.server import auth, metrics
 from toolvault.server.agents import AgentDefinition, AgentInfo, Agents, Chain, ToolInfo
+from toolvault.server.audit import Actor, AuditEventInfo, AuditFilter, AuditLog
+from toolvault.server.auth import KeyInfo, Keys, Role
 from toolvault.server.errors import (
     AlreadyExists,
     DomainError,
@@ -40,6 +43,8 @@ from toolvault.server.invocations import (
 from toolvault.server.stats import FunctionStatistics, FunctionStatsInfo, StatsQuery
 from toolvault.server.store import FunctionInfo, VersionInfo
 from toolvault.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
     execution_pb2,
@@ -88,6 +93,15 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
         raise AssertionError("abort returned")
 
     return handle
+
+
+def _actor(context: grpc.aio.ServicerContext[Any, Any]) -> Actor:
+    return auth.principal().actor(context.peer())
+
+
+def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    caller = auth.principal()
+    return context.peer() if caller is auth.ANONYMOUS else f"{caller.key} {context.peer()}"
 
 
 def _timestamp(value: dt.datetime) -> Timestamp:
@@ -251,7 +265,9 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
             max_concurrency=request.limits.max_concurrency,
             deterministic=request.deterministic,
         )
-        version, created = await asyncio.to_thread(self._functions.publish, publish)
+        version, created = await asyncio.to_thread(
+            self._functions.publish, publish, actor=_actor(context)
+        )
         return function_pb2.PublishFunctionResponse(
             version=_version_pb(version, with_source=True), created=created
         )
@@ -280,7 +296,10 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
     ) -> function_pb2.ListFunctionsResponse:
         """See the .proto."""
         functions, token = await asyncio.to_thread(
-            self._functions.functions, size=request.page_size, token=request.page_token
+            self._functions.functions,
+            scope=auth.principal().scope,
+            size=request.page_size,
+            token=request.page_token,
         )
         return function_pb2.ListFunctionsResponse(
             functions=[_function_pb(f) for f in functions], next_page_token=token
@@ -312,7 +331,11 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
     ) -> function_pb2.SetAliasResponse:
         """See the .proto."""
         function = await asyncio.to_thread(
-            self._functions.set_alias, request.name, request.alias, request.version
+            self._functions.set_alias,
+            request.name,
+            request.alias,
+            request.version,
+            actor=_actor(context),
         )
         return function_pb2.SetAliasResponse(function=_function_pb(function))
 
@@ -325,7 +348,9 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
         ],
     ) -> function_pb2.DeleteAliasResponse:
         """See the .proto."""
-        await asyncio.to_thread(self._functions.delete_alias, request.name, request.alias)
+        await asyncio.to_thread(
+            self._functions.delete_alias, request.name, request.alias, actor=_actor(context)
+        )
         return function_pb2.DeleteAliasResponse()
 
     @_rpc
@@ -337,7 +362,7 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
         ],
     ) -> function_pb2.DeleteFunctionResponse:
         """See the .proto."""
-        count = await asyncio.to_thread(self._functions.delete, request.name)
+        count = await asyncio.to_thread(self._functions.delete, request.name, actor=_actor(context))
         return function_pb2.DeleteFunctionResponse(deleted_versions=count)
 
     @_rpc
@@ -378,7 +403,7 @@ class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
         execution = await self._invocations.invoke(
             request.ref,
             request.args_json,
-            CallContext(caller=context.peer()),
+            CallContext(caller=_caller(context)),
             idempotency_key=request.idempotency_key,
         )
         return invocation_pb2.InvokeResponse(execution=_execution_pb(execution))
@@ -409,7 +434,11 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
             conversation_id=request.conversation_id,
         )
         executions, token = await asyncio.to_thread(
-            self._history.executions, where, size=request.page_size, token=request.page_token
+            self._history.executions,
+            where,
+            scope=auth.principal().scope,
+            size=request.page_size,
+            token=request.page_token,
         )
         return history_pb2.ListExecutionsResponse(
             executions=[_execution_pb(e) for e in executions], next_page_token=token
@@ -424,7 +453,9 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         ],
     ) -> history_pb2.GetExecutionResponse:
         """See the .proto."""
-        execution = await asyncio.to_thread(self._history.get, request.id)
+        execution = await asyncio.to_thread(
+            self._history.get, request.id, scope=auth.principal().scope
+        )
         return history_pb2.GetExecutionResponse(execution=_execution_pb(execution))
 
 
@@ -504,7 +535,9 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         ],
     ) -> agent_pb2.CreateAgentResponse:
         """See the .proto."""
-        info = await asyncio.to_thread(self._agents.create, _definition(request.spec))
+        info = await asyncio.to_thread(
+            self._agents.create, _definition(request.spec), actor=_actor(context)
+        )
         return agent_pb2.CreateAgentResponse(agent=_agent_pb(info, self._default_depth))
 
     @_rpc
@@ -517,7 +550,10 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
     ) -> agent_pb2.UpdateAgentResponse:
         """See the .proto."""
         info, changed = await asyncio.to_thread(
-            self._agents.update, _definition(request.spec), allow_missing=request.allow_missing
+            self._agents.update,
+            _definition(request.spec),
+            allow_missing=request.allow_missing,
+            actor=_actor(context),
         )
         return agent_pb2.UpdateAgentResponse(
             agent=_agent_pb(info, self._default_depth), changed=changed
@@ -545,6 +581,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         infos, token = await asyncio.to_thread(
             self._agents.agents,
             capability=request.capability,
+            scope=auth.principal().scope,
             size=request.page_size,
             token=request.page_token,
         )
@@ -577,7 +614,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
         ],
     ) -> agent_pb2.DeleteAgentResponse:
         """See the .proto."""
-        count = await asyncio.to_thread(self._agents.delete, request.name)
+        count = await asyncio.to_thread(self._agents.delete, request.name, actor=_actor(context))
         return agent_pb2.DeleteAgentResponse(deleted_revisions=count)
 
     @_rpc
@@ -605,7 +642,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             request.arguments_json,
             conversation_id=request.conversation_id,
             chain=_chain(request.chain),
-            caller=context.peer(),
+            caller=_caller(context),
         )
         return agent_pb2.CallToolResponse(
             execution=_execution_pb(result.execution), is_error=result.is_error, text=result.text
@@ -629,8 +666,129 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             named=request.agent,
             calling_agent=request.calling_agent,
             chain=_chain(request.chain),
+            scope=auth.principal().scope,
         )
         return agent_pb2.RouteTaskResponse(
             agent=_agent_pb(info, self._default_depth),
             chain=agent_pb2.ChainContext(depth=chain.depth, root_agent=chain.root_agent),
+        )
+
+
+def _key_pb(info: KeyInfo) -> access_pb2.ApiKey:
+    return access_pb2.ApiKey(
+        prefix=info.prefix,
+        role=access_pb2.Role.Value(f"ROLE_{info.role.name}"),
+        namespaces=info.namespaces or (),
+        agent=info.agent,
+        description=info.description,
+        create_time=_timestamp(info.created_at),
+        created_by=info.created_by,
+        revoke_time=_timestamp(info.revoked_at) if info.revoked_at else None,
+    )
+
+
+def _role(value: int) -> Role:
+    if value == access_pb2.ROLE_UNSPECIFIED:
+        raise InvalidArgument("role is required: admin, publisher, invoker or agent")
+    try:
+        name = access_pb2.Role.Name(value)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise InvalidArgument(f"role {value} is not a Role") from e
+    return Role[name.removeprefix("ROLE_")]
+
+
+class KeyServicer(access_pb2_grpc.KeyServiceServicer):
+    """KeyService over :class:`Keys`."""
+
+    def __init__(self, keys: Keys) -> None:
+        self._keys = keys
+
+    @_rpc
+    async def CreateKey(
+        self,
+        request: access_pb2.CreateKeyRequest,
+        context: grpc.aio.ServicerContext[
+            access_pb2.CreateKeyRequest, access_pb2.CreateKeyResponse
+        ],
+    ) -> access_pb2.CreateKeyResponse:
+        """See the .proto."""
+        secret, info = await asyncio.to_thread(
+            self._keys.create,
+            _role(request.role),
+            namespaces=tuple(request.namespaces),
+            agent=request.agent,
+            description=request.description,
+            actor=_actor(context),
+        )
+        return access_pb2.CreateKeyResponse(key=_key_pb(info), secret=secret)
+
+    @_rpc
+    async def ListKeys(
+        self,
+        request: access_pb2.ListKeysRequest,
+        context: grpc.aio.ServicerContext[access_pb2.ListKeysRequest, access_pb2.ListKeysResponse],
+    ) -> access_pb2.ListKeysResponse:
+        """See the .proto."""
+        keys, token = await asyncio.to_thread(
+            self._keys.keys, size=request.page_size, token=request.page_token
+        )
+        return access_pb2.ListKeysResponse(keys=[_key_pb(k) for k in keys], next_page_token=token)
+
+    @_rpc
+    async def RevokeKey(
+        self,
+        request: access_pb2.RevokeKeyRequest,
+        context: grpc.aio.ServicerContext[
+            access_pb2.RevokeKeyRequest, access_pb2.RevokeKeyResponse
+        ],
+    ) -> access_pb2.RevokeKeyResponse:
+        """See the .proto."""
+        info = await asyncio.to_thread(self._keys.revoke, request.prefix, actor=_actor(context))
+        return access_pb2.RevokeKeyResponse(key=_key_pb(info))
+
+
+def _audit_event_pb(info: AuditEventInfo) -> access_pb2.AuditEvent:
+    return access_pb2.AuditEvent(
+        id=info.id,
+        time=_timestamp(info.time),
+        actor=info.actor,
+        peer=info.peer,
+        action=info.action,
+        namespace=info.namespace,
+        target=info.target,
+        details_json=json.dumps(info.details, sort_keys=True),
+    )
+
+
+class AuditServicer(access_pb2_grpc.AuditServiceServicer):
+    """AuditService over :class:`AuditLog`."""
+
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
+
+    @_rpc
+    async def ListAuditEvents(
+        self,
+        request: access_pb2.ListAuditEventsRequest,
+        context: grpc.aio.ServicerContext[
+            access_pb2.ListAuditEventsRequest, access_pb2.ListAuditEventsResponse
+        ],
+    ) -> access_pb2.ListAuditEventsResponse:
+        """See the .proto."""
+        where = AuditFilter(
+            actor=request.actor,
+            action=request.action,
+            target=request.target,
+            start_from=_optional_datetime(request, "start_time_from"),
+            start_to=_optional_datetime(request, "start_time_to"),
+        )
+        events, token = await asyncio.to_thread(
+            self._log.events,
+            where,
+            scope=auth.principal().scope,
+            size=request.page_size,
+            token=request.page_token,
+        )
+        return access_pb2.ListAuditEventsResponse(
+            events=[_audit_event_pb(e) for e in events], next_page_token=token
         )

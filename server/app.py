@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,10 +17,14 @@ from toolvault.server import metrics, tracing
 from toolvault.server.agents import Agents
 from toolvault.server.api import (
     AgentServicer,
+    AuditServicer,
     FunctionServicer,
     HistoryServicer,
     InvocationServicer,
+    KeyServicer,
 )
+from toolvault.server.audit import AuditLog
+from toolvault.server.auth import KEY, Authorizer, Keys, RateLimiter
 from toolvault.server.config import MiB, Settings
 from toolvault.server.db import Database
 from toolvault.server.functions import FunctionStore
@@ -28,6 +33,8 @@ from toolvault.server.invocations import History, Invocations
 from toolvault.server.plugins import Plugins
 from toolvault.server.stats import FunctionStatistics
 from toolvault.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
     function_pb2,
@@ -47,12 +54,48 @@ SERVICES = tuple(
         (invocation_pb2, "InvocationService"),
         (history_pb2, "HistoryService"),
         (agent_pb2, "AgentService"),
+        (access_pb2, "KeyService"),
+        (access_pb2, "AuditService"),
     )
 )
 
 
-class ListenError(Exception):
-    """The server could not bind its listening address."""
+class StartupError(Exception):
+    """The server cannot start as configured: its address, TLS files or admin key."""
+
+
+def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    try:
+        chain = settings.tls_cert.read_bytes()
+        key = settings.tls_key.read_bytes()
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as e:
+        raise StartupError(f"cannot read a TLS file: {e}") from e
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def _transport(settings: Settings) -> str:
+    if settings.tls_cert is None:
+        return "plaintext"
+    return "mutual TLS" if settings.tls_client_ca else "TLS"
+
+
+def _bootstrap_admin_key(keys: Keys, settings: Settings) -> None:
+    given = settings.admin_key.get_secret_value() if settings.admin_key else None
+    if given is not None and KEY.fullmatch(given) is None:
+        raise StartupError(
+            "TOOLVAULT_ADMIN_KEY is not a toolvault key: expected tvk_<12 hex digits>_<43 "
+            "characters of A-Z, a-z, 0-9, _ and ->; `toolvault keys generate` makes one"
+        )
+    created = keys.bootstrap(given)
+    if created is not None:
+        # The only time this key is ever shown: the server keeps only its hash.
+        log.warning("bootstrap admin key (shown once, store it now): %s", created)
+    elif given is not None:
+        log.info("admin key from TOOLVAULT_ADMIN_KEY in place (used only on first start)")
 
 
 async def serve(settings: Settings) -> None:
@@ -73,10 +116,18 @@ async def serve(settings: Settings) -> None:
         log.info("traces exported over OTLP to %s", endpoint)
 
     gate = ReadinessGate()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    keys = Keys(db)
+    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [RequestLog(tracer), gate]
+    if settings.auth == "required":
+        limit = settings.rate_limit_per_s
+        limiter = RateLimiter(limit, settings.rate_limit_burst) if limit > 0 else None
+        interceptors.append(Authorizer(keys, limiter))
     # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
     max_reply = 3 * settings.max_max_output_bytes + MiB
     server = grpc.aio.server(
-        interceptors=[RequestLog(tracer), gate],
+        interceptors=interceptors,
         options=[
             (
                 "grpc.max_receive_message_length",
@@ -93,8 +144,6 @@ async def serve(settings: Settings) -> None:
         await health_service.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_service.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.database_url)
     functions = FunctionStore(db, settings, plugins=plugins)
     invocations = Invocations(db, functions, settings, plugins=plugins, tracer=tracer)
     agents = Agents(db, functions, invocations, settings, plugins=plugins)
@@ -108,6 +157,8 @@ async def serve(settings: Settings) -> None:
         AgentServicer(agents, settings.default_max_chain_depth), server
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(History(db)), server)
+    access_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), server)
+    access_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(db)), server)
     reflection.enable_server_reflection([*SERVICES, *services, reflection.SERVICE_NAME], server)
 
     # Before the address is announced, so that a SIGTERM right after it drains cleanly.
@@ -116,12 +167,17 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
-        port = server.add_insecure_port(settings.listen)
+        if settings.tls_cert is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, _tls_credentials(settings))
     except RuntimeError as e:
-        raise ListenError(f"cannot listen on {settings.listen}: {e}") from e
+        raise StartupError(f"cannot listen on {settings.listen}: {e}") from e
     await server.start()
     try:
         await asyncio.to_thread(db.upgrade)
+        if settings.auth == "required":
+            await asyncio.to_thread(_bootstrap_admin_key, keys, settings)
         # Before the first call: the sandbox host starts warm, and its probe sandbox says
         # which layers are in effect (the sandbox logs a WARNING for each one that is not).
         layers = await invocations.start_sandbox()
@@ -138,9 +194,11 @@ async def serve(settings: Settings) -> None:
         await health_service.set(name, health_pb2.HealthCheckResponse.SERVING)
     host = settings.listen.rpartition(":")[0]
     log.info(
-        "toolvault listening on %s:%d (database %s, %d sandboxes in parallel)",
+        "toolvault listening on %s:%d (%s, auth %s, database %s, %d sandboxes in parallel)",
         host,
         port,
+        _transport(settings),
+        settings.auth,
         make_url(settings.database_url).render_as_string(hide_password=True),
         settings.max_concurrent_runs,
     )

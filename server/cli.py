@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from toolvault import sandbox
 from toolvault.server import logs
-from toolvault.server.app import ListenError
+from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
@@ -36,17 +36,34 @@ def serve(
     data_dir: str | None = None,
     metrics_port: int | None = None,
     plugins: tuple[str, ...] | None = None,
+    auth: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls_client_ca: str | None = None,
+    insecure: bool | None = None,
 ) -> int:
     """Start the server in the foreground; returns the process exit code."""
     settings = _settings(
-        listen=listen, db=db, data_dir=data_dir, metrics_port=metrics_port, plugins=plugins
+        listen=listen,
+        db=db,
+        data_dir=data_dir,
+        metrics_port=metrics_port,
+        plugins=plugins,
+        auth=auth,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
+        insecure=insecure,
     )
     if settings is None:
+        return EXIT_USAGE
+    if problem := settings.exposure_problem():
+        print(f"error: {problem}", file=sys.stderr)
         return EXIT_USAGE
     _configure_logging(settings)
     try:
         asyncio.run(run_server(settings))
-    except (ListenError, PluginError) as e:
+    except (StartupError, PluginError) as e:
         logging.getLogger("toolvault.server").error("%s", e)
         return EXIT_FAILED
     except SQLAlchemyError as e:

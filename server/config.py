@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
@@ -53,6 +54,14 @@ class Settings(BaseSettings):
         (), description="MODULE:ATTRIBUTE plugins to load beside the entry points"
     )
     otlp_endpoint: str = Field("", description="OTLP/gRPC collector for traces; default: off")
+    auth: Literal["off", "required"] = Field("off", description="require API keys")
+    admin_key: SecretStr | None = Field(None, description="the first admin key, on first start")
+    rate_limit_per_s: float = Field(100.0, ge=0, description="calls a second per key; 0: off")
+    rate_limit_burst: int = Field(200, ge=1, description="calls a key may make at once")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(None, description="PEM CA; requires client certificates")
+    insecure: bool = Field(False, description="allow a non-loopback listen without auth and TLS")
 
     @field_validator("allowed_imports", "plugins", mode="before")
     @classmethod
@@ -84,7 +93,38 @@ class Settings(BaseSettings):
         ):
             if getattr(self, default) > getattr(self, maximum):
                 raise ValueError(f"{default} must not exceed {maximum}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
         return self
+
+    def exposure_problem(self) -> str | None:
+        """Why listening where configured would be unsafe, or None.
+
+        Beyond loopback, anyone who reaches the port could run code: that needs keys and
+        TLS, or an explicit ``--insecure`` (e.g. behind a mesh that does both).
+        """
+        host = self.listen.rpartition(":")[0].strip("[]")
+        try:
+            loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if loopback or self.insecure or (self.auth == "required" and self.tls_cert):
+            return None
+        missing = " and ".join(
+            what
+            for what, absent in (
+                ("authentication (--auth required)", self.auth != "required"),
+                ("TLS (--tls-cert and --tls-key)", self.tls_cert is None),
+            )
+            if absent
+        )
+        return (
+            f"refusing to listen on {self.listen} without {missing}: anyone who can reach "
+            "the port could run code. Configure them, or pass --insecure "
+            "(TOOLVAULT_INSECURE=true) to accept the risk"
+        )
 
     @property
     def database_url(self) -> str:

@@ -17,16 +17,19 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from toolvault.sandbox import Limits, check_source
-from toolvault.server import store
+from toolvault.server import audit, names, store
+from toolvault.server.audit import Actor
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound
 from toolvault.server.models import Function
+from toolvault.server.names import EVERYWHERE, Scope
 from toolvault.server.paging import decode_token, encode_token, page_size
 from toolvault.server.plugins import Plugins
 from toolvault.server.store import FunctionInfo, VersionContent, VersionInfo
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+NAME_RULE = "1 to 64 of a-z, 0-9 and _, starting with a letter"
 ALIAS = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 LATEST = "latest"
 # Publishing retries when a concurrent publisher of a new name wins the insert race.
@@ -56,11 +59,7 @@ class PublishRequest:
 
 def check_name(name: str, field: str = "name") -> str:
     """``name`` if it is a valid function name, else InvalidArgument naming ``field``."""
-    if not NAME.fullmatch(name):
-        raise InvalidArgument(
-            f"{field} {name!r} is invalid: use 1 to 64 of a-z, 0-9 and _, starting with a letter"
-        )
-    return name
+    return names.check_qualified(name, NAME, NAME_RULE, field)
 
 
 def parse_ref(ref: str) -> tuple[str, int | str]:
@@ -86,7 +85,7 @@ class FunctionStore:
         self._settings = settings
         self._plugins = plugins or Plugins()
 
-    def publish(self, request: PublishRequest) -> tuple[VersionInfo, bool]:
+    def publish(self, request: PublishRequest, *, actor: Actor) -> tuple[VersionInfo, bool]:
         """Validate and store a version; returns it and whether it is new."""
         name = check_name(request.name)
         content = self._validated_content(request)
@@ -94,6 +93,15 @@ class FunctionStore:
             try:
                 with self._db.write.begin() as session:
                     version, created = store.add_version(session, name, content)
+                    if created:
+                        audit.record(
+                            session,
+                            actor,
+                            "function.publish",
+                            name,
+                            version=version.version,
+                            sha256=version.sha256,
+                        )
             except (IntegrityError, OperationalError):
                 # Another replica inserted the same new name or version first, or
                 # PostgreSQL aborted a serialization conflict: the retry sees its row.
@@ -138,28 +146,32 @@ class FunctionStore:
             (function,) = store.function_infos(session, [self._function(session, version.name)])
             return function, version
 
-    def functions(self, *, size: int, token: str) -> tuple[list[FunctionInfo], str]:
-        """A page of functions by name and the token of the next page ("" at the end)."""
-        key = decode_token(token, 1)
+    def functions(
+        self, *, scope: Scope = EVERYWHERE, size: int, token: str
+    ) -> tuple[list[FunctionInfo], str]:
+        """A page of the functions in ``scope`` by name and the next page's token."""
+        key = decode_token(token, str)
         limit = page_size(size)
         with self._db.read.begin() as session:
-            rows = store.list_functions(session, after=key[0] if key else None, limit=limit + 1)
+            rows = store.list_functions(
+                session, scope=scope, after=key[0] if key else None, limit=limit + 1
+            )
             infos = store.function_infos(session, rows[:limit])
         more = len(rows) > limit
         return infos, encode_token([infos[-1].name]) if more else ""
 
     def versions(self, name: str, *, size: int, token: str) -> tuple[list[VersionInfo], str]:
         """A page of a function's versions, newest first, and the next page's token."""
-        key = decode_token(token, 1)
+        key = decode_token(token, int)
         limit = page_size(size)
         with self._db.read.begin() as session:
             function = self._function(session, check_name(name))
-            before = int(key[0]) if key else None
+            before = key[0] if key else None
             rows = store.list_versions(session, function, before=before, limit=limit + 1)
         more = len(rows) > limit
         return rows[:limit], encode_token([rows[limit - 1].version]) if more else ""
 
-    def set_alias(self, name: str, alias: str, version: int) -> FunctionInfo:
+    def set_alias(self, name: str, alias: str, version: int, *, actor: Actor) -> FunctionInfo:
         """Create or move ``alias`` to ``version``."""
         check_name(name)
         if not ALIAS.fullmatch(alias) or alias == LATEST:
@@ -175,21 +187,25 @@ class FunctionStore:
                     f"(latest is {function.latest_version})"
                 )
             store.set_alias(session, function, alias, version)
+            audit.record(session, actor, "alias.set", name, alias=alias, version=version)
             (info,) = store.function_infos(session, [function])
             return info
 
-    def delete_alias(self, name: str, alias: str) -> None:
+    def delete_alias(self, name: str, alias: str, *, actor: Actor) -> None:
         """Remove ``alias``."""
         with self._db.write.begin() as session:
             function = self._function(session, check_name(name), lock=True)
             if not store.delete_alias(session, function, alias):
                 raise NotFound(f"function {name!r} has no alias {alias!r}")
+            audit.record(session, actor, "alias.delete", name, alias=alias)
 
-    def delete(self, name: str) -> int:
+    def delete(self, name: str, *, actor: Actor) -> int:
         """Delete a function with its versions and aliases; returns how many versions."""
         with self._db.write.begin() as session:
             function = self._function(session, check_name(name), lock=True)
-            return store.delete_function(session, function)
+            count = store.delete_function(session, function)
+            audit.record(session, actor, "function.delete", name, versions=count)
+            return count
 
     def _function(self, session: Session, name: str, *, lock: bool = False) -> Function:
         function = store.find_function(session, name, lock=lock)

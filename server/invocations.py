@@ -44,6 +44,7 @@ from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound, ResourceExhausted
 from toolvault.server.functions import FunctionStore, check_name, parse_json
 from toolvault.server.models import Execution, utcnow
+from toolvault.server.names import EVERYWHERE, Scope, namespace_of
 from toolvault.server.paging import decode_token, encode_token, page_size
 from toolvault.server.plugins import Call, Plugins
 from toolvault.server.store import VersionInfo
@@ -392,6 +393,7 @@ class Invocations:
                 {
                     "id": info.id,
                     "function_name": info.function_name,
+                    "namespace": namespace_of(info.function_name),
                     "version": info.version,
                     "sha256": info.sha256,
                     "status": info.status,
@@ -428,23 +430,25 @@ class History:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    def get(self, execution_id: str) -> ExecutionInfo:
-        """One execution by id."""
+    def get(self, execution_id: str, *, scope: Scope = EVERYWHERE) -> ExecutionInfo:
+        """One execution by id, if it ran a function in ``scope``."""
         try:
             key = uuid.UUID(execution_id)
         except ValueError as e:
             raise InvalidArgument(f"id {execution_id!r} is not a UUID") from e
         with self._db.read.begin() as session:
             row = session.get(Execution, key)
-            if row is None:
+            if row is None or not scope.allows(row.function_name):
                 raise NotFound(f"execution {execution_id} not found")
             return _execution_info(row)
 
     def executions(
-        self, where: ExecutionFilter, *, size: int, token: str
+        self, where: ExecutionFilter, *, scope: Scope = EVERYWHERE, size: int, token: str
     ) -> tuple[list[ExecutionInfo], str]:
-        """A page of executions, newest first, and the next page's token ("" at the end)."""
+        """A page of the executions in ``scope``, newest first, and the next page's token."""
         query = select(Execution).order_by(Execution.start_time.desc(), Execution.id.desc())
+        if scope.namespaces is not None:
+            query = query.where(Execution.namespace.in_(scope.namespaces))
         if where.function_name:
             query = query.where(Execution.function_name == check_name(where.function_name))
         if where.status:
@@ -463,7 +467,7 @@ class History:
             query = query.where(Execution.agent == where.agent)
         if where.conversation_id:
             query = query.where(Execution.conversation_id == where.conversation_id)
-        key = decode_token(token, 2)
+        key = decode_token(token, str, str)
         if key is not None:
             try:
                 after_time, after_id = dt.datetime.fromisoformat(key[0]), uuid.UUID(key[1])

@@ -1,6 +1,8 @@
-"""SQLAlchemy models: functions, agents, their revisions, and executions.
+"""SQLAlchemy models: functions, agents, their revisions, executions, API keys, audit events.
 
 Functions have immutable versions and movable aliases; agents have immutable revisions.
+Functions, agents and executions carry the namespace of their name (``team/name``; a bare
+name is in ``default``) in a column of its own, so that a key's scope is an indexed filter.
 
 The schema is owned by the Alembic migrations in ``migrations/``; these models must match
 them (``tests/server/test_migrations.py`` compares the two).
@@ -73,9 +75,11 @@ class Function(Base):
     """A named function; its content lives in its versions."""
 
     __tablename__ = "functions"
+    __table_args__ = (Index("ix_functions_namespace", "namespace", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    namespace: Mapped[str] = mapped_column(String(32), server_default="default")
     latest_version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -147,10 +151,12 @@ class Execution(Base):
         Index("ix_executions_status", "status", "start_time", "id"),
         Index("ix_executions_agent", "agent", "start_time", "id"),
         Index("ix_executions_conversation_id", "conversation_id", "start_time", "id"),
+        Index("ix_executions_namespace", "namespace", "start_time", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
-    function_name: Mapped[str] = mapped_column(String(64))
+    function_name: Mapped[str] = mapped_column(String(128))
+    namespace: Mapped[str] = mapped_column(String(32), server_default="default")
     version: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(32))
@@ -168,7 +174,7 @@ class Execution(Base):
     cpu_time_ms: Mapped[float] = mapped_column(Float)
     peak_memory_bytes: Mapped[int] = mapped_column(BigInteger)
     caller: Mapped[str] = mapped_column(String(256))
-    agent: Mapped[str] = mapped_column(String(64), server_default="")
+    agent: Mapped[str] = mapped_column(String(128), server_default="")
     agent_revision: Mapped[int] = mapped_column(Integer, server_default="0")
     conversation_id: Mapped[str] = mapped_column(String(128), server_default="")
     chain_depth: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -181,9 +187,11 @@ class Agent(Base):
     """A named agent; its definitions live in its revisions."""
 
     __tablename__ = "agents"
+    __table_args__ = (Index("ix_agents_namespace", "namespace", "name"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    namespace: Mapped[str] = mapped_column(String(32), server_default="default")
     current_revision: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -232,3 +240,43 @@ class IdempotencyKey(Base):
     fingerprint: Mapped[str] = mapped_column(String(64))
     execution_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """An API key: only a salted hash of its secret is stored; revoked keys stay for the audit.
+
+    ``namespaces`` is a JSON list, or NULL for every namespace (admins).
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    salt: Mapped[str] = mapped_column(String(32))
+    digest: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    namespaces: Mapped[str | None] = mapped_column(Text)
+    agent: Mapped[str] = mapped_column(String(128), server_default="")
+    description: Mapped[str] = mapped_column(String(256), server_default="")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(64))
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    """One change: who (the key's prefix), when, what action on which object, and details."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_time", "time", "id"),
+        Index("ix_audit_events_namespace", "namespace", "time", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    peer: Mapped[str] = mapped_column(String(256))
+    action: Mapped[str] = mapped_column(String(32))
+    namespace: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(128))
+    details: Mapped[str] = mapped_column(Text)

@@ -23,14 +23,14 @@ def encode_token(key: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 
-def decode_token(token: str, arity: int) -> list[Any] | None:
-    """The sort key in ``token``, or None for an empty token (the first page)."""
+def decode_token(token: str, *types: type) -> list[Any] | None:
+    """The sort key in ``token`` (one item of each of ``types``), or None for the first page."""
     if not token:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error) as e:
         raise InvalidArgument("page_token is not a token this server issued") from e
-    if not isinstance(key, list) or len(key) != arity:
+    if not isinstance(key, list) or [type(item) for item in key] != list(types):
         raise InvalidArgument("page_token is not a token this server issued")
     return key

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
 from toolvault.server.models import Alias, Function, FunctionVersion, utcnow
+from toolvault.server.names import Scope, namespace_of
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,13 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
     now = utcnow()
     function = find_function(session, name, lock=True)
     if function is None:
-        function = Function(name=name, latest_version=0, created_at=now, updated_at=now)
+        function = Function(
+            name=name,
+            namespace=namespace_of(name),
+            latest_version=0,
+            created_at=now,
+            updated_at=now,
+        )
         session.add(function)
     else:
         existing = session.scalar(
@@ -216,9 +223,13 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
     return _version_info(row, name), True
 
 
-def list_functions(session: Session, *, after: str | None, limit: int) -> list[Function]:
-    """Up to ``limit`` functions ordered by name, starting after ``after``."""
+def list_functions(
+    session: Session, *, scope: Scope, after: str | None, limit: int
+) -> list[Function]:
+    """Up to ``limit`` functions in ``scope`` ordered by name, starting after ``after``."""
     query = select(Function).options(selectinload(Function.aliases)).order_by(Function.name)
+    if scope.namespaces is not None:
+        query = query.where(Function.namespace.in_(scope.namespaces))
     if after is not None:
         query = query.where(Function.name > after)
     return list(session.scalars(query.limit(limit)))

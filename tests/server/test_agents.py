@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.server import ACTOR
 from toolvault.server.agents import AgentDefinition, Agents, Chain
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
@@ -36,40 +37,47 @@ WORDS = '''def main(text: str, top: int = 3) -> list:
 
 @pytest.fixture
 def agents(database: Database, functions: FunctionStore, settings: Settings) -> Agents:
-    functions.publish(PublishRequest(name="words", source=WORDS))
-    functions.publish(PublishRequest(name="fail", source="def main():\n    return 1 / 0\n"))
+    functions.publish(PublishRequest(name="words", source=WORDS), actor=ACTOR)
+    functions.publish(
+        PublishRequest(name="fail", source="def main():\n    return 1 / 0\n"), actor=ACTOR
+    )
     functions.publish(
         PublishRequest(
             name="liar",
             source="def main():\n    return 'not a number'\n",
             output_schema='{"type": "number"}',
-        )
+        ),
+        actor=ACTOR,
     )
     return Agents(database, functions, Invocations(database, functions, settings), settings)
 
 
 def test_definitions_get_revisions_and_identical_updates_change_nothing(agents: Agents) -> None:
-    first = agents.create(AgentDefinition(name="writer", tools=("words",), capabilities=("text",)))
+    first = agents.create(
+        AgentDefinition(name="writer", tools=("words",), capabilities=("text",)), actor=ACTOR
+    )
     assert first.revision == 1
     with pytest.raises(AlreadyExists, match="agent 'writer' already exists"):
-        agents.create(AgentDefinition(name="writer"))
+        agents.create(AgentDefinition(name="writer"), actor=ACTOR)
     same, changed = agents.update(
         AgentDefinition(name="writer", tools=("words",), capabilities=("text", "text")),
         allow_missing=False,
+        actor=ACTOR,
     )
     assert (same.revision, changed) == (1, False)
     second, changed = agents.update(
         AgentDefinition(name="writer", system_prompt="Be brief.", tools=("words@1",)),
         allow_missing=False,
+        actor=ACTOR,
     )
     assert (second.revision, changed) == (2, True)
     assert agents.get("writer", 1).definition.system_prompt == ""
     assert [r.revision for r in agents.revisions("writer", size=0, token="")[0]] == [2, 1]
     with pytest.raises(NotFound, match="agent 'ghost' not found"):
-        agents.update(AgentDefinition(name="ghost"), allow_missing=False)
-    created, changed = agents.update(AgentDefinition(name="ghost"), allow_missing=True)
+        agents.update(AgentDefinition(name="ghost"), allow_missing=False, actor=ACTOR)
+    created, changed = agents.update(AgentDefinition(name="ghost"), allow_missing=True, actor=ACTOR)
     assert (created.revision, changed) == (1, True)
-    assert agents.delete("writer") == 2
+    assert agents.delete("writer", actor=ACTOR) == 2
     with pytest.raises(NotFound):
         agents.get("writer")
 
@@ -91,13 +99,13 @@ def test_bad_definitions_are_rejected_naming_the_problem(
     agents: Agents, definition: AgentDefinition, message: str
 ) -> None:
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
-        agents.create(definition)
+        agents.create(definition, actor=ACTOR)
     with pytest.raises(NotFound):
         agents.get(definition.name)
 
 
 def test_tool_specs_derive_the_schema_from_the_signature(agents: Agents) -> None:
-    agents.create(AgentDefinition(name="writer", tools=("words", "fail")))
+    agents.create(AgentDefinition(name="writer", tools=("words", "fail")), actor=ACTOR)
     words, fail = agents.tools("writer")
     assert (words.name, words.ref) == ("words", "words")
     assert words.description.startswith("Count words.\n\nArgs:\n")  # the whole docstring
@@ -127,7 +135,7 @@ def call(agents: Agents, tool: str, args: object, **kwargs: object) -> object:
 def test_tool_calls_run_only_the_agents_tools_with_valid_arguments(
     agents: Agents, database: Database
 ) -> None:
-    agents.create(AgentDefinition(name="writer", tools=("words", "fail", "liar")))
+    agents.create(AgentDefinition(name="writer", tools=("words", "fail", "liar")), actor=ACTOR)
     ok = call(agents, "words", {"text": "a b a"})
     assert (ok.is_error, json.loads(ok.text)) == (False, [["a", 2], ["b", 1]])  # type: ignore[attr-defined]
     failed = call(agents, "fail", {})
@@ -150,7 +158,8 @@ def test_tool_calls_run_only_the_agents_tools_with_valid_arguments(
 
 def test_disabled_agents_neither_call_tools_nor_get_routed(agents: Agents) -> None:
     agents.create(
-        AgentDefinition(name="writer", tools=("words",), capabilities=("text",), enabled=False)
+        AgentDefinition(name="writer", tools=("words",), capabilities=("text",), enabled=False),
+        actor=ACTOR,
     )
     with pytest.raises(FailedPrecondition, match="agent 'writer' is disabled"):
         call(agents, "words", {"text": "a"})
@@ -161,7 +170,7 @@ def test_disabled_agents_neither_call_tools_nor_get_routed(agents: Agents) -> No
 def test_routing_takes_turns_or_picks_by_name(agents: Agents) -> None:
     for name in ("b-agent", "a-agent", "c-other"):
         capability = "other" if name == "c-other" else "text"
-        agents.create(AgentDefinition(name=name, capabilities=(capability,)))
+        agents.create(AgentDefinition(name=name, capabilities=(capability,)), actor=ACTOR)
     picks = [
         agents.route("text", "", strategy="round_robin", named="", calling_agent="", chain=Chain())
         for _ in range(3)
@@ -180,8 +189,12 @@ def test_routing_takes_turns_or_picks_by_name(agents: Agents) -> None:
 
 
 def test_a_delegation_cycle_stops_at_max_chain_depth(agents: Agents) -> None:
-    agents.create(AgentDefinition(name="ping", capabilities=("pong",), max_chain_depth=2))
-    agents.create(AgentDefinition(name="pong", capabilities=("ping",), max_chain_depth=2))
+    agents.create(
+        AgentDefinition(name="ping", capabilities=("pong",), max_chain_depth=2), actor=ACTOR
+    )
+    agents.create(
+        AgentDefinition(name="pong", capabilities=("ping",), max_chain_depth=2), actor=ACTOR
+    )
     caller, chain, hops = "ping", Chain(), 0
     with pytest.raises(FailedPrecondition, match="may delegate at most 2 level"):
         while True:
@@ -191,6 +204,6 @@ def test_a_delegation_cycle_stops_at_max_chain_depth(agents: Agents) -> None:
             )
             caller, hops = picked.definition.name, hops + 1
     assert (hops, chain) == (2, Chain(depth=2, root_agent="ping"))
-    agents.create(AgentDefinition(name="writer", tools=("words",), max_chain_depth=1))
+    agents.create(AgentDefinition(name="writer", tools=("words",), max_chain_depth=1), actor=ACTOR)
     with pytest.raises(FailedPrecondition, match="chain depth 2 passes agent 'writer'"):
         call(agents, "words", {"text": "a"}, chain=Chain(depth=2, root_agent="ping"))

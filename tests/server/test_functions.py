@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import func, select
 
+from tests.server import ACTOR
 from toolvault.server.db import Database
 from toolvault.server.errors import InvalidArgument, NotFound
 from toolvault.server.functions import FunctionStore, PublishRequest, parse_ref
@@ -23,7 +24,7 @@ def count_versions(database: Database) -> int:
 
 
 def test_publish_stores_version_one_with_its_hash_and_docstring(functions: FunctionStore) -> None:
-    version, created = functions.publish(PublishRequest(name="add", source=ADD))
+    version, created = functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
     assert created
     assert (version.name, version.version) == ("add", 1)
     assert re.fullmatch(r"[0-9a-f]{64}", version.sha256)
@@ -33,16 +34,20 @@ def test_publish_stores_version_one_with_its_hash_and_docstring(functions: Funct
 
 
 def test_same_content_again_returns_the_same_version(functions: FunctionStore) -> None:
-    first, _ = functions.publish(PublishRequest(name="add", source=ADD))
-    again, created = functions.publish(PublishRequest(name="add", source=ADD))
+    first, _ = functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
+    again, created = functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
     assert not created
     assert (again.version, again.sha256) == (1, first.sha256)
 
 
 def test_any_change_makes_the_next_version(functions: FunctionStore) -> None:
-    first, _ = functions.publish(PublishRequest(name="add", source=ADD))
-    second, created = functions.publish(PublishRequest(name="add", source=ADD, timeout_ms=1000))
-    third, _ = functions.publish(PublishRequest(name="add", source=ADD + "\n# changed\n"))
+    first, _ = functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
+    second, created = functions.publish(
+        PublishRequest(name="add", source=ADD, timeout_ms=1000), actor=ACTOR
+    )
+    third, _ = functions.publish(
+        PublishRequest(name="add", source=ADD + "\n# changed\n"), actor=ACTOR
+    )
     assert created
     assert [second.version, third.version] == [2, 3]
     assert len({first.sha256, second.sha256, third.sha256}) == 3
@@ -51,17 +56,17 @@ def test_any_change_makes_the_next_version(functions: FunctionStore) -> None:
 
 
 def test_refs_resolve_by_number_alias_and_latest(functions: FunctionStore) -> None:
-    functions.publish(PublishRequest(name="add", source=ADD))
-    functions.publish(PublishRequest(name="add", source=ADD + "# v2\n"))
-    info = functions.set_alias("add", "prod", 1)
+    functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
+    functions.publish(PublishRequest(name="add", source=ADD + "# v2\n"), actor=ACTOR)
+    info = functions.set_alias("add", "prod", 1, actor=ACTOR)
     assert info.aliases == {"prod": 1}
     assert functions.resolve("add").version == 2
     assert functions.resolve("add@latest").version == 2
     assert functions.resolve("add@1").version == 1
     assert functions.resolve("add@prod").version == 1
-    functions.set_alias("add", "prod", 2)
+    functions.set_alias("add", "prod", 2, actor=ACTOR)
     assert functions.resolve("add@prod").version == 2
-    functions.delete_alias("add", "prod")
+    functions.delete_alias("add", "prod", actor=ACTOR)
     with pytest.raises(NotFound, match="no alias 'prod'"):
         functions.resolve("add@prod")
 
@@ -82,13 +87,13 @@ def test_malformed_refs_are_rejected(ref: str, message: str) -> None:
 def test_missing_function_version_and_alias_are_not_found(functions: FunctionStore) -> None:
     with pytest.raises(NotFound, match="function 'nope' not found"):
         functions.resolve("nope")
-    functions.publish(PublishRequest(name="add", source=ADD))
+    functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
     with pytest.raises(NotFound, match=r"has no version 7 \(latest is 1\)"):
         functions.resolve("add@7")
     with pytest.raises(NotFound, match="has no version 9"):
-        functions.set_alias("add", "prod", 9)
+        functions.set_alias("add", "prod", 9, actor=ACTOR)
     with pytest.raises(InvalidArgument, match="'latest' is kept"):
-        functions.set_alias("add", "latest", 1)
+        functions.set_alias("add", "latest", 1, actor=ACTOR)
 
 
 @pytest.mark.parametrize(
@@ -118,17 +123,18 @@ def test_bad_functions_are_rejected_and_nothing_is_stored(
     functions: FunctionStore, database: Database, request_: PublishRequest, message: str
 ) -> None:
     with pytest.raises(InvalidArgument, match=re.escape(message)):
-        functions.publish(request_)
+        functions.publish(request_, actor=ACTOR)
     assert count_versions(database) == 0
 
 
 def test_schemas_are_stored_in_canonical_form(functions: FunctionStore) -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     version, _ = functions.publish(
-        PublishRequest(name="add", source=ADD, input_schema=json.dumps(schema, indent=4))
+        PublishRequest(name="add", source=ADD, input_schema=json.dumps(schema, indent=4)),
+        actor=ACTOR,
     )
     same, created = functions.publish(
-        PublishRequest(name="add", source=ADD, input_schema=json.dumps(schema))
+        PublishRequest(name="add", source=ADD, input_schema=json.dumps(schema)), actor=ACTOR
     )
     assert not created and same.version == version.version
     assert json.loads(version.content.input_schema or "") == schema
@@ -136,9 +142,9 @@ def test_schemas_are_stored_in_canonical_form(functions: FunctionStore) -> None:
 
 def test_listing_pages_through_functions_and_versions(functions: FunctionStore) -> None:
     for name in ["c", "a", "b"]:
-        functions.publish(PublishRequest(name=name, source=ADD))
+        functions.publish(PublishRequest(name=name, source=ADD), actor=ACTOR)
     for n in range(4):
-        functions.publish(PublishRequest(name="a", source=ADD + f"# {n}\n"))
+        functions.publish(PublishRequest(name="a", source=ADD + f"# {n}\n"), actor=ACTOR)
     page, token = functions.functions(size=2, token="")
     assert [f.name for f in page] == ["a", "b"] and token
     page, token = functions.functions(size=2, token=token)
@@ -152,14 +158,14 @@ def test_listing_pages_through_functions_and_versions(functions: FunctionStore) 
 
 
 def test_delete_removes_versions_and_aliases(functions: FunctionStore, database: Database) -> None:
-    functions.publish(PublishRequest(name="add", source=ADD))
-    functions.publish(PublishRequest(name="add", source=ADD + "# 2\n"))
-    functions.set_alias("add", "prod", 1)
-    assert functions.delete("add") == 2
+    functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
+    functions.publish(PublishRequest(name="add", source=ADD + "# 2\n"), actor=ACTOR)
+    functions.set_alias("add", "prod", 1, actor=ACTOR)
+    assert functions.delete("add", actor=ACTOR) == 2
     assert count_versions(database) == 0
     with pytest.raises(NotFound):
         functions.resolve("add@prod")
-    version, _ = functions.publish(PublishRequest(name="add", source=ADD))
+    version, _ = functions.publish(PublishRequest(name="add", source=ADD), actor=ACTOR)
     assert version.version == 1
 
 
@@ -167,6 +173,9 @@ def test_concurrent_publishers_get_dense_unique_versions(functions: FunctionStor
     sources = [ADD + f"# {n}\n" for n in range(12)]
     with ThreadPoolExecutor(6) as pool:
         versions = list(
-            pool.map(lambda s: functions.publish(PublishRequest(name="add", source=s))[0], sources)
+            pool.map(
+                lambda s: functions.publish(PublishRequest(name="add", source=s), actor=ACTOR)[0],
+                sources,
+            )
         )
     assert sorted(v.version for v in versions) == list(range(1, 13))

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.server import ACTOR
 from toolvault.server import metrics
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
@@ -43,7 +44,7 @@ def invocations(database: Database, functions: FunctionStore, settings: Settings
 def test_deterministic_and_max_concurrency_are_hashed_only_when_set(
     functions: FunctionStore,
 ) -> None:
-    plain, _ = functions.publish(PublishRequest(name="f", source=RANDOM))
+    plain, _ = functions.publish(PublishRequest(name="f", source=RANDOM), actor=ACTOR)
     content = plain.content
     assert (
         plain.sha256
@@ -57,21 +58,27 @@ def test_deterministic_and_max_concurrency_are_hashed_only_when_set(
             content.allowed_imports,
         ).sha256()
     )
-    cached, created = functions.publish(PublishRequest(name="f", source=RANDOM, deterministic=True))
-    limited, _ = functions.publish(PublishRequest(name="f", source=RANDOM, max_concurrency=2))
+    cached, created = functions.publish(
+        PublishRequest(name="f", source=RANDOM, deterministic=True), actor=ACTOR
+    )
+    limited, _ = functions.publish(
+        PublishRequest(name="f", source=RANDOM, max_concurrency=2), actor=ACTOR
+    )
     assert created and (cached.version, limited.version) == (2, 3)
     assert len({plain.sha256, cached.sha256, limited.sha256}) == 3
     assert functions.resolve("f@2").content.deterministic
     assert functions.resolve("f@3").content.max_concurrency == 2
     with pytest.raises(InvalidArgument, match=r"limits.max_concurrency is 100001: it must be"):
-        functions.publish(PublishRequest(name="f", source=RANDOM, max_concurrency=100_001))
+        functions.publish(
+            PublishRequest(name="f", source=RANDOM, max_concurrency=100_001), actor=ACTOR
+        )
 
 
 def test_the_second_identical_call_of_a_deterministic_function_runs_no_sandbox(
     database: Database, functions: FunctionStore, invocations: Invocations
 ) -> None:
-    functions.publish(PublishRequest(name="pure", source=RANDOM, deterministic=True))
-    functions.publish(PublishRequest(name="impure", source=RANDOM))
+    functions.publish(PublishRequest(name="pure", source=RANDOM, deterministic=True), actor=ACTOR)
+    functions.publish(PublishRequest(name="impure", source=RANDOM), actor=ACTOR)
     hits, misses = (sample("toolvault_cache_lookups_total", result=r) for r in ("hit", "miss"))
 
     async def calls() -> list[ExecutionInfo]:
@@ -103,7 +110,7 @@ def test_only_successful_results_are_cached_and_a_zero_size_cache_is_off(
     database: Database, functions: FunctionStore, settings: Settings
 ) -> None:
     source = "def main(x):\n    return 1 / x\n"
-    functions.publish(PublishRequest(name="inv", source=source, deterministic=True))
+    functions.publish(PublishRequest(name="inv", source=source, deterministic=True), actor=ACTOR)
     invocations = Invocations(database, functions, settings)
     off = Invocations(database, functions, settings.model_copy(update={"cache_max_entries": 0}))
 
@@ -127,7 +134,7 @@ def test_only_successful_results_are_cached_and_a_zero_size_cache_is_off(
 def test_a_retried_invoke_with_the_same_key_runs_once_even_after_a_restart(
     database: Database, functions: FunctionStore, settings: Settings
 ) -> None:
-    functions.publish(PublishRequest(name="rand", source=RANDOM))
+    functions.publish(PublishRequest(name="rand", source=RANDOM), actor=ACTOR)
 
     async def calls() -> list[ExecutionInfo]:
         invocations = Invocations(database, functions, settings)
@@ -149,7 +156,7 @@ def test_a_retried_invoke_with_the_same_key_runs_once_even_after_a_restart(
 def test_concurrent_duplicates_run_once_and_a_key_for_another_request_is_refused(
     database: Database, functions: FunctionStore, invocations: Invocations
 ) -> None:
-    functions.publish(PublishRequest(name="slow", source=SLOW))
+    functions.publish(PublishRequest(name="slow", source=SLOW), actor=ACTOR)
 
     async def calls() -> list[ExecutionInfo]:
         return list(
@@ -173,7 +180,7 @@ def test_a_call_refused_before_running_frees_its_key_for_the_retry(
     database: Database, functions: FunctionStore, invocations: Invocations
 ) -> None:
     schema = '{"type": "object", "required": ["x"]}'
-    functions.publish(PublishRequest(name="need", source=RANDOM, input_schema=schema))
+    functions.publish(PublishRequest(name="need", source=RANDOM, input_schema=schema), actor=ACTOR)
     with pytest.raises(InvalidArgument, match="args_json does not match the input schema"):
         asyncio.run(invocations.invoke("need", "{}", CALLER, idempotency_key="k"))
     # No run holds the key, so even a corrected request may use it.
@@ -185,8 +192,8 @@ def test_a_call_refused_before_running_frees_its_key_for_the_retry(
 def test_a_function_over_its_max_concurrency_is_refused_at_once(
     functions: FunctionStore, invocations: Invocations
 ) -> None:
-    functions.publish(PublishRequest(name="slow", source=SLOW, max_concurrency=1))
-    functions.publish(PublishRequest(name="other", source=SLOW))
+    functions.publish(PublishRequest(name="slow", source=SLOW, max_concurrency=1), actor=ACTOR)
+    functions.publish(PublishRequest(name="other", source=SLOW), actor=ACTOR)
     rejected = sample("toolvault_rejections_total", reason="function_concurrency")
 
     async def calls() -> tuple[ExecutionInfo, ExecutionInfo, ExecutionInfo, str]:

@@ -162,7 +162,9 @@ class Execution(_message.Message):
     peak_memory_bytes: _builtins.int
     """Peak resident memory of the sandbox process in bytes."""
     caller: _builtins.str
-    """Who made the call: the peer address of the connection."""
+    """Who made the call: the peer address of the connection, after the prefix of its API
+    key and a space when the server requires keys ("tvk_0123456789ab ipv4:10.0.0.7:51234").
+    """
     args_truncated: _builtins.bool
     """True when args_json was cut to fit the history."""
     result_truncated: _builtins.bool
