@@ -11,6 +11,7 @@
 Everything public is re-exported here; the modules starting with "_" are private.
 """
 
+from toolvault.client._access_models import ApiKey, AuditEvent, Role
 from toolvault.client._agent_models import (
     Agent,
     AgentSpec,
@@ -20,7 +21,7 @@ from toolvault.client._agent_models import (
     ToolResult,
     ToolSpec,
 )
-from toolvault.client._client import DEFAULT_TARGET, Client
+from toolvault.client._client import DEFAULT_TARGET, TLS, Client
 from toolvault.client._models import (
     Execution,
     ExecutionError,
@@ -48,9 +49,12 @@ from toolvault.client.errors import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "TLS",
     "Agent",
     "AgentSpec",
     "AlreadyExists",
+    "ApiKey",
+    "AuditEvent",
     "Cancelled",
     "ChainContext",
     "Client",
@@ -69,6 +73,7 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "Role",
     "RoutedTask",
     "RoutingStrategy",
     "ToolResult",

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import grpc
 
+from toolvault.client._access_models import ApiKey, AuditEvent, Role
 from toolvault.client._agent_models import (
     Agent,
     AgentSpec,
@@ -34,6 +37,8 @@ from toolvault.client._models import (
 )
 from toolvault.client.errors import from_rpc_error
 from toolvault.v1 import (
+    access_pb2,
+    access_pb2_grpc,
     agent_pb2,
     agent_pb2_grpc,
     execution_pb2,
@@ -45,7 +50,7 @@ from toolvault.v1 import (
     invocation_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_TARGET", "Client"]
+__all__ = ["DEFAULT_TARGET", "TLS", "Client", "open_channel"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
@@ -62,7 +67,13 @@ _RETRY_SERVICE_CONFIG = json.dumps(
             {
                 "name": [
                     {"service": service.full_name}
-                    for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2)
+                    for module in (
+                        function_pb2,
+                        invocation_pb2,
+                        history_pb2,
+                        agent_pb2,
+                        access_pb2,
+                    )
                     for service in module.DESCRIPTOR.services_by_name.values()
                 ],
                 "retryPolicy": {
@@ -76,6 +87,62 @@ _RETRY_SERVICE_CONFIG = json.dumps(
         ]
     }
 )
+
+
+@dataclass(frozen=True)
+class TLS:
+    """How to reach a server over TLS: PEM bytes, as in `grpc.ssl_channel_credentials`.
+
+    Attributes:
+        root_certificates: The CA that signed the server's certificate; None trusts
+            gRPC's default roots.
+        certificate_chain: The client's certificate, for mutual TLS.
+        private_key: The client certificate's key, for mutual TLS.
+    """
+
+    root_certificates: bytes | None = None
+    certificate_chain: bytes | None = None
+    private_key: bytes | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+    ) -> TLS:
+        """Read the PEM files given (OSError if one cannot be read)."""
+        return cls(*(Path(p).read_bytes() if p else None for p in (ca, cert, key)))
+
+
+def open_channel(
+    target: str, *, tls: TLS | None = None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to ``target``, over TLS when ``tls`` is given."""
+    if tls is None:
+        return grpc.insecure_channel(target, options=options)
+    credentials = grpc.ssl_channel_credentials(
+        tls.root_certificates, tls.private_key, tls.certificate_chain
+    )
+    return grpc.secure_channel(target, credentials, options=options)
+
+
+# The stubs make the interceptor generic; at run time it is a plain class.
+if TYPE_CHECKING:
+    _UnaryInterceptor = grpc.UnaryUnaryClientInterceptor[Any, Any]
+else:
+    _UnaryInterceptor = grpc.UnaryUnaryClientInterceptor
+
+
+class _Bearer(_UnaryInterceptor):
+    """Adds the API key to every call's metadata, over plaintext and TLS alike."""
+
+    def __init__(self, key: str) -> None:
+        self._metadata = (("authorization", f"Bearer {key}"),)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = (*(details.metadata or ()), *self._metadata)
+        return continuation(details._replace(metadata=metadata), request)
 
 
 class _PageRequest(Protocol):
@@ -105,12 +172,22 @@ class Client:
     """
 
     def __init__(
-        self, target: str = DEFAULT_TARGET, *, timeout: float | None = None, retries: bool = True
+        self,
+        target: str = DEFAULT_TARGET,
+        *,
+        api_key: str | None = None,
+        tls: TLS | None = None,
+        timeout: float | None = None,
+        retries: bool = True,
     ) -> None:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
         Args:
             target: The server's address, "host:port".
+            api_key: The key to send with every call (`authorization: Bearer ...`), for a
+                server that runs with `--auth required`.
+            tls: Connect over TLS (and present a client certificate, for mutual TLS);
+                None connects in plaintext.
             timeout: Default deadline of each call, in seconds; None waits without limit.
                 A deadline covers all attempts of a retried call.
             retries: Retry calls that fail with UNAVAILABLE or RESOURCE_EXHAUSTED before
@@ -127,12 +204,16 @@ class Client:
         ]
         if retries:
             options.append(("grpc.service_config", _RETRY_SERVICE_CONFIG))
-        self._channel = grpc.insecure_channel(target, options=options)
+        self._channel = open_channel(target, tls=tls, options=options)
+        if api_key is not None:
+            self._channel = grpc.intercept_channel(self._channel, _Bearer(api_key))
         self._timeout = timeout
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
         self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
         self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
+        self._keys = access_pb2_grpc.KeyServiceStub(self._channel)
+        self._audit = access_pb2_grpc.AuditServiceStub(self._channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -526,6 +607,78 @@ class Client:
             chain=chain.to_proto() if chain is not None else None,
         )
         return RoutedTask.from_proto(self._call(self._agents.RouteTask, request))
+
+    def create_key(
+        self,
+        role: Role | str,
+        *,
+        namespaces: Iterable[str] = (),
+        agent: str = "",
+        description: str = "",
+    ) -> tuple[str, ApiKey]:
+        """Create an API key (admin keys only).
+
+        Args:
+            role: admin, publisher, invoker or agent.
+            namespaces: For publisher and invoker keys, the namespaces the key may see
+                (at least one; "*" for all).
+            agent: For agent keys, the agent whose tools the key may call.
+            description: Whose key this is.
+
+        Returns:
+            The whole key, which the server never shows again, and the key as listed.
+        """
+        request = access_pb2.CreateKeyRequest(
+            role=Role(role).to_proto(),
+            namespaces=list(namespaces),
+            agent=agent,
+            description=description,
+        )
+        reply = self._call(self._keys.CreateKey, request)
+        return reply.secret, ApiKey.from_proto(reply.key)
+
+    def keys(self) -> list[ApiKey]:
+        """All API keys, newest first, revoked ones included (admin keys only)."""
+        request = access_pb2.ListKeysRequest(page_size=_MAX_PAGE_SIZE)
+        return [ApiKey.from_proto(k) for k in self._pages(self._keys.ListKeys, request, "keys")]
+
+    def revoke_key(self, prefix: str) -> ApiKey:
+        """Revoke the key with this prefix; it stops working at once (admin keys only)."""
+        reply = self._call(self._keys.RevokeKey, access_pb2.RevokeKeyRequest(prefix=prefix))
+        return ApiKey.from_proto(reply.key)
+
+    def audit_events(
+        self,
+        *,
+        actor: str | None = None,
+        action: str | None = None,
+        target: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEvent]:
+        """Recorded changes, newest first, matching every filter given.
+
+        Args:
+            actor: Only changes made with this key prefix ("anonymous" without auth).
+            action: Only this action, e.g. "function.publish" or "key.revoke".
+            target: Only changes of this function, agent or key prefix.
+            since: Only changes at or after this time.
+            until: Only changes before this time.
+            limit: At most this many events; None for all.
+        """
+        request = access_pb2.ListAuditEventsRequest(
+            actor=actor or "",
+            action=action or "",
+            target=target or "",
+            page_size=min(limit or _MAX_PAGE_SIZE, _MAX_PAGE_SIZE),
+        )
+        if since is not None:
+            request.start_time_from.FromDatetime(since)
+        if until is not None:
+            request.start_time_to.FromDatetime(until)
+        events = self._pages(self._audit.ListAuditEvents, request, "events")
+        return [AuditEvent.from_proto(e) for e in itertools.islice(events, limit)]
 
     def _call(
         self,

@@ -26,18 +26,27 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
-from toolvault.client import Client, ToolResult
+from toolvault.client import TLS, Client, ToolResult
 from toolvault.client.errors import MODEL_READABLE
 
 __all__ = ["serve_mcp"]
 
 
-def serve_mcp(target: str, agent: str, *, conversation_id: str | None = None) -> int:
+def serve_mcp(
+    target: str,
+    agent: str,
+    *,
+    api_key: str | None = None,
+    tls: TLS | None = None,
+    conversation_id: str | None = None,
+) -> int:
     """Serve an agent's tools over MCP on stdin/stdout until the client disconnects.
 
     Args:
         target: The toolvault server's address, "host:port".
         agent: The agent whose tools to serve.
+        api_key: The key to call the server with (an agent key is enough).
+        tls: How to reach the server over TLS; None for plaintext.
         conversation_id: Groups this session's tool calls in the history; None makes a
             new one.
 
@@ -49,7 +58,7 @@ def serve_mcp(target: str, agent: str, *, conversation_id: str | None = None) ->
             MCP client shows the reason instead of an empty tool list).
     """
     conversation_id = conversation_id or uuid.uuid4().hex
-    with Client(target) as client:
+    with Client(target, api_key=api_key, tls=tls) as client:
         definition = client.agent(agent)
         server = _server(client, agent, conversation_id, definition.spec.description)
         anyio.run(_run, server)

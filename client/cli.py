@@ -36,8 +36,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from toolvault.client._access_models import Role
 from toolvault.client._agent_models import AgentSpec, RoutingStrategy, ToolSpec
-from toolvault.client._client import DEFAULT_TARGET, Client
+from toolvault.client._client import DEFAULT_TARGET, TLS, Client, open_channel
 from toolvault.client._models import ExecutionStatus
 from toolvault.client.errors import (
     AlreadyExists,
@@ -73,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.local is not None:
             return int(args.local(args))
-        with Client(args.server) as client:
+        with Client(args.server, api_key=args.api_key, tls=_tls(args)) as client:
             return int(args.call(client, args))
     except _UsageError as error:
         return _fail(str(error), 2)
@@ -101,6 +102,30 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("TOOLVAULT_SERVER", DEFAULT_TARGET),
         help=f"the server to talk to (env TOOLVAULT_SERVER, default {DEFAULT_TARGET})",
     )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("TOOLVAULT_API_KEY"),
+        help="the API key to send, for a server with --auth required (env TOOLVAULT_API_KEY)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(os.environ.get("TOOLVAULT_TLS")),
+        help="connect over TLS, trusting the system's roots (env TOOLVAULT_TLS=1)",
+    )
+    for option, what in (
+        ("ca-cert", "the CA certificate that signed the server's; implies --tls"),
+        ("client-cert", "a client certificate, for mutual TLS; implies --tls"),
+        ("client-key", "the client certificate's key"),
+    ):
+        env = "TOOLVAULT_" + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{option}",
+            metavar="PEM",
+            default=os.environ.get(env),
+            help=f"{what} (env {env})",
+        )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.set_defaults(local=None)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
@@ -116,6 +141,22 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="MODULE:ATTR",
         help="load a plugin beside the installed ones (repeatable; env TOOLVAULT_PLUGINS)",
+    )
+    cmd.add_argument(
+        "--auth",
+        choices=("off", "required"),
+        help="require an API key on every call but health (env TOOLVAULT_AUTH; default off)",
+    )
+    cmd.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    cmd.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    cmd.add_argument(
+        "--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA"
+    )
+    cmd.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow listening beyond loopback without --auth required and TLS",
     )
     cmd.set_defaults(local=_serve)
 
@@ -228,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     cmd.set_defaults(call=_execution)
 
     _add_agent_commands(commands)
+    _add_access_commands(commands)
     cmd = commands.add_parser("mcp", help="serve an agent's tools over MCP on stdin/stdout")
     cmd.add_argument("--agent", required=True, metavar="NAME", help="the agent to serve")
     cmd.set_defaults(local=_mcp)
@@ -293,6 +335,40 @@ def _add_agent_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     cmd.set_defaults(call=_agents_delete)
 
 
+def _add_access_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = commands.add_parser("keys", help="manage API keys (admin keys only)")
+    key_commands = keys.add_subparsers(metavar="COMMAND", required=True)
+    cmd = key_commands.add_parser("create", help="create a key and print it, once")
+    cmd.add_argument("--role", required=True, choices=[r.value for r in Role])
+    cmd.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="a namespace a publisher or invoker key may see (repeatable; * for all)",
+    )
+    cmd.add_argument("--agent", default="", help="the agent an agent key calls tools for")
+    cmd.add_argument("--description", default="", help="whose key this is")
+    cmd.set_defaults(call=_keys_create)
+    cmd = key_commands.add_parser("list", help="list keys (prefixes only), newest first")
+    cmd.set_defaults(call=_keys_list)
+    cmd = key_commands.add_parser("revoke", help="revoke a key; it stops working at once")
+    cmd.add_argument("prefix", help="the key's prefix, tvk_ and 12 hex digits")
+    cmd.set_defaults(call=_keys_revoke)
+    cmd = key_commands.add_parser(
+        "generate", help="print a new random key, e.g. for TOOLVAULT_ADMIN_KEY (offline)"
+    )
+    cmd.set_defaults(local=_keys_generate)
+
+    cmd = commands.add_parser("audit", help="list recorded changes, newest first")
+    cmd.add_argument("--actor", metavar="PREFIX", help="only changes made with this key")
+    cmd.add_argument("--action", help="only this action, e.g. function.publish")
+    cmd.add_argument("--target", metavar="NAME", help="only changes of this object")
+    cmd.add_argument("--since", type=_timestamp, metavar="ISO", help="naive means UTC")
+    cmd.add_argument("--limit", type=_positive_int, default=20, help="at most N events (20)")
+    cmd.set_defaults(call=_audit)
+
+
 def _add_storage_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--db", metavar="URL", help="database URL (default: the server's)")
     cmd.add_argument("--data-dir", metavar="DIR", help="directory for the server's files")
@@ -334,6 +410,11 @@ def _serve(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         metrics_port=args.metrics_port,
         plugins=tuple(args.plugin) if args.plugin else None,
+        auth=args.auth,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        insecure=args.insecure,
     )
 
 
@@ -341,7 +422,7 @@ def _health(args: argparse.Namespace) -> int:
     # Exit 0 or 1 only, whatever the failure: orchestrators' probes read nothing else.
     request = health_pb2.HealthCheckRequest(service=args.service)
     try:
-        with grpc.insecure_channel(args.server) as channel:
+        with open_channel(args.server, tls=_tls(args)) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=args.timeout)
         status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     except grpc.RpcError as error:
@@ -369,7 +450,7 @@ def _mcp(args: argparse.Namespace) -> int:
         raise _UsageError(
             f"the MCP bridge is not installed: pip install 'toolvault[mcp]' ({error})"
         ) from error
-    return serve_mcp(args.server, args.agent)
+    return serve_mcp(args.server, args.agent, api_key=args.api_key, tls=_tls(args))
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -745,6 +826,86 @@ def _agents_delete(client: Client, args: argparse.Namespace) -> int:
         _print_json({"name": args.name, "deleted_revisions": deleted})
     else:
         print(f"deleted agent {args.name} (revisions: {deleted})")
+    return 0
+
+
+def _tls(args: argparse.Namespace) -> TLS | None:
+    if not (args.tls or args.ca_cert or args.client_cert):
+        return None
+    if bool(args.client_cert) != bool(args.client_key):
+        raise _UsageError("--client-cert and --client-key go together")
+    try:
+        return TLS.from_files(args.ca_cert, args.client_cert, args.client_key)
+    except OSError as error:
+        raise _UsageError(f"cannot read a TLS file: {error}") from error
+
+
+def _keys_create(client: Client, args: argparse.Namespace) -> int:
+    secret, key = client.create_key(
+        args.role, namespaces=args.namespace, agent=args.agent, description=args.description
+    )
+    if args.json:
+        _print_json({"key": secret, **{f.name: getattr(key, f.name) for f in fields(key)}})
+    else:
+        print(secret)
+        print(f"# {key.prefix}: role {key.role}; shown only now, store it safely", file=sys.stderr)
+    return 0
+
+
+def _keys_list(client: Client, args: argparse.Namespace) -> int:
+    keys = client.keys()
+    if args.json:
+        _print_json(keys)
+        return 0
+    _print_table(
+        ("PREFIX", "ROLE", "SCOPE", "CREATED", "REVOKED", "DESCRIPTION"),
+        (
+            (
+                k.prefix,
+                k.role,
+                k.agent or ",".join(k.namespaces) or "*",
+                _text(k.created_at),
+                _text(k.revoked_at) if k.revoked_at else "",
+                k.description,
+            )
+            for k in keys
+        ),
+    )
+    return 0
+
+
+def _keys_revoke(client: Client, args: argparse.Namespace) -> int:
+    key = client.revoke_key(args.prefix)
+    if args.json:
+        _print_json(key)
+    else:
+        print(f"revoked {key.prefix} at {_text(key.revoked_at)}")
+    return 0
+
+
+def _keys_generate(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.server.cli import generate_key
+    except ModuleNotFoundError as error:
+        raise _server_missing(error) from error
+    print(generate_key())
+    return 0
+
+
+def _audit(client: Client, args: argparse.Namespace) -> int:
+    events = client.audit_events(
+        actor=args.actor, action=args.action, target=args.target, since=args.since, limit=args.limit
+    )
+    if args.json:
+        _print_json(events)
+        return 0
+    _print_table(
+        ("TIME", "ACTOR", "ACTION", "TARGET", "DETAILS"),
+        (
+            (_text(e.time), e.actor, e.action, e.target, json.dumps(e.details, sort_keys=True))
+            for e in events
+        ),
+    )
     return 0
 
 

@@ -81,7 +81,14 @@ class Unauthenticated(ToolvaultError):
 
 
 class ResourceExhausted(ToolvaultError):
-    """The server is at a limit, e.g. too many calls are waiting to run."""
+    """The server is at a limit, e.g. too many calls are waiting to run.
+
+    Attributes:
+        retry_after: Seconds to wait before retrying, when the server said (a key's rate
+            limit); None otherwise.
+    """
+
+    retry_after: float | None = None
 
 
 class DeadlineExceeded(ToolvaultError):
@@ -131,7 +138,12 @@ def from_rpc_error(error: grpc.RpcError) -> ToolvaultError:
     code = error.code()
     # Some transport failures carry no details; the code's name is better than "".
     details = error.details() or code.name
-    return _BY_CODE.get(code, ToolvaultError)(details, code)
+    result = _BY_CODE.get(code, ToolvaultError)(details, code)
+    if isinstance(result, ResourceExhausted) and isinstance(error, grpc.Call):
+        for key, value in error.trailing_metadata() or ():
+            if key == "retry-after" and isinstance(value, str):
+                result.retry_after = float(value)
+    return result
 
 
 # A tool call refused for what the model asked (a tool it may not use, bad arguments, a

@@ -20,6 +20,9 @@ from toolvault import sandbox
 from toolvault.server import logs
 from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
+
+# Re-exported for `toolvault keys generate`, which the client's CLI runs.
+from toolvault.server.auth import generate_key as generate_key
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.plugins import PluginError

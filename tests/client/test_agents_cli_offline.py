@@ -62,20 +62,21 @@ def test_an_unknown_routing_strategy_is_a_usage_error(cli: RunCli) -> None:
     assert "argument --strategy: invalid choice: 'random'" in err
 
 
-def test_mcp_hands_the_server_address_and_the_agent_to_the_bridge(
+def test_mcp_hands_the_server_address_key_and_agent_to_the_bridge(
     cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, str]] = []
+    calls: list[tuple[str, str, str | None]] = []
     bridge = types.ModuleType("toolvault.client._mcp")
 
-    def serve_mcp(target: str, agent: str) -> int:
-        calls.append((target, agent))
+    def serve_mcp(target: str, agent: str, *, api_key: str | None, tls: object) -> int:
+        assert tls is None
+        calls.append((target, agent, api_key))
         return 0
 
     bridge.serve_mcp = serve_mcp  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "toolvault.client._mcp", bridge)
-    assert cli("--server", "10.0.0.1:7", "mcp", "--agent", "calc") == (0, "", "")
-    assert calls == [("10.0.0.1:7", "calc")]
+    assert cli("--server", "10.0.0.1:7", "--api-key", "k", "mcp", "--agent", "calc") == (0, "", "")
+    assert calls == [("10.0.0.1:7", "calc", "k")]
 
 
 def test_mcp_without_the_mcp_package_exits_2_saying_how_to_install_it(

@@ -132,11 +132,18 @@ def test_serve_and_db_upgrade_hand_over_to_the_server_with_only_the_options_give
     monkeypatch.setitem(sys.modules, "toolvault.server.cli", fake_server_cli(calls))
     assert cli("serve", "--listen", "127.0.0.1:0", "--metrics-port", "9100")[0] == 0
     assert cli("serve", "--plugin", "a:Audit", "--plugin", "b.c:quota")[0] == 0
+    assert cli("serve", "--auth", "required", "--tls-cert", "c.pem", "--tls-key", "k.pem")[0] == 0
+    assert cli("serve", "--tls-client-ca", "ca.pem", "--insecure")[0] == 0
     assert cli("db", "upgrade", "--db", "sqlite:///x.db", "--data-dir", "/tmp/x")[0] == 1
-    unset = {"listen": None, "db": None, "data_dir": None, "metrics_port": None, "plugins": None}
+    unset = dict.fromkeys(
+        ("listen", "db", "data_dir", "metrics_port", "plugins", "auth", "tls_cert", "tls_key")
+        + ("tls_client_ca", "insecure")
+    )
     assert calls == [
         ("serve", {**unset, "listen": "127.0.0.1:0", "metrics_port": 9100}),
         ("serve", {**unset, "plugins": ("a:Audit", "b.c:quota")}),
+        ("serve", {**unset, "auth": "required", "tls_cert": "c.pem", "tls_key": "k.pem"}),
+        ("serve", {**unset, "tls_client_ca": "ca.pem", "insecure": True}),
         ("db_upgrade", {"db": "sqlite:///x.db", "data_dir": "/tmp/x"}),
     ]
 

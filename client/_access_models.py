@@ -1,0 +1,94 @@
+"""Frozen values for API keys and audit events, built from the `toolvault.v1` access messages."""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from toolvault.v1 import access_pb2
+
+__all__ = ["ApiKey", "AuditEvent", "Role"]
+
+_ROLE_PREFIX = "ROLE_"
+
+
+class Role(enum.StrEnum):
+    """What a key may do (the README's table lists each RPC)."""
+
+    ADMIN = "admin"
+    PUBLISHER = "publisher"
+    INVOKER = "invoker"
+    AGENT = "agent"
+
+    @classmethod
+    def from_proto(cls, value: access_pb2.Role.ValueType) -> Role:
+        """Return the role for a `toolvault.v1.Role` value."""
+        return cls(access_pb2.Role.Name(value).removeprefix(_ROLE_PREFIX).lower())
+
+    def to_proto(self) -> access_pb2.Role.ValueType:
+        """Return the `toolvault.v1.Role` value of this role."""
+        return access_pb2.Role.Value(_ROLE_PREFIX + self.name)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as listed: its public prefix, never its secret.
+
+    `namespaces` is empty for admin keys (every namespace) and agent keys (their agent's).
+    """
+
+    prefix: str
+    role: Role
+    namespaces: tuple[str, ...]
+    agent: str
+    description: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_proto(cls, pb: access_pb2.ApiKey) -> ApiKey:
+        """Build a key from its message."""
+        return cls(
+            prefix=pb.prefix,
+            role=Role.from_proto(pb.role),
+            namespaces=tuple(pb.namespaces),
+            agent=pb.agent,
+            description=pb.description,
+            created_at=pb.create_time.ToDatetime(tzinfo=UTC),
+            created_by=pb.created_by,
+            revoked_at=(
+                pb.revoke_time.ToDatetime(tzinfo=UTC) if pb.HasField("revoke_time") else None
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One change the server recorded: who (`actor`, a key prefix), when, what, on what."""
+
+    event_id: int
+    time: datetime
+    actor: str
+    peer: str
+    action: str
+    namespace: str
+    target: str
+    details: dict[str, Any]
+
+    @classmethod
+    def from_proto(cls, pb: access_pb2.AuditEvent) -> AuditEvent:
+        """Build an event from its message."""
+        return cls(
+            event_id=pb.id,
+            time=pb.time.ToDatetime(tzinfo=UTC),
+            actor=pb.actor,
+            peer=pb.peer,
+            action=pb.action,
+            namespace=pb.namespace,
+            target=pb.target,
+            details=json.loads(pb.details_json or "{}"),
+        )
