@@ -19,7 +19,11 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels 'toolvault[server]' \
     && rm -rf /wheels
 USER 10001
+# Beyond loopback the server also needs TLS (TOOLVAULT_TLS_CERT and TOOLVAULT_TLS_KEY; set
+# TOOLVAULT_CA_CERT for the health check), or TOOLVAULT_INSECURE=true behind a proxy or mesh
+# that does TLS: it refuses to start otherwise.
 ENV TOOLVAULT_LISTEN=0.0.0.0:50051 \
+    TOOLVAULT_AUTH=required \
     TOOLVAULT_DATA_DIR=/var/lib/toolvault \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/toolvault"]
