@@ -247,7 +247,7 @@ class Agents:
                 f"chain depth {chain.depth} passes agent {agent!r}'s max_chain_depth "
                 f"of {depth_limit}"
             )
-        refs = {parse_ref(ref)[0]: ref for ref in definition.tools}
+        refs = {_tool_name(ref): ref for ref in definition.tools}
         if tool not in refs:
             allowed = ", ".join(refs) or "none"
             raise PermissionDenied(f"agent {agent!r} may not call {tool!r} (its tools: {allowed})")
@@ -355,7 +355,7 @@ class Agents:
         content = version.content
         schema = content.input_schema or _derived_schema(content.source, content.entrypoint)
         return ToolInfo(
-            name=version.name,
+            name=_tool_name(version.name),
             description=content.description,
             input_schema=schema,
             output_schema=content.output_schema,
@@ -466,6 +466,15 @@ def _revision(session: Session, agent: Agent, revision: int) -> AgentInfo:
 
 def _info(row: AgentRevision) -> AgentInfo:
     return AgentInfo(AgentDefinition.from_canonical(row.spec_json), row.revision, row.created_at)
+
+
+def _tool_name(ref: str) -> str:
+    """The name a model calls a tool by: its function's name without the namespace.
+
+    An agent's tools share its namespace, so these are unique within the agent; and
+    models' tool names allow no slash.
+    """
+    return parse_ref(ref)[0].rpartition("/")[2]
 
 
 def _in_scope(query: Select[Agent], scope: Scope) -> Select[Agent]:

@@ -85,7 +85,8 @@ class AgentSpec(_message.Message):
     """Disabled agents are not routed to and cannot call tools. Unset means enabled."""
     @_builtins.property
     def tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Function refs the agent may call as tools: "name", "name@3" or "name@alias". Each
+        """Function refs the agent may call as tools: "name", "name@3" or "name@alias", all in
+        the agent's namespace ("team/name" for an agent "team/..."). Each
         function at most once; a ref must resolve when the agent is defined.
         """
 
@@ -170,7 +171,9 @@ class ToolSpec(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The tool's name: the function's name."""
+    """The tool's name: the function's name without its namespace (an agent's tools are all
+    in its own namespace, and models allow no slash in tool names).
+    """
     description: _builtins.str
     """What the tool does: the version's description."""
     input_schema_json: _builtins.str
