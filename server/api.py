@@ -115,7 +115,12 @@ def _optional_datetime(message: Message, field: str) -> dt.datetime | None:
     if not message.HasField(field):
         return None
     stamp: Timestamp = getattr(message, field)
-    return stamp.ToDatetime(tzinfo=dt.UTC)
+    try:
+        return stamp.ToDatetime(tzinfo=dt.UTC)
+    except (ValueError, OverflowError) as e:
+        raise InvalidArgument(
+            f"{field} is not a time between the years 1 and 9999 (seconds {stamp.seconds})"
+        ) from e
 
 
 def _status_pb(status: str) -> execution_pb2.ExecutionStatus.ValueType:

@@ -35,6 +35,7 @@ LATEST = "latest"
 # Publishing retries when a concurrent publisher of a new name wins the insert race.
 _PUBLISH_ATTEMPTS = 3
 _MAX_REPORTED_ISSUES = 20
+MAX_JSON_DEPTH = 64
 # Far above any useful setting; it only keeps the counter's bound meaningful.
 MAX_CONCURRENCY = 100_000
 
@@ -297,8 +298,29 @@ def checked_schema(text: str, field: str) -> str | None:
 def parse_json(text: str, field: str) -> Any:
     """Parse JSON text, or InvalidArgument naming ``field`` and the position."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidArgument(
             f"{field} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
         ) from e
+    except RecursionError:
+        depth = MAX_JSON_DEPTH + 1
+    else:
+        depth = _depth(value)
+    # Deeper values would exhaust the stack of the schema checks and the sandbox.
+    if depth > MAX_JSON_DEPTH:
+        raise InvalidArgument(f"{field} is nested more than {MAX_JSON_DEPTH} levels deep")
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            stack.extend(
+                (child, level + 1) for child in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest

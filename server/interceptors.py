@@ -6,9 +6,11 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
 
 from toolvault.server import metrics
@@ -88,6 +90,16 @@ class RequestLog(Interceptor):
         service, _, name = method.lstrip("/").partition("/")
 
         async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {name} request message: {request.error}",
+                )
+            if field := _field_with_nul(request):
+                # No name, text or JSON has a use for one; PostgreSQL cannot store it.
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"{field} contains a NUL character"
+                )
             request_id = uuid.uuid4().hex[:16]
             started = time.perf_counter()
             code = "OK"
@@ -127,9 +139,43 @@ class RequestLog(Interceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class _Malformed:
+    """Bytes that are not a request message; gRPC would answer their parse error UNKNOWN."""
+
+    error: str
+
+
+def _field_with_nul(message: Message, prefix: str = "") -> str:
+    """The path of the first string field holding a NUL character, or ""."""
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        items = value if field.is_repeated else (value,)
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if isinstance(item, str) and "\x00" in item:
+                return where
+            if isinstance(item, Message) and (found := _field_with_nul(item, where + ".")):
+                return found
+    return ""
+
+
+def _lenient(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if parse is None:
+        return None
+
+    def lenient(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except DecodeError as e:
+            return _Malformed(str(e))
+
+    return lenient
 
 
 def _code_name(context: grpc.aio.ServicerContext[Any, Any], default: str) -> str:

@@ -401,11 +401,11 @@ class Invocations:
                     "args_truncated": args_cut,
                     "result_json": result_json,
                     "result_truncated": result_cut,
-                    "stdout_tail": _tail(info.stdout, HISTORY_OUTPUT_TAIL_BYTES),
-                    "stderr_tail": _tail(info.stderr, HISTORY_OUTPUT_TAIL_BYTES),
-                    "error_type": info.error_type,
-                    "error_message": info.error_message,
-                    "traceback": _tail(info.traceback, HISTORY_TEXT_BYTES),
+                    "stdout_tail": _storable(_tail(info.stdout, HISTORY_OUTPUT_TAIL_BYTES)),
+                    "stderr_tail": _storable(_tail(info.stderr, HISTORY_OUTPUT_TAIL_BYTES)),
+                    "error_type": _storable(info.error_type),
+                    "error_message": _storable(info.error_message),
+                    "traceback": _storable(_tail(info.traceback, HISTORY_TEXT_BYTES)),
                     "start_time": info.start_time,
                     "duration_ms": info.duration_ms,
                     "cpu_time_ms": info.cpu_time_ms,
@@ -540,6 +540,11 @@ def _head(text: str, limit: int) -> tuple[str, bool]:
     if len(data) <= limit:
         return text, False
     return data[:limit].decode(errors="ignore"), True
+
+
+def _storable(text: str) -> str:
+    """``text`` with NUL characters, which PostgreSQL cannot store, as U+FFFD."""
+    return text.replace("\x00", "\ufffd")
 
 
 def _tail(text: str, limit: int) -> str:

@@ -29,7 +29,7 @@ def decode_token(token: str, *types: type) -> list[Any] | None:
         return None
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, binascii.Error) as e:
+    except (ValueError, binascii.Error, RecursionError) as e:
         raise InvalidArgument("page_token is not a token this server issued") from e
     if not isinstance(key, list) or [type(item) for item in key] != list(types):
         raise InvalidArgument("page_token is not a token this server issued")

@@ -218,3 +218,13 @@ def test_a_call_whose_deadline_passes_is_killed_and_recorded_as_cancelled(stubs:
         time.sleep(0.05)
     assert [e.status for e in recorded] == [Status.EXECUTION_STATUS_CANCELLED]
     assert recorded[0].duration_ms < 5000
+
+
+def test_nul_characters_in_output_are_recorded_not_lost(stubs: Stubs) -> None:
+    # PostgreSQL cannot store NUL in text; the history keeps U+FFFD in its place.
+    stubs.publish("nul", "def main():\n    print('a\\x00b')\n    raise ValueError('c\\x00d')\n")
+    execution = stubs.invoke("nul")
+    assert execution.status == Status.EXECUTION_STATUS_ERROR
+    assert (execution.stdout, execution.error.message) == ("a\x00b\n", "c\x00d")
+    (recorded,) = stubs.executions(function_name="nul")
+    assert (recorded.stdout, recorded.error.message) == ("a\ufffdb\n", "c\ufffdd")
