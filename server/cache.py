@@ -20,10 +20,14 @@ V = TypeVar("V")
 MAX_ENTRY_BYTES = 64 * 1024
 
 
-def cache_key(sha256: str, args: dict[str, Any]) -> tuple[str, str]:
-    """The key of a call: the version's hash and the canonical form of its arguments."""
+def cache_key(name: str, sha256: str, args: dict[str, Any]) -> tuple[str, str, str]:
+    """The key of a call: the function, its version's hash and the canonical arguments.
+
+    The name keeps namespaces apart: equal code elsewhere must not answer from, or reveal,
+    another namespace's calls.
+    """
     canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
-    return sha256, canonical
+    return name, sha256, canonical
 
 
 class ResultCache(Generic[V]):
@@ -35,14 +39,14 @@ class ResultCache(Generic[V]):
         self._max_entries = max_entries
         self._ttl_s = ttl_s
         self._clock = clock
-        self._entries: OrderedDict[tuple[str, str], tuple[float, V]] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str, str], tuple[float, V]] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
         """False when configured with no room (``cache_max_entries`` 0)."""
         return self._max_entries > 0
 
-    def get(self, key: tuple[str, str]) -> V | None:
+    def get(self, key: tuple[str, str, str]) -> V | None:
         """The live value under ``key``, marked as most recently used; None if absent."""
         entry = self._entries.get(key)
         if entry is None:
@@ -54,7 +58,7 @@ class ResultCache(Generic[V]):
         self._entries.move_to_end(key)
         return value
 
-    def put(self, key: tuple[str, str], value: V) -> None:
+    def put(self, key: tuple[str, str, str], value: V) -> None:
         """Store ``value``, evicting the least recently used entry when full."""
         if not self.enabled:
             return

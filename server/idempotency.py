@@ -24,7 +24,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from toolvault.server.db import Database
-from toolvault.server.errors import FailedPrecondition, InvalidArgument
+from toolvault.server.errors import FailedPrecondition
 from toolvault.server.models import IdempotencyKey, utcnow
 
 MAX_KEY_LENGTH = 128
@@ -64,18 +64,13 @@ class IdempotencyKeys:
         self._abandon_after = dt.timedelta(seconds=abandon_after_s)
 
     def claim(self, key: str, request: str) -> Claim:
-        """Take ``key`` for the request with fingerprint ``request``, or report its state.
+        """Take ``key`` (``NAMESPACE/KEY``) for the request ``request``, or report its state.
 
         Raises:
-            InvalidArgument: The key is longer than 128 characters.
             FailedPrecondition: The key was used for a different request.
             sqlalchemy.exc.IntegrityError: A concurrent call inserted the key first;
                 claiming again reports its state.
         """
-        if len(key) > MAX_KEY_LENGTH:
-            raise InvalidArgument(
-                f"idempotency_key is {len(key)} characters, more than the limit of {MAX_KEY_LENGTH}"
-            )
         now = utcnow()
         with self._db.write.begin() as session:
             session.execute(
@@ -88,8 +83,8 @@ class IdempotencyKeys:
                 return Claim(owned=True)
             if row.fingerprint != request:
                 raise FailedPrecondition(
-                    f"idempotency_key {key!r} was first used for a different request "
-                    "(another ref or other arguments); use a new key for a new request"
+                    f"idempotency_key {key.partition('/')[2]!r} was first used for a different "
+                    "request (another ref or other arguments); use a new key for a new request"
                 )
             if row.execution_id is None and row.created_at < now - self._abandon_after:
                 row.created_at = now

@@ -164,6 +164,13 @@ class Invocations:
         """
         if not idempotency_key:
             return await self._resolve_and_run(ref, args_json, context, "")
+        if len(idempotency_key) > idempotency.MAX_KEY_LENGTH:
+            raise InvalidArgument(
+                f"idempotency_key is {len(idempotency_key)} characters, more than the limit "
+                f"of {idempotency.MAX_KEY_LENGTH}"
+            )
+        # Keys are per namespace: another namespace's keys neither collide nor show.
+        idempotency_key = f"{namespace_of(ref)}/{idempotency_key}"
         request = idempotency.fingerprint(ref, args_json)
         while True:
             try:
@@ -220,9 +227,9 @@ class Invocations:
                 call = Call(version=version, args_json=args_json, context=context)
                 await asyncio.to_thread(self._plugins.before_invoke, call)
         content = version.content
-        key: tuple[str, str] | None = None
+        key: tuple[str, str, str] | None = None
         if content.deterministic and self._cache.enabled:
-            key = cache_key(version.sha256, args)
+            key = cache_key(version.name, version.sha256, args)
             hit = self._cache.get(key)
             metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
             if hit is not None:

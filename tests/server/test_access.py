@@ -343,3 +343,17 @@ def test_a_key_over_its_rate_limit_is_told_when_to_retry(db_url: str, tmp_path: 
             assert limited.value.retry_after is not None and 0 < limited.value.retry_after <= 2
     finally:
         server.stop()
+
+
+def test_namespaces_share_no_cached_results_and_no_idempotency_keys(
+    auth_server: ServerProcess, admin: Client
+) -> None:
+    source = "import random\n\ndef main(x):\n    return random.random()\n"
+    for namespace in ("blue", "red"):
+        admin.publish(f"{namespace}/f", source, deterministic=True)
+    blue = admin.invoke("blue/f", {"x": 1}, idempotency_key="k")
+    red = admin.invoke("red/f", {"x": 1}, idempotency_key="k")
+    # Same code, same arguments, same key: still two runs, and neither refers to the other.
+    assert not red.cached and red.execution_id != blue.execution_id
+    assert red.result != blue.result
+    assert admin.invoke("red/f", {"x": 1}, idempotency_key="k").execution_id == red.execution_id

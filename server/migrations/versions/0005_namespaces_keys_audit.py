@@ -1,6 +1,7 @@
 """Namespaces on functions, agents and executions; API keys; the audit log.
 
 Names grow room for a ``namespace/`` prefix; every existing object is in ``default``.
+Idempotency keys are stored with the namespace they belong to; existing ones lapse.
 
 Revision ID: 0005
 Revises: 0004
@@ -39,6 +40,8 @@ def upgrade() -> None:
             sa.Column("namespace", sa.String(32), server_default="default", nullable=False)
         )
         batch.create_index("ix_executions_namespace", ["namespace", "start_time", "id"])
+    with op.batch_alter_table("idempotency_keys") as batch:
+        batch.alter_column("key", existing_type=sa.String(128), type_=sa.String(192))
     op.create_table(
         "api_keys",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -74,6 +77,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("audit_events")
     op.drop_table("api_keys")
+    with op.batch_alter_table("idempotency_keys") as batch:
+        batch.alter_column("key", existing_type=sa.String(192), type_=sa.String(128))
     with op.batch_alter_table("executions") as batch:
         batch.drop_index("ix_executions_namespace")
         batch.drop_column("namespace")
