@@ -23,6 +23,7 @@ import pytest
 PG_ADMIN_URL = os.environ.get("TOOLVAULT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 TOOLVAULT = str(Path(sys.executable).parent / "toolvault")
 LISTENING = re.compile(r"listening on (\S+:\d+)")
+BOOTSTRAP = re.compile(r"bootstrap admin key \(shown once, store it now\): (tvk_\S+)")
 
 
 @pytest.fixture(scope="session")
@@ -83,6 +84,12 @@ class ServerProcess:
             self.stop()
             raise RuntimeError("server did not start:\n" + "".join(self.log))
         return self.address
+
+    def bootstrap_key(self) -> str:
+        """The admin key a server with ``--auth required`` logged on its first start."""
+        keys = [m.group(1) for line in self.log if (m := BOOTSTRAP.search(line))]
+        assert len(keys) == 1, "".join(self.log)
+        return keys[0]
 
     def _pump(self, found: threading.Event) -> None:
         assert self.process is not None and self.process.stderr is not None

@@ -8,7 +8,6 @@ ones added later (the matrix test fails for an RPC it has no expectation for).
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,12 @@ from google.protobuf.descriptor import MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
-from tests.conftest import ServerProcess
+from tests.conftest import BOOTSTRAP, ServerProcess
 from toolvault.client import AgentSpec, Client, NotFound, PermissionDenied, Unauthenticated
 from toolvault.client.errors import ResourceExhausted
 from toolvault.v1 import access_pb2, agent_pb2, function_pb2, history_pb2, invocation_pb2
 
 ECHO = "def main(x: int) -> int:\n    return x\n"
-BOOTSTRAP = re.compile(r"bootstrap admin key \(shown once, store it now\): (tvk_\S+)")
 METHODS: list[MethodDescriptor] = [
     method
     for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2, access_pb2)
@@ -70,12 +68,6 @@ ALLOWED = {
 }
 
 
-def bootstrap_key(server: ServerProcess) -> str:
-    keys = [m.group(1) for line in server.log if (m := BOOTSTRAP.search(line))]
-    assert len(keys) == 1, "".join(server.log)
-    return keys[0]
-
-
 @pytest.fixture
 def auth_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     server = ServerProcess(db=db_url, data_dir=tmp_path / "data", extra_args=["--auth", "required"])
@@ -86,7 +78,7 @@ def auth_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def admin(auth_server: ServerProcess) -> Iterator[Client]:
-    with Client(auth_server.address, api_key=bootstrap_key(auth_server), retries=False) as client:
+    with Client(auth_server.address, api_key=auth_server.bootstrap_key(), retries=False) as client:
         yield client
 
 
@@ -175,7 +167,7 @@ def test_each_role_may_call_exactly_the_rpcs_of_the_readme_table(
     admin.create_agent(AgentSpec(name="team/bot", tools=("team/echo",), capabilities=("chat",)))
     echo_execution = admin.invoke("team/echo", {"x": 0}).execution_id
     keys = {
-        "admin": bootstrap_key(auth_server),
+        "admin": auth_server.bootstrap_key(),
         "publisher": admin.create_key("publisher", namespaces=["team"])[0],
         "invoker": admin.create_key("invoker", namespaces=["team"])[0],
         "agent": admin.create_key("agent", agent="team/bot")[0],
@@ -275,7 +267,7 @@ def test_a_revoked_key_stops_at_once_and_the_audit_log_says_who_did_what(
             publisher.functions()
     admin.delete("team/echo")
     events = [(e.actor, e.action, e.target, e.details) for e in admin.audit_events()]
-    admin_prefix = bootstrap_key(auth_server)[:16]
+    admin_prefix = auth_server.bootstrap_key()[:16]
     assert events[:4] == [
         (admin_prefix, "function.delete", "team/echo", {"versions": 1}),
         (admin_prefix, "key.revoke", key.prefix, {"role": "publisher"}),
@@ -294,7 +286,7 @@ def test_the_bootstrap_key_is_shown_once_and_an_admin_key_can_be_given(
 ) -> None:
     server = ServerProcess(db=db_url, data_dir=tmp_path, extra_args=["--auth", "required"])
     server.start()
-    key = bootstrap_key(server)
+    key = server.bootstrap_key()
     server.stop()
     server.start()
     assert not any(BOOTSTRAP.search(line) for line in server.log)
@@ -335,7 +327,7 @@ def test_a_key_over_its_rate_limit_is_told_when_to_retry(db_url: str, tmp_path: 
     )
     server.start()
     try:
-        with Client(server.address, api_key=bootstrap_key(server), retries=False) as client:
+        with Client(server.address, api_key=server.bootstrap_key(), retries=False) as client:
             for _ in range(3):
                 client.functions()
             with pytest.raises(ResourceExhausted, match="rate limit of key tvk_") as limited:
