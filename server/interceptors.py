@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from opentelemetry import propagate, trace
 
-from toolvault.server import metrics
+from toolvault.server import auth, metrics
 from toolvault.server.tracing import trace_id
 
 log = logging.getLogger("toolvault.rpc")
@@ -59,6 +59,8 @@ class ReadinessGate(Interceptor):
 
 class RequestLog(Interceptor):
     """Logs one line per unary RPC (request id, method, caller, status, duration) and traces it.
+
+    The caller is the key's prefix (``anonymous`` without auth) and the peer address.
 
     The RPC's span is a child of the client's span when the call's metadata carries W3C
     trace context (``traceparent``); the handler runs inside it, so that the spans it
@@ -128,7 +130,8 @@ class RequestLog(Interceptor):
                 fields = {
                     "request_id": request_id,
                     "method": method,
-                    "caller": context.peer(),
+                    # The authorizer inside this interceptor set the caller in this context.
+                    "caller": f"{auth.principal().key} {context.peer()}",
                     "target": _target(request),
                     "code": code,
                     "duration_ms": round(elapsed * 1000, 3),
