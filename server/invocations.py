@@ -385,7 +385,7 @@ class Invocations:
     async def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
         """Record a run, then tell the plugins (in a worker thread, if any listens)."""
         with self._tracer.start_as_current_span("record"):
-            await self._writer.write(_row(info), info.id, idempotency_key)
+            await self._writer.write(history_row(info), info.id, idempotency_key)
         if self._plugins.implemented("after_invoke"):
             await asyncio.to_thread(self._plugins.after_invoke, info)
 
@@ -500,7 +500,7 @@ class HistoryWriter:
         return None
 
 
-def _row(info: ExecutionInfo) -> dict[str, Any]:
+def history_row(info: ExecutionInfo) -> dict[str, Any]:
     """The history's row of a run: long texts cut to what the history keeps."""
     args_json, args_cut = _head(info.args_json, HISTORY_TEXT_BYTES)
     result_json, result_cut = _head(info.result_json, HISTORY_TEXT_BYTES)
