@@ -104,6 +104,8 @@ class RestrictingPolicy(RestrictingNodeTransformer):
         if (
             isinstance(new, ast.Subscript)
             and isinstance(new.value, ast.Call)
+            and isinstance(new.value.func, ast.Name)
+            and new.value.func.id == "_write_"
             and len(new.value.args) == 1
             and isinstance(target := new.value.args[0], ast.Name)
         ):
