@@ -1,8 +1,9 @@
 """The globals user code runs with: safe builtins, RestrictedPython's guards, a guarded import.
 
-RestrictedPython compiles attribute access, item access, iteration, unpacking, augmented
-assignment, ``print`` and class statements into calls of the underscore names defined
-here. Attribute access (compiled or through ``getattr``) refuses names starting with "_"
+RestrictedPython compiles attribute access, item access, iteration, unpacking, ``print``
+and class statements into calls of the underscore names defined here (RestrictingPolicy
+keeps augmented assignment of names as it is, and skips the write guard's call for a
+list). Attribute access (compiled or through ``getattr``) refuses names starting with "_"
 and the frame, code, traceback and generator internals, and RestrictedPython's own
 guard refuses ``str.format``; whatever attribute or item access returns then passes the
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
@@ -12,7 +13,6 @@ like iterate in C anyway.
 """
 
 import builtins
-import operator
 import sys
 from collections.abc import Callable, Collection, Sequence
 from types import ModuleType
@@ -68,22 +68,6 @@ _MORE_BUILTINS: tuple[Any, ...] = (
     StopAsyncIteration,
     TimeoutError,
 )
-
-_INPLACE_OPERATORS: dict[str, Callable[[Any, Any], Any]] = {
-    "+=": operator.iadd,
-    "-=": operator.isub,
-    "*=": operator.imul,
-    "/=": operator.itruediv,
-    "//=": operator.ifloordiv,
-    "%=": operator.imod,
-    "**=": operator.ipow,
-    "<<=": operator.ilshift,
-    ">>=": operator.irshift,
-    "&=": operator.iand,
-    "|=": operator.ior,
-    "^=": operator.ixor,
-    "@=": operator.imatmul,
-}
 
 
 def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
@@ -156,7 +140,9 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
             "_unpack_sequence_": guarded_unpack_sequence,
             "_write_": full_write_guard,
-            "_inplacevar_": _inplacevar,
+            # The policy's fast path for writes to a list (RestrictingPolicy.visit_Subscript).
+            "_type_": type,
+            "_list_": list,
             "_apply_": _apply,
             "_print_": _Print,
         }
@@ -196,10 +182,6 @@ def _user_class(name: str, bases: tuple[type, ...], namespace: dict[str, Any], *
     cls = type(name, bases, namespace, **kw)
     cls._guarded_writes = True  # type: ignore[attr-defined]
     return cls
-
-
-def _inplacevar(op: str, target: Any, value: Any) -> Any:
-    return _INPLACE_OPERATORS[op](target, value)
 
 
 def _apply(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -10,13 +10,13 @@ both ways on the socket:
   probe sandbox that reports from inside what it sees, and answers ``ready`` {facts}, or
   ``failed`` {error} when the plan cannot be applied;
 - ``run`` {id, slot, job} with the write ends of the call's stdout, stderr and report
-  pipes attached (SCM_RIGHTS): the host compiles the source (cached by its sha256), forks
-  a sandbox, which confines itself and runs ``_child.run_job``, and answers ``started``
-  {id, compiled};
+  pipes attached (SCM_RIGHTS): the host compiles the source (cached by its sha256) and
+  forks a sandbox, which confines itself and runs ``_child.run_job``;
 - ``kill`` {id}: SIGKILL for the call's process, PID 1 of its own namespace, so that
   everything it started dies with it;
-- ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
-  (status is wait4's; error says why there was none to reap).
+- ``exited`` {id, compiled, status, cpu_ms, maxrss_kb, error}: the host reaped the call's
+  process (status is wait4's; error says why there was none to reap; compiled, whether
+  the source was compiled for it rather than found). One frame per call each way.
 
 At EOF on the socket (the server closed it, or died) the host kills every sandbox and
 exits. The host never runs user code; it compiles it (the server compiled the same source
@@ -137,7 +137,7 @@ class _Host:
             collections.OrderedDict()
         )
         self._calls: dict[int, int] = {}  # call id -> pid
-        self._slots: dict[int, tuple[int, int]] = {}  # pid -> call id, slot
+        self._slots: dict[int, tuple[int, int, bool]] = {}  # pid -> call id, slot, compiled
         # SIGCHLD wakes select through this pipe: no signal handler does any work.
         self._wakeup, wakeup_write = os.pipe()
         os.set_blocking(self._wakeup, False)
@@ -196,14 +196,15 @@ class _Host:
             pid = self._fork(slot, fds, lambda: run_job(job, program, module))
         except OSError as exc:
             self._finish(slot)
-            self._channel.send({"op": "exited", "id": call_id, "error": f"fork: {exc}"})
+            self._channel.send(
+                {"op": "exited", "id": call_id, "compiled": compiled, "error": f"fork: {exc}"}
+            )
             return
         finally:
             for fd in fds:
                 os.close(fd)  # the sandbox's alone now: it closes when the sandbox ends
         self._calls[call_id] = pid
-        self._slots[pid] = (call_id, slot)
-        self._channel.send({"op": "started", "id": call_id, "compiled": compiled})
+        self._slots[pid] = (call_id, slot, compiled)
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
         """Fork a sandbox with ``fds`` as its stdout, stderr and report; it runs ``body``."""
@@ -257,13 +258,14 @@ class _Host:
                 return
             if not pid:
                 return
-            call_id, slot = self._slots.pop(pid)
+            call_id, slot, compiled = self._slots.pop(pid)
             del self._calls[call_id]
             self._finish(slot)
             self._channel.send(
                 {
                     "op": "exited",
                     "id": call_id,
+                    "compiled": compiled,
                     "status": status,
                     "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
                     "maxrss_kb": usage.ru_maxrss,

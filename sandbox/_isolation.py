@@ -29,6 +29,7 @@ import errno
 import functools
 import json
 import os
+import random
 import resource
 import signal
 import socket
@@ -165,7 +166,7 @@ def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
 
 
 def fork_sandbox(plan: Plan) -> int:
-    """Fork the process for one call, as os.fork does; the host keeps forking afterwards.
+    """Fork the process for one call (with _fork); the host keeps forking afterwards.
 
     With namespaces the child is PID 1 of a PID namespace of its own, so it sees and
     can signal no other call, and its death ends everything it started. The child leads
@@ -175,12 +176,12 @@ def fork_sandbox(plan: Plan) -> int:
         IsolationError: When the PID namespace cannot be made.
     """
     if not plan.namespaces:
-        pid = os.fork()
+        pid = _fork()
     else:
         _call("unshare", _libc.unshare(_CLONE_NEWPID))
         pid = -1
         try:
-            pid = os.fork()
+            pid = _fork()
         finally:
             if pid != 0:
                 # Back to this process's own namespace for its next children: unshare
@@ -188,6 +189,25 @@ def fork_sandbox(plan: Plan) -> int:
                 _call("setns", _libc.setns(_own_pid_namespace(), _CLONE_NEWPID))
     if pid == 0:
         _lead_a_session_and_die_with_the_parent()
+    return pid
+
+
+def _fork() -> int:
+    """fork(2) without os.fork's after-fork work in the child, for a single-threaded host.
+
+    os.fork runs the interpreter's and the modules' after-fork hooks in the child
+    (threading's rebuilds its thread table): Python code that touches, and so copies, a
+    few hundred pages shared with the host, half of a sandbox's start-up. They exist to
+    repair state that other threads held at the fork; the host has no other thread. The
+    one hook whose work the child needs is random's: reseeded here, or every call would
+    draw the same numbers.
+    """
+    pid: int = _libc.fork()
+    if pid == -1:
+        code = ctypes.get_errno()
+        raise OSError(code, f"fork: {os.strerror(code)}")
+    if pid == 0:
+        random.seed()
     return pid
 
 

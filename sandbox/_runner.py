@@ -405,9 +405,8 @@ class _Process:
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message["op"]
-        if op == "started":
+        if op == "exited":
             self.compilations += message["compiled"]
-        elif op == "exited":
             self.calls.pop(message["id"]).exited_with(message)
         elif op == "ready":
             self._start_timer.cancel()

@@ -24,11 +24,13 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import queue
+import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -62,6 +64,8 @@ _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
 _KEY_POLL_S = 0.1
 # A pending key older than the longest possible run plus this belongs to a dead server.
 _KEY_ABANDON_MARGIN_S = 30.0
+# The most rows one history commit takes (the others wait for the next).
+_MAX_ROWS_PER_COMMIT = 256
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class Invocations:
             abandon_after_s=settings.max_timeout_ms / 1000 + _KEY_ABANDON_MARGIN_S,
         )
         self._history = History(db)
+        self._writer = HistoryWriter(db)
         # Started by start_sandbox (or the first run), and again whenever it dies.
         self._sandbox = sandbox.SandboxHost(
             preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
@@ -271,7 +276,7 @@ class Invocations:
         except asyncio.CancelledError:
             cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
             # Shielded: the record is written even though this task is being cancelled.
-            await asyncio.shield(asyncio.to_thread(self._record_and_report, cancelled))
+            await asyncio.shield(self._record_and_report(cancelled))
             raise
         info = replace(
             info,
@@ -295,7 +300,7 @@ class Invocations:
                     error_type="OutputSchemaMismatch",
                     error_message="the result does not match the output schema: " + found,
                 )
-        await asyncio.to_thread(self._record_and_report, info, idempotency_key)
+        await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         metrics.RUN_SECONDS.labels(info.function_name).observe(info.duration_ms / 1000)
         if key is not None and info.status == "OK" and _output_bytes(info) <= MAX_ENTRY_BYTES:
@@ -319,7 +324,7 @@ class Invocations:
             cached_from=hit.id,
             trace_id=trace_id(trace.get_current_span()),
         )
-        await asyncio.to_thread(self._record_and_report, info, idempotency_key)
+        await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         return info
 
@@ -365,8 +370,9 @@ class Invocations:
         return (await self._sandbox.start()).layers
 
     async def close(self) -> None:
-        """Stop the sandbox host, once no call runs any more."""
+        """Stop the sandbox host and the history's writer, once no call runs any more."""
         await self._sandbox.close()
+        await asyncio.to_thread(self._writer.close)
 
     def _checked_args(
         self, args_json: str, input_schema: str | None, field: str
@@ -384,51 +390,157 @@ class Invocations:
             raise InvalidArgument(f"{field} does not match the input schema: {found}")
         return args_json or "{}", args
 
-    def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
-        """Record a run, then tell the plugins (in the caller's worker thread)."""
+    async def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
+        """Record a run, then tell the plugins (in a worker thread, if any listens)."""
         with self._tracer.start_as_current_span("record"):
-            self._record(info, idempotency_key)
-        self._plugins.after_invoke(info)
+            await self._writer.write(history_row(info), info.id, idempotency_key)
+        if self._plugins.implemented("after_invoke"):
+            await asyncio.to_thread(self._plugins.after_invoke, info)
 
-    def _record(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
-        args_json, args_cut = _head(info.args_json, HISTORY_TEXT_BYTES)
-        result_json, result_cut = _head(info.result_json, HISTORY_TEXT_BYTES)
+
+@dataclass
+class _PendingRow:
+    """A history row waiting for its commit, and the caller waiting for it."""
+
+    values: dict[str, Any]
+    execution_id: uuid.UUID
+    idempotency_key: str
+    loop: asyncio.AbstractEventLoop
+    committed: asyncio.Future[None] = field(repr=False)
+
+    def settle(self, error: BaseException | None) -> None:
+        """Wake the caller, from the writer's thread."""
+        with contextlib.suppress(RuntimeError):  # its loop is closed: nobody waits
+            self.loop.call_soon_threadsafe(_settle, self.committed, error)
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the caller was cancelled; the row is written all the same
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class HistoryWriter:
+    """Writes the history's rows from one thread, committing concurrent calls' rows together.
+
+    A call's row is committed before write() returns, as with a transaction of its own;
+    rows that arrive while a commit is under way share the next one: one write lock, one
+    statement and one commit for all of them instead of one each, and no writers queuing
+    on SQLite's lock. When a shared commit fails, each of its rows is retried alone, so
+    that a row that cannot be written fails its own call only.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._pending: queue.SimpleQueue[_PendingRow | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    async def write(
+        self, values: dict[str, Any], execution_id: uuid.UUID, idempotency_key: str
+    ) -> None:
+        """Insert one execution row (binding ``idempotency_key`` to it); wait for the commit."""
+        loop = asyncio.get_running_loop()
+        row = _PendingRow(values, execution_id, idempotency_key, loop, loop.create_future())
+        with self._starting:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name="toolvault-history", daemon=True
+                )
+                self._thread.start()
+        self._pending.put(row)
+        await row.committed
+
+    def close(self) -> None:
+        """Write the rows already queued, then stop the thread."""
+        with self._starting:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._pending.put(None)
+            thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            rows = [first]
+            stopping = False
+            while len(rows) < _MAX_ROWS_PER_COMMIT:
+                try:
+                    row = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if row is None:
+                    stopping = True
+                    break
+                rows.append(row)
+            try:
+                self._commit(rows)
+            except Exception as exc:
+                if len(rows) == 1:
+                    first.settle(exc)
+                else:
+                    for row in rows:
+                        row.settle(self._commit_alone(row))
+            else:
+                for row in rows:
+                    row.settle(None)
+            if stopping:
+                return
+
+    def _commit(self, rows: list[_PendingRow]) -> None:
         with self._db.write.begin() as session:
             # A Core insert: the ORM's insert path costs four times as much as the row.
-            session.connection().execute(
-                _INSERT_EXECUTION,
-                {
-                    "id": info.id,
-                    "function_name": info.function_name,
-                    "namespace": namespace_of(info.function_name),
-                    "version": info.version,
-                    "sha256": info.sha256,
-                    "status": info.status,
-                    "args_json": args_json,
-                    "args_truncated": args_cut,
-                    "result_json": result_json,
-                    "result_truncated": result_cut,
-                    "stdout_tail": _storable(_tail(info.stdout, HISTORY_OUTPUT_TAIL_BYTES)),
-                    "stderr_tail": _storable(_tail(info.stderr, HISTORY_OUTPUT_TAIL_BYTES)),
-                    "error_type": _storable(info.error_type),
-                    "error_message": _storable(info.error_message),
-                    "traceback": _storable(_tail(info.traceback, HISTORY_TEXT_BYTES)),
-                    "start_time": info.start_time,
-                    "duration_ms": info.duration_ms,
-                    "cpu_time_ms": info.cpu_time_ms,
-                    "peak_memory_bytes": info.peak_memory_bytes,
-                    "caller": info.context.caller[:256],
-                    "agent": info.context.agent,
-                    "agent_revision": info.context.agent_revision,
-                    "conversation_id": info.context.conversation_id,
-                    "chain_depth": info.context.chain_depth,
-                    "cached": info.cached,
-                    "cached_from": info.cached_from,
-                    "trace_id": info.trace_id,
-                },
-            )
-            if idempotency_key:
-                idempotency.bind(session, idempotency_key, info.id)
+            session.connection().execute(_INSERT_EXECUTION, [row.values for row in rows])
+            for row in rows:
+                if row.idempotency_key:
+                    idempotency.bind(session, row.idempotency_key, row.execution_id)
+
+    def _commit_alone(self, row: _PendingRow) -> Exception | None:
+        try:
+            self._commit([row])
+        except Exception as exc:
+            return exc
+        return None
+
+
+def history_row(info: ExecutionInfo) -> dict[str, Any]:
+    """The history's row of a run: long texts cut to what the history keeps."""
+    args_json, args_cut = _head(info.args_json, HISTORY_TEXT_BYTES)
+    result_json, result_cut = _head(info.result_json, HISTORY_TEXT_BYTES)
+    return {
+        "id": info.id,
+        "function_name": info.function_name,
+        "namespace": namespace_of(info.function_name),
+        "version": info.version,
+        "sha256": info.sha256,
+        "status": info.status,
+        "args_json": args_json,
+        "args_truncated": args_cut,
+        "result_json": result_json,
+        "result_truncated": result_cut,
+        "stdout_tail": _storable(_tail(info.stdout, HISTORY_OUTPUT_TAIL_BYTES)),
+        "stderr_tail": _storable(_tail(info.stderr, HISTORY_OUTPUT_TAIL_BYTES)),
+        "error_type": _storable(info.error_type),
+        "error_message": _storable(info.error_message),
+        "traceback": _storable(_tail(info.traceback, HISTORY_TEXT_BYTES)),
+        "start_time": info.start_time,
+        "duration_ms": info.duration_ms,
+        "cpu_time_ms": info.cpu_time_ms,
+        "peak_memory_bytes": info.peak_memory_bytes,
+        "caller": info.context.caller[:256],
+        "agent": info.context.agent,
+        "agent_revision": info.context.agent_revision,
+        "conversation_id": info.context.conversation_id,
+        "chain_depth": info.context.chain_depth,
+        "cached": info.cached,
+        "cached_from": info.cached_from,
+        "trace_id": info.trace_id,
+    }
 
 
 class History:

@@ -175,3 +175,46 @@ def test_the_real_originals_of_replaced_functions_are_refused() -> None:
 
     with pytest.raises(ImportError, match="functools.update_wrapper is not allowed"):
         getitem({"f": functools.update_wrapper}, "f")
+
+
+def test_item_writes_reach_lists_dicts_and_user_objects_only() -> None:
+    source = """\
+        import collections
+
+        class Box(list):
+            pass
+
+        def main():
+            items, table, box = [0, 0], {}, Box([0])
+            items[0] = 1
+            table["a"] = 2
+            box[0] = 3
+            del items[1]
+            refused = []
+            for target in (collections.OrderedDict(), (0,), "ab", json_like()):
+                try:
+                    target[0] = 1
+                except TypeError as exc:
+                    refused.append(str(exc))
+            return items, table, list(box), refused
+
+        def json_like():
+            return collections.Counter()
+        """
+
+    assert run(source, ("collections",)) == (
+        [1],
+        {"a": 2},
+        [3],
+        ["object does not support item or slice assignment"] * 4,
+    )
+
+
+def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> None:
+    assert run("def main():\n    n = 1\n    n += 2\n    n *= 5\n    n //= 2\n    return n") == 7
+    compiled = compile_restricted_exec("x = [1]\nx[0] += 1", policy=RestrictingPolicy)
+    assert compiled.errors == (
+        "Line 2: Augmented assignment of object items and slices is not allowed.",
+    )
+    compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
+    assert compiled.code is None

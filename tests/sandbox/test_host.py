@@ -7,6 +7,7 @@ a throw-away PID namespace, so that a failing layer can at worst hit that namesp
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -272,3 +273,15 @@ def test_the_probe_runs_in_a_sandbox_of_the_host(host: SandboxHost) -> None:
         RunStatus.OK,
         "1",
     )
+
+
+def test_each_sandbox_draws_its_own_random_numbers(host: SandboxHost) -> None:
+    source = "import random\n\ndef main():\n    return [random.random(), random.getrandbits(64)]\n"
+
+    async def calls() -> list[str]:
+        drawing = dataclasses.replace(job(source), allowed_imports=("random",))
+        return [(await host.run(drawing)).result_json for _ in range(3)]
+
+    draws = asyncio.run(calls())
+
+    assert len(set(draws)) == 3, draws

@@ -1,0 +1,117 @@
+"""The history's writer: concurrent calls' rows commit together, each before its call returns."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
+
+from toolvault.server.db import Database
+from toolvault.server.invocations import (
+    CallContext,
+    ExecutionFilter,
+    ExecutionInfo,
+    History,
+    HistoryWriter,
+    history_row,
+)
+from toolvault.server.models import utcnow
+
+
+def execution(execution_id: uuid.UUID | None = None) -> ExecutionInfo:
+    return ExecutionInfo(
+        id=execution_id or uuid.uuid4(),
+        function_name="f",
+        version=1,
+        sha256="0" * 64,
+        status="OK",
+        args_json="{}",
+        args_truncated=False,
+        result_json="1",
+        result_truncated=False,
+        stdout="",
+        stderr="",
+        error_type="",
+        error_message="",
+        traceback="",
+        start_time=utcnow(),
+        duration_ms=1.0,
+        cpu_time_ms=1.0,
+        peak_memory_bytes=1,
+        context=CallContext(caller="test"),
+    )
+
+
+def count_inserts(database: Database) -> list[int]:
+    """How many statements insert into the history (an executemany counts once)."""
+    inserts = [0]
+
+    def before_cursor_execute(*args: Any) -> None:
+        if args[2].lstrip().upper().startswith("INSERT INTO EXECUTIONS"):
+            inserts[0] += 1
+
+    event.listen(database.engine, "before_cursor_execute", before_cursor_execute)
+    return inserts
+
+
+def test_concurrent_calls_share_commits_and_each_row_is_written_before_its_call_returns(
+    database: Database,
+) -> None:
+    writer = HistoryWriter(database)
+    history = History(database)
+    inserts = count_inserts(database)
+
+    async def call() -> str:
+        info = execution()
+        await writer.write(history_row(info), info.id, "")
+        return (await asyncio.to_thread(history.get, str(info.id))).result_json
+
+    async def calls() -> list[str]:
+        return await asyncio.gather(*(call() for _ in range(40)))
+
+    try:
+        assert asyncio.run(calls()) == ["1"] * 40
+    finally:
+        writer.close()
+    assert 1 <= inserts[0] < 40
+
+
+def test_a_row_that_cannot_be_written_fails_its_own_call_only(database: Database) -> None:
+    writer = HistoryWriter(database)
+    history = History(database)
+    taken = execution()
+
+    async def write(info: ExecutionInfo) -> None:
+        await writer.write(history_row(info), info.id, "")
+
+    async def calls() -> list[BaseException | None]:
+        await write(taken)
+        others = [execution(), execution(taken.id), execution()]
+        return await asyncio.gather(*(write(info) for info in others), return_exceptions=True)
+
+    try:
+        first, duplicate, last = asyncio.run(calls())
+    finally:
+        writer.close()
+    assert first is None and last is None
+    assert isinstance(duplicate, IntegrityError)
+    rows, _ = history.executions(ExecutionFilter(), size=0, token="")
+    assert len(rows) == 3
+
+
+def test_a_closed_writer_starts_again_on_the_next_row(database: Database) -> None:
+    writer = HistoryWriter(database)
+
+    async def write() -> None:
+        info = execution()
+        await writer.write(history_row(info), info.id, "")
+
+    asyncio.run(write())
+    writer.close()
+    writer.close()  # a second close does nothing
+    asyncio.run(write())
+    writer.close()
+    assert len(History(database).executions(ExecutionFilter(), size=0, token="")[0]) == 2
