@@ -56,37 +56,31 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
 _MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# A target that resolves to several addresses (replicas behind a headless Service, or
+# "ipv4:HOST:PORT,HOST:PORT") spreads calls over all of them; gRPC's default, pick_first,
+# would send every call to one.
+_LOAD_BALANCING: list[dict[str, Any]] = [{"round_robin": {}}]
 # gRPC retries a call that failed with one of these codes before the server sent any
 # response headers (so the server's handler did not answer it), with exponential backoff
 # and its own jitter. Invoke is retried too: safe when the server refused the call before
 # running it (UNAVAILABLE while starting or draining, RESOURCE_EXHAUSTED when full), and
 # otherwise made safe by an idempotency key.
-_RETRY_SERVICE_CONFIG = json.dumps(
+_RETRY_POLICY = [
     {
-        "methodConfig": [
-            {
-                "name": [
-                    {"service": service.full_name}
-                    for module in (
-                        function_pb2,
-                        invocation_pb2,
-                        history_pb2,
-                        agent_pb2,
-                        access_pb2,
-                    )
-                    for service in module.DESCRIPTOR.services_by_name.values()
-                ],
-                "retryPolicy": {
-                    "maxAttempts": 4,
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "2s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
-                },
-            }
-        ]
+        "name": [
+            {"service": service.full_name}
+            for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2, access_pb2)
+            for service in module.DESCRIPTOR.services_by_name.values()
+        ],
+        "retryPolicy": {
+            "maxAttempts": 4,
+            "initialBackoff": "0.1s",
+            "maxBackoff": "2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+        },
     }
-)
+]
 
 
 @dataclass(frozen=True)
@@ -183,7 +177,9 @@ class Client:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
         Args:
-            target: The server's address, "host:port".
+            target: The server's address, "host:port", or any gRPC target; when it
+                resolves to several addresses (``dns:///`` of a headless Service,
+                ``ipv4:10.0.0.1:50051,10.0.0.2:50051``), calls go round-robin over them.
             api_key: The key to send with every call (`authorization: Bearer ...`), for a
                 server that runs with `--auth required`.
             tls: Connect over TLS (and present a client certificate, for mutual TLS);
@@ -202,8 +198,10 @@ class Client:
             ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
             ("grpc.enable_retries", int(retries)),
         ]
+        service_config: dict[str, Any] = {"loadBalancingConfig": _LOAD_BALANCING}
         if retries:
-            options.append(("grpc.service_config", _RETRY_SERVICE_CONFIG))
+            service_config["methodConfig"] = _RETRY_POLICY
+        options.append(("grpc.service_config", json.dumps(service_config)))
         self._channel = open_channel(target, tls=tls, options=options)
         if api_key is not None:
             self._channel = grpc.intercept_channel(self._channel, _Bearer(api_key))

@@ -18,6 +18,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from toolvault.server import audit, names
@@ -139,11 +140,16 @@ class Agents:
     def create(self, definition: AgentDefinition, *, actor: Actor) -> AgentInfo:
         """Store revision 1 of a new agent."""
         definition = self._validated(definition)
-        with self._db.write.begin() as session:
-            if self._find(session, definition.name) is not None:
-                raise AlreadyExists(f"agent {definition.name!r} already exists")
-            info = _add_revision(session, None, definition)
-            audit.record(session, actor, "agent.create", definition.name, revision=1)
+        exists = AlreadyExists(f"agent {definition.name!r} already exists")
+        try:
+            with self._db.write.begin() as session:
+                if self._find(session, definition.name) is not None:
+                    raise exists
+                info = _add_revision(session, None, definition)
+                audit.record(session, actor, "agent.create", definition.name, revision=1)
+        except IntegrityError as e:
+            # A concurrent create (on this or another replica) inserted the name first.
+            raise exists from e
         self._plugins.agent_changed(info, "created")
         return info
 
@@ -152,6 +158,16 @@ class Agents:
     ) -> tuple[AgentInfo, bool]:
         """Store a new revision unless identical to the current one; True if one was."""
         definition = self._validated(definition)
+        try:
+            return self._update(definition, allow_missing=allow_missing, actor=actor)
+        except IntegrityError:
+            # A concurrent create inserted the name first: this time the row is there
+            # to lock, and the update queues behind it.
+            return self._update(definition, allow_missing=allow_missing, actor=actor)
+
+    def _update(
+        self, definition: AgentDefinition, *, allow_missing: bool, actor: Actor
+    ) -> tuple[AgentInfo, bool]:
         with self._db.write.begin() as session:
             agent = self._find(session, definition.name, lock=True)
             if agent is None and not allow_missing:

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached result")
     cache_max_entries: int = Field(10_000, ge=0, description="result cache size; 0: off")
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="lifetime of a key")
+    idempotency_lease_s: float = Field(
+        10.0, ge=1, description="a key held by a dead replica is free after this"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
     metrics_port: int | None = Field(None, ge=0, le=65535, description="Prometheus port")

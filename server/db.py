@@ -2,7 +2,8 @@
 
 SQLite (the embedded default) runs in WAL mode with foreign keys on; a write unit of work
 starts with ``BEGIN IMMEDIATE`` so that two writers queue on the lock instead of failing
-when one upgrades a read to a write. PostgreSQL needs nothing special.
+when one upgrades a read to a write. PostgreSQL needs nothing special, except that
+replicas starting together each upgrade the database: an advisory lock queues them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
@@ -39,6 +40,14 @@ class Database:
         config = Config()
         config.set_main_option("script_location", "toolvault.server:migrations")
         with self.engine.begin() as connection:
+            if self.url.get_backend_name() == "postgresql":
+                # Held to the commit: a concurrent upgrader (another replica starting)
+                # waits here, then finds the schema at head, instead of racing to create
+                # the same tables. Keyed by schema so that schemas upgrade independently.
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:name || current_schema()))"),
+                    {"name": "toolvault.upgrade:"},
+                )
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
 

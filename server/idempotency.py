@@ -5,11 +5,18 @@ short transaction; the table's primary key lets only one of several concurrent d
 insert it, on any replica. The run's execution is bound to the key in the transaction that
 records the run, so the history and the key agree even across a crash. A call that fails
 before a run is recorded (bad arguments, a full queue, a cancelled caller) releases its
-key, so the client's retry runs. A pending key older than ``abandon_after_s`` belongs to
-a call whose server died mid-run, and the next claim takes it over.
+key, so the client's retry runs.
 
-Keys expire ``ttl_s`` seconds after their first use; expired rows are deleted by the
-next claim of any key.
+A pending key is a lease: its owner renews it (``renew``, every third of ``lease_s``)
+for as long as the call runs, and a claim that finds it unrenewed for ``lease_s`` takes
+it over, since its owner (a replica that was killed, or lost the database) is gone. So a
+retry of a call that a dead replica held runs elsewhere within ``lease_s``, instead of
+waiting for the longest possible run. The price: an owner cut off from the database for
+``lease_s`` while still running may see its call run a second time, and the replicas'
+clocks must agree to well within ``lease_s``.
+
+Keys expire ``ttl_s`` seconds after their first use (a pending key's ``created_at`` is
+its last renewal); expired rows are deleted by the next claim of any key.
 """
 
 from __future__ import annotations
@@ -58,10 +65,11 @@ def bind(session: Session, key: str, execution_id: uuid.UUID) -> None:
 class IdempotencyKeys:
     """Claims, releases and expires idempotency keys; each method is one unit of work."""
 
-    def __init__(self, db: Database, *, ttl_s: float, abandon_after_s: float) -> None:
+    def __init__(self, db: Database, *, ttl_s: float, lease_s: float) -> None:
         self._db = db
         self._ttl = dt.timedelta(seconds=ttl_s)
-        self._abandon_after = dt.timedelta(seconds=abandon_after_s)
+        self._lease = dt.timedelta(seconds=lease_s)
+        self.renew_every_s = lease_s / 3
 
     def claim(self, key: str, request: str) -> Claim:
         """Take ``key`` (``NAMESPACE/KEY``) for the request ``request``, or report its state.
@@ -86,10 +94,19 @@ class IdempotencyKeys:
                     f"idempotency_key {key.partition('/')[2]!r} was first used for a different "
                     "request (another ref or other arguments); use a new key for a new request"
                 )
-            if row.execution_id is None and row.created_at < now - self._abandon_after:
+            if row.execution_id is None and row.created_at < now - self._lease:
                 row.created_at = now
                 return Claim(owned=True)
             return Claim(owned=False, execution_id=row.execution_id)
+
+    def renew(self, key: str) -> None:
+        """Extend the lease of a pending key that this call owns."""
+        with self._db.write.begin() as session:
+            session.execute(
+                update(IdempotencyKey)
+                .where(IdempotencyKey.key == key, IdempotencyKey.execution_id.is_(None))
+                .values(created_at=utcnow())
+            )
 
     def release(self, key: str) -> None:
         """Give up a pending key whose call recorded no run, so that a retry may run."""

@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import functools
 import json
+import logging
 import queue
 import threading
 import time
@@ -36,7 +37,7 @@ from typing import Any
 import jsonschema
 from opentelemetry import trace
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from toolvault import sandbox
 from toolvault.server import idempotency, metrics
@@ -52,6 +53,7 @@ from toolvault.server.plugins import Call, Plugins
 from toolvault.server.store import VersionInfo
 from toolvault.server.tracing import trace_id
 
+log = logging.getLogger("toolvault.server")
 CANCELLED = "CANCELLED"
 OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
 # What the history keeps of each run; Invoke's reply carries the whole (capped) output.
@@ -62,8 +64,6 @@ _MAX_REPORTED_PROBLEMS = 20
 _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
 # A duplicate call polls its idempotency key this often while the first call runs.
 _KEY_POLL_S = 0.1
-# A pending key older than the longest possible run plus this belongs to a dead server.
-_KEY_ABANDON_MARGIN_S = 30.0
 # The most rows one history commit takes (the others wait for the next).
 _MAX_ROWS_PER_COMMIT = 256
 
@@ -147,7 +147,7 @@ class Invocations:
         self._keys = idempotency.IdempotencyKeys(
             db,
             ttl_s=settings.idempotency_ttl_s,
-            abandon_after_s=settings.max_timeout_ms / 1000 + _KEY_ABANDON_MARGIN_S,
+            lease_s=settings.idempotency_lease_s,
         )
         self._history = History(db)
         self._writer = HistoryWriter(db)
@@ -187,12 +187,26 @@ class Invocations:
             if claim.owned:
                 break
             await asyncio.sleep(_KEY_POLL_S)
+        renewal = asyncio.create_task(self._renew(idempotency_key))
         try:
             return await self._resolve_and_run(ref, args_json, context, idempotency_key)
         except BaseException:
             # No run was recorded under the key: free it, so that the caller's retry runs.
             await asyncio.shield(asyncio.to_thread(self._keys.release, idempotency_key))
             raise
+        finally:
+            renewal.cancel()
+
+    async def _renew(self, key: str) -> None:
+        """Renew the lease of ``key`` until cancelled, so no other replica takes it over."""
+        while True:
+            await asyncio.sleep(self._keys.renew_every_s)
+            try:
+                await asyncio.to_thread(self._keys.renew, key)
+            except SQLAlchemyError:
+                # The run goes on; if the database stays away for a whole lease, another
+                # replica may take the key over (see idempotency).
+                log.warning("could not renew idempotency key %r", key, exc_info=True)
 
     async def _resolve_and_run(
         self, ref: str, args_json: str, context: CallContext, idempotency_key: str

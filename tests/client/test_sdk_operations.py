@@ -172,3 +172,18 @@ def test_the_client_retries_unavailable_with_backoff_up_to_four_attempts(
     with Client(address, timeout=10, retries=False) as client, pytest.raises(Unavailable):
         client.get("f")
     assert handler.attempts == 1
+
+
+@pytest.mark.parametrize("retries", [True, False])
+def test_a_target_with_several_addresses_gets_calls_round_robin(
+    flaky: Callable[[int], tuple[str, FlakyFunctions]], retries: bool
+) -> None:
+    replicas = [flaky(0) for _ in range(3)]
+    target = "ipv4:" + ",".join(address for address, _ in replicas)
+    with Client(target, timeout=10, retries=retries) as client:
+        for _ in range(30):
+            assert client.get("f").name == "f"
+    counts = [handler.attempts for _, handler in replicas]
+    # round_robin starts on whichever connection is ready first, then takes turns.
+    assert sum(counts) == 30
+    assert min(counts) >= 8, counts

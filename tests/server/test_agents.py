@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -207,3 +210,32 @@ def test_a_delegation_cycle_stops_at_max_chain_depth(agents: Agents) -> None:
     agents.create(AgentDefinition(name="writer", tools=("words",), max_chain_depth=1), actor=ACTOR)
     with pytest.raises(FailedPrecondition, match="chain depth 2 passes agent 'writer'"):
         call(agents, "words", {"text": "a"}, chain=Chain(depth=2, root_agent="ping"))
+
+
+def test_concurrent_applies_and_creates_of_a_new_agent_make_one_revision(agents: Agents) -> None:
+    # As on replicas: each call its own transaction, all finding the name free at first.
+    definition = AgentDefinition(name="", tools=("words",))
+
+    def apply(name: str, start: threading.Barrier) -> str:
+        start.wait()
+        info, changed = agents.update(
+            replace(definition, name=name), allow_missing=True, actor=ACTOR
+        )
+        return f"{info.revision}:{changed}"
+
+    def create(name: str, start: threading.Barrier) -> str:
+        start.wait()
+        try:
+            return f"{agents.create(replace(definition, name=name), actor=ACTOR).revision}:True"
+        except AlreadyExists:
+            return "exists"
+
+    for round_ in range(10):
+        start = threading.Barrier(4)
+        name = f"agent-{round_}"
+        with ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(call, name, start) for call in (apply, apply, create, create)]
+            outcomes = sorted(call.result() for call in calls)
+        assert outcomes.count("1:True") == 1, outcomes
+        assert set(outcomes) <= {"1:True", "1:False", "exists"}, outcomes
+        assert agents.get(name).revision == 1

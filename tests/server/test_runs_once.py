@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,7 @@ from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from toolvault.server.functions import FunctionStore, PublishRequest
+from toolvault.server.idempotency import IdempotencyKeys, fingerprint
 from toolvault.server.invocations import (
     CallContext,
     ExecutionFilter,
@@ -174,6 +177,60 @@ def test_concurrent_duplicates_run_once_and_a_key_for_another_request_is_refused
         asyncio.run(invocations.invoke("slow", '{"n": 1}', CALLER, idempotency_key="dup"))
     with pytest.raises(InvalidArgument, match="idempotency_key is 129 characters"):
         asyncio.run(invocations.invoke("slow", "{}", CALLER, idempotency_key="k" * 129))
+
+
+# Busy for `s` seconds of wall time: the sandbox offers no sleep.
+SPIN = (
+    "import datetime\n\n"
+    "def main(s):\n"
+    "    end = datetime.datetime.now() + datetime.timedelta(seconds=s)\n"
+    "    while datetime.datetime.now() < end:\n"
+    "        pass\n"
+    "    return s\n"
+)
+
+
+def test_a_key_left_pending_by_a_dead_replica_is_taken_over_once_its_lease_ends(
+    database: Database, functions: FunctionStore, tmp_path: Path
+) -> None:
+    functions.publish(PublishRequest(name="rand", source=RANDOM), actor=ACTOR)
+    settings = Settings(data_dir=tmp_path, idempotency_lease_s=1)
+    # A replica claimed the key (stored with its namespace), then died: nobody renews or
+    # releases it.
+    dead = IdempotencyKeys(database, ttl_s=60, lease_s=1)
+    assert dead.claim("default/k", fingerprint("rand", '{"x": 1}')).owned
+    started = time.monotonic()
+    run = asyncio.run(
+        Invocations(database, functions, settings).invoke(
+            "rand", '{"x": 1}', CALLER, idempotency_key="k"
+        )
+    )
+    waited = time.monotonic() - started
+    assert run.status == "OK"
+    assert 0.9 <= waited < 5
+    assert [e.id for e in recorded(database, "rand")] == [run.id]
+
+
+def test_a_run_longer_than_the_lease_keeps_its_key_and_runs_once(
+    database: Database, functions: FunctionStore, tmp_path: Path
+) -> None:
+    functions.publish(PublishRequest(name="spin", source=SPIN), actor=ACTOR)
+    invocations = Invocations(
+        database, functions, Settings(data_dir=tmp_path, idempotency_lease_s=1)
+    )
+
+    async def calls() -> list[ExecutionInfo]:
+        first = asyncio.create_task(
+            invocations.invoke("spin", '{"s": 3}', CALLER, idempotency_key="long")
+        )
+        # Well past the lease: only the owner's renewals keep the duplicate waiting.
+        await asyncio.sleep(2)
+        second = await invocations.invoke("spin", '{"s": 3}', CALLER, idempotency_key="long")
+        return [await first, second]
+
+    first, second = asyncio.run(calls())
+    assert first.status == "OK" and second.id == first.id
+    assert [e.id for e in recorded(database, "spin")] == [first.id]
 
 
 def test_a_call_refused_before_running_frees_its_key_for_the_retry(
