@@ -373,10 +373,12 @@ class Invocations:
                 await self._slots.acquire()
         finally:
             self._waiting -= 1
+        self._running += 1
         try:
             with self._tracer.start_as_current_span("sandbox"):
                 return await self._sandbox.run(job)
         finally:
+            self._running -= 1
             self._slots.release()
 
     async def start_sandbox(self) -> tuple[sandbox.Layer, ...]:

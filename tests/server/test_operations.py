@@ -83,25 +83,37 @@ def test_metrics_and_json_request_logs_describe_the_calls(tmp_path: Path) -> Non
     )
     server.start()
     try:
-        with Client(server.address) as client:
-            client.publish("add", "def main(a, b):\n    return a + b\n")
-            assert client.invoke("add", {"a": 1, "b": 2}).result == 3
-            assert client.invoke("add", {"a": 1}).status == "ERROR"
         log = "".join(server.log)
         port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log)
         assert port is not None, log
         url = f"http://127.0.0.1:{port.group(1)}/metrics"
+        with Client(server.address) as client:
+            client.publish("add", "def main(a, b):\n    return a + b\n")
+            assert client.invoke("add", {"a": 1, "b": 2}).result == 3
+            assert client.invoke("add", {"a": 1}).status == "ERROR"
+            spin = "def main():\n    x = 0\n    for i in range(20000000):\n        x += i\n"
+            client.publish("nap", spin, timeout_ms=60000)
+            napping = threading.Thread(target=client.invoke, args=("nap",))
+            napping.start()
+            seen = ""
+            while napping.is_alive() and "toolvault_sandboxes_in_flight 1.0" not in seen:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    seen = response.read().decode()
+            napping.join()
         with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
+        assert "toolvault_sandboxes_in_flight 1.0" in seen
     finally:
         server.stop()
     assert 'toolvault_invocations_total{function="add",status="OK"} 1.0' in text
     assert 'toolvault_invocations_total{function="add",status="ERROR"} 1.0' in text
     assert 'toolvault_run_duration_seconds_count{function="add"} 2.0' in text
+    assert 'toolvault_invocations_total{function="nap",status="OK"} 1.0' in text
     assert "toolvault_sandboxes_in_flight 0.0" in text
     assert "toolvault_queued_calls 0.0" in text
     records = [json.loads(line) for line in server.log if line.startswith("{")]
     invokes = [r for r in records if r.get("method") == "/toolvault.v1.InvocationService/Invoke"]
-    assert len(invokes) == 2
+    assert len(invokes) == 3
     assert {r["code"] for r in invokes} == {"OK"}  # a failing function is a successful RPC
-    assert all(r["target"] == "add" and r["request_id"] and r["duration_ms"] > 0 for r in invokes)
+    assert all(r["request_id"] and r["duration_ms"] > 0 for r in invokes)
+    assert [r["target"] for r in invokes] == ["add", "add", "nap"]
