@@ -80,6 +80,9 @@ def _rpc(method: Handler[S, Req, Resp]) -> Handler[S, Req, Resp]:
     @functools.wraps(method)
     async def handle(self: S, request: Req, context: grpc.aio.ServicerContext[Req, Resp]) -> Resp:
         try:
+            if field := _field_with_nul(request):  # type: ignore[arg-type]
+                # No name, text or JSON has a use for one; PostgreSQL cannot store it.
+                raise InvalidArgument(f"{field} contains a NUL character")
             return await method(self, request, context)
         except DomainError as e:
             await context.abort(_STATUS_CODES[type(e)], str(e))
@@ -102,6 +105,20 @@ def _actor(context: grpc.aio.ServicerContext[Any, Any]) -> Actor:
 def _caller(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     caller = auth.principal()
     return context.peer() if caller is auth.ANONYMOUS else f"{caller.key} {context.peer()}"
+
+
+def _field_with_nul(message: Message, prefix: str = "") -> str:
+    """The path of the first string field holding a NUL character, or ""."""
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        items = value if field.is_repeated else (value,)
+        for index, item in enumerate(items):
+            where = f"{path}[{index}]" if field.is_repeated else path
+            if isinstance(item, str) and "\x00" in item:
+                return where
+            if isinstance(item, Message) and (found := _field_with_nul(item, where + ".")):
+                return found
+    return ""
 
 
 def _timestamp(value: dt.datetime) -> Timestamp:

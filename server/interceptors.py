@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
 from toolvault.server import auth, metrics
@@ -97,11 +97,6 @@ class RequestLog(Interceptor):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"the request is not a valid {name} request message: {request.error}",
                 )
-            if field := _field_with_nul(request):
-                # No name, text or JSON has a use for one; PostgreSQL cannot store it.
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"{field} contains a NUL character"
-                )
             request_id = uuid.uuid4().hex[:16]
             started = time.perf_counter()
             code = "OK"
@@ -152,20 +147,6 @@ class _Malformed:
     """Bytes that are not a request message; gRPC would answer their parse error UNKNOWN."""
 
     error: str
-
-
-def _field_with_nul(message: Message, prefix: str = "") -> str:
-    """The path of the first string field holding a NUL character, or ""."""
-    for field, value in message.ListFields():
-        path = prefix + field.name
-        items = value if field.is_repeated else (value,)
-        for index, item in enumerate(items):
-            where = f"{path}[{index}]" if field.is_repeated else path
-            if isinstance(item, str) and "\x00" in item:
-                return where
-            if isinstance(item, Message) and (found := _field_with_nul(item, where + ".")):
-                return found
-    return ""
 
 
 def _lenient(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -111,6 +111,10 @@ def test_without_a_key_every_rpc_but_health_is_unauthenticated(auth_server: Serv
         codes = {m.name: status(channel, m, empty(m), None) for m in METHODS}
         wrong = {name: code for name, code in codes.items() if code != "UNAUTHENTICATED"}
         assert wrong == {}
+        # Even a request the server would refuse as malformed in content.
+        publish = next(m for m in METHODS if m.name == "PublishFunction")
+        nul = function_pb2.PublishFunctionRequest(name="\x00")
+        assert status(channel, publish, nul, None) == "UNAUTHENTICATED"
         assert status(channel, METHODS[0], empty(METHODS[0]), "tvk_0123456789ab_" + "x" * 43) == (
             "UNAUTHENTICATED"
         )
