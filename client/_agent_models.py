@@ -37,7 +37,7 @@ class AgentSpec:
     """What defines an agent; every change the server stores makes a new revision.
 
     Attributes:
-        name: Unique name, `[a-z][a-z0-9_-]{0,63}`.
+        name: Unique name, `[a-z][a-z0-9_-]{0,63}`, optionally after `NAMESPACE/`.
         description: What the agent is for (shown to routers and people).
         system_prompt: The system prompt its model gets.
         model_settings: Free-form model settings, e.g. {"model": ..., "temperature": ...}.

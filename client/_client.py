@@ -251,7 +251,8 @@ class Client:
         server's defaults (the description defaults to the entrypoint's docstring).
 
         Args:
-            name: The function's name, `[a-z][a-z0-9_]{0,63}`.
+            name: The function's name, `[a-z][a-z0-9_]{0,63}`, optionally after
+                `NAMESPACE/` (`[a-z][a-z0-9_-]{0,31}`); bare names are in `default`.
             source: The Python source.
             entrypoint: The function in the source to call.
             description: What the function does.

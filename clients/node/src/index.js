@@ -204,7 +204,7 @@ export class ToolvaultClient {
    * Validate and store a function version. Identical content returns the existing version
    * with created false; any change stores version N+1.
    *
-   * @param {string} name The function's name, [a-z][a-z0-9_]{0,63}.
+   * @param {string} name The function's name, [a-z][a-z0-9_]{0,63}, optionally after NAMESPACE/.
    * @param {string} source The Python source.
    * @param {object} [options]
    * @param {string} [options.entrypoint] The function to call; "main" by default.

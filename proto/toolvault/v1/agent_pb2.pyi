@@ -66,7 +66,9 @@ class AgentSpec(_message.Message):
     MAX_CHAIN_DEPTH_FIELD_NUMBER: _builtins.int
     ENABLED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique name matching [a-z][a-z0-9_-]{0,63}."""
+    """Unique name matching [a-z][a-z0-9_-]{0,63}, optionally after "NAMESPACE/"
+    ([a-z][a-z0-9_-]{0,31}); a bare name is in the "default" namespace.
+    """
     description: _builtins.str
     """What the agent is for (shown to routers and people)."""
     system_prompt: _builtins.str

@@ -167,7 +167,9 @@ class Function(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique name matching [a-z][a-z0-9_]{0,63}."""
+    """Unique name matching [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"
+    ([a-z][a-z0-9_-]{0,31}); a bare name is in the "default" namespace.
+    """
     latest_version: _builtins.int
     """The highest version number; the "latest" alias points here."""
     description: _builtins.str
@@ -218,7 +220,7 @@ class PublishFunctionRequest(_message.Message):
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Function name, [a-z][a-z0-9_]{0,63}."""
+    """Function name, [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"."""
     source: _builtins.str
     """Python source, UTF-8, at most the server's source limit (256 KiB by default)."""
     entrypoint: _builtins.str
