@@ -127,7 +127,6 @@ class _Host:
 
     def __init__(self, channel: _Channel, plan: Plan, workdir: str) -> None:
         self._channel = channel
-        self._pid = os.getpid()
         self._plan = plan
         self._workdir = workdir
         self._programs: collections.OrderedDict[tuple[bytes, str], Program] = (
@@ -214,10 +213,13 @@ class _Host:
         # Everything allocated so far is the host's: the sandbox's collector never scans
         # it, which would copy the pages it touches.
         gc.freeze()
+        pid = -1
         try:
             pid = fork_sandbox(self._plan)
         finally:
-            if os.getpid() == self._pid:
+            # By the pid fork_sandbox returned: with namespaces the host and the sandbox are
+            # both PID 1, so os.getpid() cannot tell them apart.
+            if pid != 0:
                 # Back in the host: what it frees from now on must stay collectable.
                 gc.unfreeze()
         if pid:

@@ -285,3 +285,16 @@ def test_each_sandbox_draws_its_own_random_numbers(host: SandboxHost) -> None:
     draws = asyncio.run(calls())
 
     assert len(set(draws)) == 3, draws
+
+
+def test_the_hosts_objects_stay_out_of_the_sandboxs_collector(host: SandboxHost) -> None:
+    # Frozen before the fork, so that a collection in the sandbox does not touch (and so
+    # copy) the pages it shares with the host: with namespaces, the host and the sandbox
+    # are both PID 1 of their namespaces, which once made the sandbox unfreeze them.
+    source = "import gc\n\ndef main():\n    return gc.get_freeze_count()\n"
+    counting = dataclasses.replace(job(source), allowed_imports=("gc",))
+
+    result = asyncio.run(host.run(counting))
+
+    assert result.status is RunStatus.OK, result
+    assert int(result.result_json) > 10_000

@@ -412,3 +412,94 @@ def main():
     execution = attack.run(source, timeout_ms=1_000)
 
     assert execution.status is ExecutionStatus.TIMEOUT
+
+
+@pytest.mark.parametrize(
+    "binding",
+    [
+        "def read(_write_=None):\n    pass",
+        "def read(*, _type_=None):\n    pass",
+        "read = lambda _list_: 0",
+        "def read():\n    return [0 for _type_ in (0,)]",
+        "def read():\n    return (_type_ := 0)",
+        "def read():\n    try:\n        pass\n    except Exception as _write_:\n        pass",
+        "import json as _type_",
+        "from json import dumps as _write_",
+        "def read():\n    for _list_ in (0,):\n        pass",
+        "def read(x):\n    with x as _type_:\n        pass",
+        "class Read:\n    _write_ = 0",
+        "def read():\n    global _type_\n    _type_ = 0",
+        "def read():\n    del _write_",
+        "def read(x):\n    match x:\n        case _type_:\n            pass",
+    ],
+)
+def test_cant_shadow_the_names_item_writes_compile_to(attack: Attack, binding: str) -> None:
+    # Shadowed, "_type_ = lambda o: list" would send every item write past the write guard.
+    message = refused_at_publish(attack, f"{binding}\n\ndef main():\n    pass\n")
+
+    assert 'starts with "_"' in message or "Match statements are not allowed" in message
+
+
+def test_item_writes_to_what_only_claims_to_be_a_list_go_through_the_write_guard(
+    attack: Attack,
+) -> None:
+    source = """\
+import collections, dataclasses, json
+
+written = []
+Liar = dataclasses.make_dataclass(
+    "Liar",
+    [],
+    namespace={
+        "_" + "_class__": property(lambda self: list),
+        "_" + "_setitem__": lambda self, key, value: written.append(value),
+    },
+)
+
+def main(path):
+    liar, queue, ordered = Liar(), collections.deque([0]), collections.OrderedDict(a=0)
+    refused = []
+    for target in (liar, queue, ordered):
+        try:
+            target[0] = path
+        except TypeError as exc:
+            refused.append(str(exc))
+    proxy = json
+    try:
+        proxy |= {"dumps": path}
+    except TypeError:
+        refused.append("json |=")
+    return [isinstance(liar, list), written, list(queue), dict(ordered), refused, json.dumps(1)]
+"""
+    execution = read_secret(attack, source)
+
+    refusal = "object does not support item or slice assignment"
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == [True, [], [0], {"a": 0}, [refusal] * 3 + ["json |="], "1"]
+
+
+def test_what_a_call_changes_in_allowed_modules_or_draws_is_its_own(attack: Attack) -> None:
+    # Each call is a fork of the same warm host: its writes, the list fast path's included,
+    # must die with it, and its random state must not be the previous call's.
+    source = """\
+import json, random, typing, uuid
+
+def main(change):
+    excluded, escapes = typing.EXCLUDED_ATTRIBUTES, json.decoder.BACKSLASH
+    before = [len(excluded), excluded[0], escapes["n"]]
+    if change:
+        excluded[0] = "changed"
+        excluded.append("added")
+        escapes["n"] = "changed"
+        random.seed(0)
+    after = [len(excluded), excluded[0], escapes["n"]]
+    return [before, after, [random.random(), random.Random().random(), str(uuid.uuid4())]]
+"""
+    first = attack.run(source, {"change": True})
+    second = attack.run(source, {"change": False})
+
+    assert first.status is second.status is ExecutionStatus.OK
+    (before, changed, first_draws), (seen, _, second_draws) = first.result, second.result
+    assert changed[1:] == ["changed", "changed"] and changed[0] == before[0] + 1
+    assert seen == before
+    assert not set(first_draws) & set(second_draws)
