@@ -29,6 +29,7 @@ import gc
 import hashlib
 import json
 import os
+import random
 import select
 import shutil
 import signal
@@ -225,6 +226,8 @@ class _Host:
         if pid:
             return pid
         try:
+            # Forked without os.fork's hooks (see fork_sandbox): random's is the one needed.
+            random.seed()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for target, fd in zip((1, 2, 3), fds, strict=True):

@@ -29,7 +29,6 @@ import errno
 import functools
 import json
 import os
-import random
 import resource
 import signal
 import socket
@@ -170,7 +169,8 @@ def fork_sandbox(plan: Plan) -> int:
 
     With namespaces the child is PID 1 of a PID namespace of its own, so it sees and
     can signal no other call, and its death ends everything it started. The child leads
-    its own session and gets SIGKILL when this process dies.
+    its own session and gets SIGKILL when this process dies. The child must reseed
+    ``random`` before anything else (see _fork).
 
     Raises:
         IsolationError: When the PID namespace cannot be made.
@@ -199,15 +199,14 @@ def _fork() -> int:
     (threading's rebuilds its thread table): Python code that touches, and so copies, a
     few hundred pages shared with the host, half of a sandbox's start-up. They exist to
     repair state that other threads held at the fork; the host has no other thread. The
-    one hook whose work the child needs is random's: reseeded here, or every call would
-    draw the same numbers.
+    one hook whose work the child needs is random's: the caller must reseed it in the
+    child (where a failure can end the process instead of unwinding into its own code),
+    or every call would draw the same numbers.
     """
     pid: int = _libc.fork()
     if pid == -1:
         code = ctypes.get_errno()
         raise OSError(code, f"fork: {os.strerror(code)}")
-    if pid == 0:
-        random.seed()
     return pid
 
 
