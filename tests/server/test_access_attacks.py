@@ -178,3 +178,19 @@ def test_a_number_too_long_to_convert_is_invalid_argument_and_stores_nothing(
     assert [f.name for f in red.functions()] == ["red/tool"]
     assert [a.spec.name for a in red.agents()] == ["red/bot"]
     assert red.history() == []
+
+
+def test_round_robin_routing_does_not_reveal_another_namespaces_routing(
+    auth_server: ServerProcess, admin: Client, red: Client
+) -> None:
+    for name in ("red/a", "red/b"):
+        red.create_agent(AgentSpec(name=name, capabilities=("c",)))
+    blue_key, _ = admin.create_key("invoker", namespaces=["blue"])
+    picks = []
+    with Client(auth_server.address, api_key=blue_key, retries=False) as blue:
+        for _ in range(3):
+            picks.append(red.route_task("c").agent.spec.name)
+            # Were turns counted per capability for everyone, red's next pick would tell
+            # whether blue routed a task in between.
+            assert blue.route_task("c").agent.spec.name == "blue/bot"
+    assert picks == ["red/a", "red/b", "red/a"]
