@@ -194,3 +194,18 @@ def test_round_robin_routing_does_not_reveal_another_namespaces_routing(
             # whether blue routed a task in between.
             assert blue.route_task("c").agent.spec.name == "blue/bot"
     assert picks == ["red/a", "red/b", "red/a"]
+
+
+def test_bytes_that_are_no_message_are_unauthenticated_without_a_key(
+    auth_server: ServerProcess,
+) -> None:
+    admin_key = auth_server.bootstrap_key()
+    with grpc.insecure_channel(auth_server.address) as channel:
+        for method in METHODS:
+            stub = channel.unary_unary(f"/{method.containing_service.full_name}/{method.name}")
+            for key, expected in ((None, "UNAUTHENTICATED"), (admin_key, "INVALID_ARGUMENT")):
+                metadata = [("authorization", f"Bearer {key}")] if key else None
+                with pytest.raises(grpc.RpcError) as refused:
+                    stub(b"\x00\x01", metadata=metadata, timeout=30)
+                assert refused.value.code().name == expected, (method.name, key)
+    assert any("code=UNAUTHENTICATED" in line for line in auth_server.log)
