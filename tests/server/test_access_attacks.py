@@ -9,7 +9,8 @@ from __future__ import annotations
 import base64
 import http.server
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.server.test_access import ECHO, METHODS, call
-from toolvault.client import AgentSpec, Client, ExecutionStatus, InvalidArgument
+from toolvault.client import AgentSpec, Client, ExecutionStatus, InvalidArgument, NotFound
 from toolvault.v1 import access_pb2, agent_pb2, function_pb2, history_pb2, invocation_pb2
 
 
@@ -209,3 +210,24 @@ def test_bytes_that_are_no_message_are_unauthenticated_without_a_key(
                     stub(b"\x00\x01", metadata=metadata, timeout=30)
                 assert refused.value.code().name == expected, (method.name, key)
     assert any("code=UNAUTHENTICATED" in line for line in auth_server.log)
+
+
+def test_another_namespaces_objects_get_the_answer_of_objects_that_exist_nowhere(
+    admin: Client, red: Client
+) -> None:
+    (blue_run,) = admin.history()
+    attempts: list[tuple[Callable[[str], object], str, str]] = [
+        (red.execution, blue_run.execution_id, str(uuid.uuid4())),
+        (lambda name: red.route_task("c", calling_agent=name), "blue/bot", "red/nobody"),
+        (lambda name: red.route_task("c", agent=name), "blue/bot", "red/nobody"),
+        (red.agent_tools, "blue/bot", "red/nobody"),
+        (lambda name: red.call_tool(name, "secret", {"x": 1}), "blue/bot", "red/nobody"),
+        (lambda name: red.get(f"{name}@prod"), "blue/secret", "red/nobody"),
+    ]
+    for attempt, exists, missing in attempts:
+        answers = []
+        for name in (exists, missing):
+            with pytest.raises(NotFound) as refused:
+                attempt(name)
+            answers.append(str(refused.value).replace(name, "NAME"))
+        assert answers[0] == answers[1]
