@@ -135,7 +135,10 @@ class Agents:
         self._plugins = plugins or Plugins()
         # Per server process: least_loaded and round_robin balance this replica's calls.
         self._in_flight: collections.Counter[str] = collections.Counter()
-        self._turns: collections.Counter[str] = collections.Counter()
+        # Turns are counted per capability and set of candidates: callers who see other
+        # candidates (keys of other namespaces) take no turns from each other, so that
+        # a pick reveals nothing of other namespaces' routing.
+        self._turns: collections.Counter[tuple[str, ...]] = collections.Counter()
 
     def create(self, definition: AgentDefinition, *, actor: Actor) -> AgentInfo:
         """Store revision 1 of a new agent."""
@@ -334,8 +337,9 @@ class Agents:
                 candidates, key=lambda i: (self._in_flight[i.definition.name], i.definition.name)
             )
         else:
-            picked = candidates[self._turns[capability] % len(candidates)]
-            self._turns[capability] += 1
+            turn = (capability, *(i.definition.name for i in candidates))
+            picked = candidates[self._turns[turn] % len(candidates)]
+            self._turns[turn] += 1
         schema = picked.definition.input_schema
         if schema is not None and (
             found := problems(schema, parse_json(input_json or "null", "input_json"))

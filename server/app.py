@@ -28,7 +28,7 @@ from toolvault.server.auth import KEY, Authorizer, Keys, RateLimiter
 from toolvault.server.config import MiB, Settings
 from toolvault.server.db import Database
 from toolvault.server.functions import FunctionStore
-from toolvault.server.interceptors import ReadinessGate, RequestLog
+from toolvault.server.interceptors import MalformedRequests, ReadinessGate, RequestLog
 from toolvault.server.invocations import History, Invocations
 from toolvault.server.plugins import Plugins
 from toolvault.server.stats import FunctionStatistics
@@ -124,6 +124,7 @@ async def serve(settings: Settings) -> None:
         limit = settings.rate_limit_per_s
         limiter = RateLimiter(limit, settings.rate_limit_burst) if limit > 0 else None
         interceptors.append(Authorizer(keys, limiter))
+    interceptors.append(MalformedRequests())
     # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
     max_reply = 3 * settings.max_max_output_bytes + MiB
     server = grpc.aio.server(

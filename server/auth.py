@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.message import Message
 from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
@@ -451,7 +452,9 @@ def _as_caller(handler: Handler, caller: Principal, rule: Rule) -> Handler:
     inner = handler.unary_unary
 
     async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if rule.target:
+        # Bytes that did not parse name nothing: the innermost interceptor refuses them
+        # (interceptors.MalformedRequests) before any servicer sees them.
+        if rule.target and isinstance(request, Message):
             name = _field(request, rule.target).partition("@")[0]
             if name and not caller.sees(name):
                 if rule.creates:

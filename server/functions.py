@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -302,6 +303,12 @@ def parse_json(text: str, field: str) -> Any:
     except json.JSONDecodeError as e:
         raise InvalidArgument(
             f"{field} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}"
+        ) from e
+    except ValueError as e:
+        # Python refuses to convert longer integers, so that parsing stays linear
+        # (CVE-2020-10735); that ValueError is the only other one json.loads raises.
+        raise InvalidArgument(
+            f"{field} has an integer of more than {sys.get_int_max_str_digits()} digits"
         ) from e
     except RecursionError:
         depth = MAX_JSON_DEPTH + 1

@@ -1,4 +1,7 @@
-"""Cross-cutting RPC behaviour: the readiness gate, and a log line and a span per RPC."""
+"""Cross-cutting RPC behaviour: the readiness gate, a log line and a span per RPC.
+
+And the refusal of requests that are no message, after authentication.
+"""
 
 from __future__ import annotations
 
@@ -92,11 +95,6 @@ class RequestLog(Interceptor):
         service, _, name = method.lstrip("/").partition("/")
 
         async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {name} request message: {request.error}",
-                )
             request_id = uuid.uuid4().hex[:16]
             started = time.perf_counter()
             code = "OK"
@@ -137,6 +135,42 @@ class RequestLog(Interceptor):
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class MalformedRequests(Interceptor):
+    """Answers bytes that are no request message INVALID_ARGUMENT (gRPC would say UNKNOWN).
+
+    The innermost interceptor: the outer ones keep its lenient parser, so that the
+    authorizer refuses a call without a valid key first, and the log records the call.
+    """
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        """Wrap the method's handler to refuse a request that did not parse."""
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        name = handler_call_details.method.rpartition("/")[2]
+        inner = handler.unary_unary
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Malformed):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request is not a valid {name} request message: {request.error}",
+                )
+            return await inner(request, context)  # type: ignore[arg-type]
+
+        return grpc.unary_unary_rpc_method_handler(
+            checked,
             request_deserializer=_lenient(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )

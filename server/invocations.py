@@ -35,6 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
+import referencing
+import referencing.exceptions
 from opentelemetry import trace
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -606,7 +608,11 @@ class History:
         if key is not None:
             try:
                 after_time, after_id = dt.datetime.fromisoformat(key[0]), uuid.UUID(key[1])
-            except (TypeError, ValueError) as e:
+                # Issued tokens hold UTC times; a naive or unrepresentable one fails in SQL.
+                if after_time.tzinfo is None:
+                    raise ValueError("naive time")
+                after_time = after_time.astimezone(dt.UTC)
+            except (TypeError, ValueError, OverflowError) as e:
                 raise InvalidArgument("page_token is not a token this server issued") from e
             query = query.where(
                 (Execution.start_time < after_time)
@@ -657,12 +663,27 @@ def _execution_info(row: Execution) -> ExecutionInfo:
 @functools.lru_cache(maxsize=256)
 def _validator(schema_json: str) -> Any:
     schema = json.loads(schema_json)
-    return jsonschema.validators.validator_for(schema)(schema)
+    # Without a registry of its own, jsonschema fetches any $ref it cannot resolve inside
+    # the schema with urlopen: http(s) and file URLs, from the server process, outside the
+    # sandbox. A publisher could make the server request internal URLs, and read the
+    # server's JSON files back through the error messages. An empty registry (to which
+    # jsonschema adds the drafts' meta-schemas) resolves only refs within the schema.
+    return jsonschema.validators.validator_for(schema)(schema, registry=referencing.Registry())
 
 
 def problems(schema_json: str, instance: Any) -> str:
-    """Each way ``instance`` fails the schema, with its JSON path; "" when it matches."""
-    errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
+    """Each way ``instance`` fails the schema, with its JSON path; "" when it matches.
+
+    A schema that cannot be evaluated (a $ref it cannot resolve, or one that refers to
+    itself without end) is a problem too: a schema is checked only as JSON Schema when
+    it is stored, and may never match anything.
+    """
+    try:
+        errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
+    except referencing.exceptions.Unresolvable as e:
+        return f"$: the schema's $ref {e.ref!r} cannot be resolved (only refs within it can)"
+    except RecursionError:
+        return "$: the schema's $refs refer to each other without end"
     return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])
 
 

@@ -33,4 +33,21 @@ def decode_token(token: str, *types: type) -> list[Any] | None:
         raise InvalidArgument("page_token is not a token this server issued") from e
     if not isinstance(key, list) or [type(item) for item in key] != list(types):
         raise InvalidArgument("page_token is not a token this server issued")
+    if not all(_storable(item) for item in key):
+        raise InvalidArgument("page_token is not a token this server issued")
     return key
+
+
+def _storable(item: int | str) -> bool:
+    """Whether a sort key's item can be compared in SQL: a forged token's may not be.
+
+    The database driver would fail on it (an integer beyond 64 bits, a lone surrogate,
+    or a NUL for PostgreSQL), which the caller would see as INTERNAL.
+    """
+    if isinstance(item, int):
+        return -(2**63) <= item < 2**63
+    try:
+        item.encode()
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in item

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ServerProcess
+from toolvault.client import Client
 from toolvault.server.config import Settings
 from toolvault.server.db import Database
 from toolvault.server.functions import FunctionStore
@@ -26,3 +28,19 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def functions(database: Database, settings: Settings) -> FunctionStore:
     return FunctionStore(database, settings)
+
+
+@pytest.fixture
+def auth_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A started server with ``--auth required`` on each database backend."""
+    server = ServerProcess(db=db_url, data_dir=tmp_path / "data", extra_args=["--auth", "required"])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def admin(auth_server: ServerProcess) -> Iterator[Client]:
+    """A client of ``auth_server`` with its bootstrap admin key."""
+    with Client(auth_server.address, api_key=auth_server.bootstrap_key(), retries=False) as client:
+        yield client

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,20 +65,6 @@ ALLOWED = {
     "invoker": READ,
     "agent": {"GetAgent", "ListAgentTools", "CallTool"},
 }
-
-
-@pytest.fixture
-def auth_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    server = ServerProcess(db=db_url, data_dir=tmp_path / "data", extra_args=["--auth", "required"])
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def admin(auth_server: ServerProcess) -> Iterator[Client]:
-    with Client(auth_server.address, api_key=auth_server.bootstrap_key(), retries=False) as client:
-        yield client
 
 
 def call(channel: grpc.Channel, method: MethodDescriptor, request: Any, key: str | None) -> Any:
