@@ -119,11 +119,12 @@ class FunctionStore:
     def resolve(self, ref: str) -> VersionInfo:
         """The version a reference names."""
         name, selector = parse_ref(ref)
+        # One query on the hot path; the lookups below only explain a miss.
+        with self._db.engine.connect() as connection:
+            found = store.resolve_version(connection, name, selector)
+        if found is not None:
+            return found
         with self._db.read.begin() as session:
-            # One query on the hot path; the lookups below only explain a miss.
-            found = store.resolve_version(session, name, selector)
-            if found is not None:
-                return found
             function = self._function(session, name)
             if selector == LATEST:
                 number = function.latest_version

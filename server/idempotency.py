@@ -27,8 +27,7 @@ import json
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import delete, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, delete, update
 
 from toolvault.server.db import Database
 from toolvault.server.errors import FailedPrecondition
@@ -55,9 +54,9 @@ def fingerprint(ref: str, args_json: str) -> str:
     return hashlib.sha256(json.dumps([ref, args_json or "{}"]).encode()).hexdigest()
 
 
-def bind(session: Session, key: str, execution_id: uuid.UUID) -> None:
+def bind(connection: Connection, key: str, execution_id: uuid.UUID) -> None:
     """Record in the caller's unit of work that ``key``'s call made ``execution_id``."""
-    session.execute(
+    connection.execute(
         update(IdempotencyKey).where(IdempotencyKey.key == key).values(execution_id=execution_id)
     )
 

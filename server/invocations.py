@@ -511,12 +511,13 @@ class HistoryWriter:
                 return
 
     def _commit(self, rows: list[_PendingRow]) -> None:
-        with self._db.write.begin() as session:
-            # A Core insert: the ORM's insert path costs four times as much as the row.
-            session.connection().execute(_INSERT_EXECUTION, [row.values for row in rows])
+        # Core on a bare connection: the ORM's insert path costs four times as much as the
+        # row, and a session around it a third as much again.
+        with self._db.write_engine.begin() as connection:
+            connection.execute(_INSERT_EXECUTION, [row.values for row in rows])
             for row in rows:
                 if row.idempotency_key:
-                    idempotency.bind(session, row.idempotency_key, row.execution_id)
+                    idempotency.bind(connection, row.idempotency_key, row.execution_id)
 
     def _commit_alone(self, row: _PendingRow) -> Exception | None:
         try:

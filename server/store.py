@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, func, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, func, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
@@ -139,27 +139,35 @@ _VERSIONS = Function.metadata.tables["function_versions"]
 _ALIASES = Function.metadata.tables["aliases"]
 
 
-def resolve_version(session: Session, name: str, selector: int | str) -> VersionInfo | None:
+# Built once: building a select and computing its cache key cost more than running it.
+_RESOLVE = (
+    select(_VERSIONS)
+    .join(_FUNCTIONS, _VERSIONS.c.function_id == _FUNCTIONS.c.id)
+    .where(_FUNCTIONS.c.name == bindparam("name"))
+)
+_RESOLVE_LATEST = _RESOLVE.where(_VERSIONS.c.version == _FUNCTIONS.c.latest_version)
+_RESOLVE_NUMBER = _RESOLVE.where(_VERSIONS.c.version == bindparam("number"))
+_RESOLVE_ALIAS = _RESOLVE.where(
+    _VERSIONS.c.version
+    == select(_ALIASES.c.version)
+    .where(_ALIASES.c.function_id == _FUNCTIONS.c.id, _ALIASES.c.name == bindparam("alias"))
+    .scalar_subquery()
+)
+
+
+def resolve_version(connection: Connection, name: str, selector: int | str) -> VersionInfo | None:
     """The version of ``name`` that ``selector`` names (a number, "latest" or an alias).
 
-    A Core query, since every call resolves a ref: it costs a quarter of the ORM's.
+    A Core query on a bare connection, since every call resolves a ref: it costs a
+    quarter of the ORM's, and a session around it as much again.
     """
     if isinstance(selector, int):
-        number: Any = selector
+        query, values = _RESOLVE_NUMBER, {"name": name, "number": selector}
     elif selector == "latest":
-        number = _FUNCTIONS.c.latest_version
+        query, values = _RESOLVE_LATEST, {"name": name}
     else:
-        number = (
-            select(_ALIASES.c.version)
-            .where(_ALIASES.c.function_id == _FUNCTIONS.c.id, _ALIASES.c.name == selector)
-            .scalar_subquery()
-        )
-    query = (
-        select(_VERSIONS)
-        .join(_FUNCTIONS, _VERSIONS.c.function_id == _FUNCTIONS.c.id)
-        .where(_FUNCTIONS.c.name == name, _VERSIONS.c.version == number)
-    )
-    row = session.connection().execute(query).first()
+        query, values = _RESOLVE_ALIAS, {"name": name, "alias": selector}
+    row = connection.execute(query, values).first()
     return _version_info(row, name) if row else None
 
 
