@@ -118,6 +118,24 @@ class ServerProcess:
             self.process.stderr.close()
 
 
+def serve_and_probe(environment: dict[str, str], data_dir: Path) -> tuple[int, str, list[str]]:
+    """Run bare `toolvault serve` with ``environment`` (its settings), probe it, stop it.
+
+    Returns the health command's exit code and output, and the server's log.
+    """
+    server = ServerProcess(db=environment["TOOLVAULT_DB"], data_dir=data_dir, env=environment)
+    server.start(command=[TOOLVAULT, "serve"])
+    try:
+        health = subprocess.run(
+            [TOOLVAULT, "--server", server.address, "health", "--timeout", "4"],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        assert server.stop() == 0
+    return health.returncode, health.stdout, server.log
+
+
 @pytest.fixture
 def server_process(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
     """A started server on each database backend; stopped after the test."""

@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TOOLVAULT, ServerProcess
+from tests.conftest import TOOLVAULT, serve_and_probe
 from tests.test_dockerfile import instructions
 from toolvault.server.config import Settings
 
@@ -60,18 +60,9 @@ def test_the_images_command_serves_with_the_compose_settings(pg_url: str, tmp_pa
         "TOOLVAULT_LISTEN": "127.0.0.1:0",
         "TOOLVAULT_DATA_DIR": str(tmp_path),
     }
-    server = ServerProcess(db=pg_url, data_dir=tmp_path, env=environment)
-    server.start(command=[TOOLVAULT, "serve"])
-    try:
-        health = subprocess.run(
-            [TOOLVAULT, "--server", server.address, "health", "--timeout", "4"],
-            capture_output=True,
-            text=True,
-        )
-    finally:
-        assert server.stop() == 0
-    assert (health.returncode, health.stdout) == (0, "SERVING\n")
-    assert server.log[0].startswith('{"time": ')  # TOOLVAULT_LOG_FORMAT=json took effect
+    code, out, log = serve_and_probe(environment, tmp_path)
+    assert (code, out) == (0, "SERVING\n")
+    assert log[0].startswith('{"time": ')  # TOOLVAULT_LOG_FORMAT=json took effect
 
 
 def test_serve_help_lists_the_plugin_flag() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import re
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from tests.conftest import TOOLVAULT, ServerProcess
+from tests.conftest import serve_and_probe
 from tests.test_dockerfile import instructions
 from toolvault.server.config import Settings
 
@@ -213,15 +212,6 @@ def test_a_server_with_the_pods_settings_serves_and_drains(pg_url: str, tmp_path
         "TOOLVAULT_METRICS_PORT": "0",
         "TOOLVAULT_METRICS_HOST": "127.0.0.1",
     }
-    server = ServerProcess(db=pg_url, data_dir=tmp_path, env=environment)
-    server.start(command=[TOOLVAULT, "serve"])
-    try:
-        health = subprocess.run(
-            [TOOLVAULT, "--server", server.address, "health", "--timeout", "4"],
-            capture_output=True,
-            text=True,
-        )
-    finally:
-        assert server.stop() == 0
-    assert (health.returncode, health.stdout) == (0, "SERVING\n")
-    assert any("2 sandboxes in parallel" in line for line in server.log)
+    code, out, log = serve_and_probe(environment, tmp_path)
+    assert (code, out) == (0, "SERVING\n")
+    assert any("2 sandboxes in parallel" in line for line in log)
