@@ -31,14 +31,16 @@ def decode_token(token: str, *types: type) -> list[Any] | None:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
     except (ValueError, binascii.Error, RecursionError) as e:
         raise InvalidArgument("page_token is not a token this server issued") from e
-    if not isinstance(key, list) or [type(item) for item in key] != list(types):
-        raise InvalidArgument("page_token is not a token this server issued")
-    if not all(_storable(item) for item in key):
+    if (
+        not isinstance(key, list)
+        or [type(item) for item in key] != list(types)
+        or not all(_comparable(item) for item in key)
+    ):
         raise InvalidArgument("page_token is not a token this server issued")
     return key
 
 
-def _storable(item: int | str) -> bool:
+def _comparable(item: int | str) -> bool:
     """Whether a sort key's item can be compared in SQL: a forged token's may not be.
 
     The database driver would fail on it (an integer beyond 64 bits, a lone surrogate,
