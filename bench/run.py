@@ -112,7 +112,7 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def spawn_per_call(job: dict[str, object], plan: str, workdir: str) -> None:
+def spawn_per_call(job: bytes, plan: str, workdir: str) -> None:
     """One call the way a spawn-per-call sandbox runs it: a fresh interpreter, same limits."""
     ends = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, report
     pid = os.posix_spawn(
@@ -129,7 +129,7 @@ def spawn_per_call(job: dict[str, object], plan: str, workdir: str) -> None:
     for fd in (1, 2, 3):
         os.close(ends[fd][1])
     with os.fdopen(ends[0][1], "wb") as stdin:
-        stdin.write(json.dumps(job).encode())
+        stdin.write(job)
     outputs = []
     for fd in (1, 2, 3):
         with os.fdopen(ends[fd][0], "rb") as pipe:
@@ -141,12 +141,13 @@ def spawn_per_call(job: dict[str, object], plan: str, workdir: str) -> None:
 def latency(client: Client, calls: int) -> dict[str, float]:
     """Sequential end-to-end invoke latency of a trivial function, and the spawn baseline."""
     from toolvault.sandbox import Job, Limits, detect
-    from toolvault.sandbox._models import job_fields
+    from toolvault.sandbox._child import compile_job, encode_job
 
     for _ in range(50):
         client.invoke("noop")
     times = [timed(lambda: client.invoke("noop")) for _ in range(calls)]
-    job = job_fields(Job(NOOP, "main", "{}", (), Limits(5000, 256, 1 << 20), filename="noop@1"))
+    noop = Job(NOOP, "main", "{}", (), Limits(5000, 256, 1 << 20), filename="noop@1")
+    job = encode_job(noop, compile_job(noop.source, noop.filename))
     plan = detect().plan.to_json()
     spawned = []
     for _ in range(max(10, calls // 20)):

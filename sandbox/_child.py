@@ -1,18 +1,22 @@
 """The sandbox process: run one job under its limits and report on fd 3.
 
 run_job runs in a process that is already confined (``_isolation``): the process a
-sandbox host forks per call, or one spawned per call, which main() confines first. What
-comes before the confinement is trusted bootstrap: compiling the source (compile_job),
-importing the modules it may use (preload) and building its globals. A sandbox host does
-that ahead of the fork and keeps the results for the next calls.
+sandbox host forks per call, or one spawned per call, which main() confines first. It
+reads its job from fd 0 (encode_job: the arguments, the source for tracebacks and the
+code the server compiled, marshalled), so that no job ever passes through the host's
+memory, which every later sandbox is forked from. What comes before the confinement is
+trusted bootstrap: importing the modules the code may use (preload) and building its
+globals; a sandbox host does that ahead of the fork.
 
 ``python -I -m toolvault.sandbox._child WORKDIR PLAN [HIDDEN...]`` is the sandbox
-spawned per call, kept as the benchmark's baseline: the job on stdin, stdout and stderr
-on fds 1 and 2, the report pipe on fd 3.
+spawned per call, kept as the benchmark's baseline: the job on stdin as for a forked
+sandbox, stdout and stderr on fds 1 and 2, the report pipe on fd 3.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
 "memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
 and the integer ``peak_memory_bytes`` (missing when memory ran out while reporting).
+Whatever code escaped the language layer writes there instead, so the runner parses it
+as hostile input.
 """
 
 import asyncio
@@ -22,6 +26,7 @@ import inspect
 import io
 import json
 import linecache
+import marshal
 import os
 import sys
 import traceback
@@ -35,11 +40,13 @@ from RestrictedPython.compile import compile_restricted_exec
 from ._globals import restricted_module
 from ._isolation import Plan, isolate, set_limits
 from ._models import (
+    MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     REPORT_FD,
     Job,
     decode_job,
+    job_fields,
 )
 from ._modules import USER_MODULE
 from ._validate import RestrictingPolicy, source_lines
@@ -49,43 +56,77 @@ from ._validate import RestrictingPolicy, source_lines
 _LAZY_IMPORTS = ("_strptime",)
 
 
+JOB_FD = 0
+_LENGTH_BYTES = 4
+
+
 @dataclass(frozen=True)
 class Program:
-    """A job's source compiled by RestrictedPython, or why it does not compile.
+    """A job's source compiled as the sandbox runs it, or why it does not compile.
 
     Attributes:
-        code: The module's code; None if it does not compile.
+        code: The module's code, marshalled; empty if it does not compile.
         error_type: Why not, e.g. ``"SyntaxError"``; ``""`` when it compiles.
         error_message: What the compiler said.
-        lines: The source's lines, for tracebacks.
     """
 
-    code: CodeType | None
+    code: bytes
     error_type: str
     error_message: str
-    lines: list[str]
 
 
 def main() -> NoReturn:
     """Read the job from stdin, confine this process as the command line says, run it."""
-    job = decode_job(sys.stdin.buffer.read())
     workdir, plan, *hidden = sys.argv[1:]
-    program = compile_job(job.source, job.filename)
+    job, program = read_job(JOB_FD)
     preload(job.allowed_imports)
     module = restricted_module(job.allowed_imports)
     isolate(Plan.from_json(plan), workdir, hidden)
     run_job(job, program, module)
 
 
-def compile_job(source: str, filename: str) -> Program:
-    """Compile ``source`` as the sandbox runs it; a failure is a value."""
+def compile_job(source: str, filename: str, *, restricted: bool = True) -> Program:
+    """Compile ``source`` as the sandbox runs it; a failure is a value.
+
+    Args:
+        source: The module source.
+        filename: The name tracebacks give it.
+        restricted: False only for the test suite's runs without the language layer.
+    """
     try:
+        if not restricted:
+            return Program(marshal.dumps(compile(source, filename, "exec")), "", "")
         compiled = compile_restricted_exec(source, filename, policy=RestrictingPolicy)
-    except (SyntaxError, MemoryError, RecursionError) as exc:
-        return Program(None, type(exc).__name__, str(exc), [])
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        return Program(b"", type(exc).__name__, str(exc))
     if compiled.code is None:
-        return Program(None, "SyntaxError", "; ".join(compiled.errors), [])
-    return Program(compiled.code, "", "", source_lines(source))
+        return Program(b"", "SyntaxError", "; ".join(compiled.errors))
+    return Program(marshal.dumps(compiled.code), "", "")
+
+
+def encode_job(job: Job, program: Program) -> bytes:
+    """The job as a sandbox process reads it: a length, the job as JSON, the code."""
+    header = json.dumps(
+        {
+            **job_fields(job),
+            "error_type": program.error_type,
+            "error_message": program.error_message,
+        }
+    ).encode("utf-8", "surrogatepass")
+    return len(header).to_bytes(_LENGTH_BYTES, "big") + header + program.code
+
+
+def read_job(fd: int) -> tuple[Job, Program]:
+    """Read the job that encode_job wrote from ``fd`` (to its end), then close ``fd``."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    os.close(fd)
+    data = b"".join(chunks)
+    end = _LENGTH_BYTES + int.from_bytes(data[:_LENGTH_BYTES], "big")
+    fields = json.loads(data[_LENGTH_BYTES:end].decode("utf-8", "surrogatepass"))
+    program = Program(data[end:], fields.pop("error_type"), fields.pop("error_message"))
+    return decode_job(fields), program
 
 
 def preload(modules: Iterable[str]) -> None:
@@ -123,7 +164,7 @@ def run_job(job: Job, program: Program, module: ModuleType) -> NoReturn:
 
 
 def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:
-    if program.code is None:
+    if not program.code:
         return _report("error", error_type=program.error_type, error_message=program.error_message)
     try:
         kwargs = json.loads(job.args_json)
@@ -134,13 +175,13 @@ def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:
         message = f"arguments must be a JSON object, not {type(kwargs).__name__}"
         return _report("error", error_type="TypeError", error_message=message)
 
-    linecache.cache[job.filename] = (len(job.source), None, program.lines, job.filename)
+    lines = source_lines(job.source)
+    linecache.cache[job.filename] = (len(job.source), None, lines, job.filename)
     # Where dataclasses and typing look for the module of the code's classes.
     sys.modules[USER_MODULE] = module
     try:
-        return _report(
-            "ok", result_json=_call(program.code, module.__dict__, job.entrypoint, kwargs)
-        )
+        code = marshal.loads(program.code)
+        return _report("ok", result_json=_call(code, module.__dict__, job.entrypoint, kwargs))
     except BaseException as exc:
         return _report(
             "memory_limit" if isinstance(exc, MemoryError) else "error",
@@ -215,7 +256,7 @@ def _report(
     return {
         "status": status,
         "result_json": result_json,
-        "error_type": error_type,
+        "error_type": error_type[:MAX_ERROR_TYPE_CHARS],
         "error_message": error_message[:MAX_MESSAGE_CHARS],
         "traceback": trace[-MAX_TRACEBACK_CHARS:],
     }

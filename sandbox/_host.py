@@ -5,28 +5,31 @@ empty environment, its end of a Unix socket pair on fd 3, /dev/null on fds 0 and
 server's stderr on fd 2 (for the host's own crashes). Frames (``_models.encode_frame``) go
 both ways on the socket:
 
-- ``init`` {plan, preload, workdir, hidden}, the first: the host imports the runtime and
-  the modules of the server's allow-list, confines itself once (``enter_host``), forks a
-  probe sandbox that reports from inside what it sees, and answers ``ready`` {facts}, or
-  ``failed`` {error} when the plan cannot be applied;
-- ``run`` {id, slot, job} with the write ends of the call's stdout, stderr and report
-  pipes attached (SCM_RIGHTS): the host compiles the source (cached by its sha256) and
-  forks a sandbox, which confines itself and runs ``_child.run_job``;
+- ``init`` {plan, preload, workdir, hidden, language_layer}, the first: the host imports
+  the runtime and the modules of the server's allow-list, confines itself once
+  (``enter_host``), forks a probe sandbox that reports from inside what it sees, and
+  answers ``ready`` {facts}, or ``failed`` {error} when the plan cannot be applied;
+- ``run`` {id, slot, allowed_imports} with the write ends of the call's stdout, stderr
+  and report pipes and a memfd holding the job attached (SCM_RIGHTS): the host forks a
+  sandbox, which confines itself, reads the job from the memfd and runs it
+  (``_child.run_job``);
 - ``kill`` {id}: SIGKILL for the call's process, PID 1 of its own namespace, so that
   everything it started dies with it;
-- ``exited`` {id, compiled, status, cpu_ms, maxrss_kb, error}: the host reaped the call's
-  process (status is wait4's; error says why there was none to reap; compiled, whether
-  the source was compiled for it rather than found). One frame per call each way.
+- ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
+  (status is wait4's; error says why there was none to reap). One frame per call each
+  way.
 
 At EOF on the socket (the server closed it, or died) the host kills every sandbox and
-exits. The host never runs user code; it compiles it (the server compiled the same source
-when it was published) and builds its globals, both before the fork.
+exits. The host never runs user code, and never reads a job: its memory, which every
+sandbox is a copy of, holds no call's source, code, arguments or results (the server
+compiles, and the memfd goes to the sandbox unread). What it keeps between calls are the
+restricted globals per allow-list, which hold nothing of any call.
 """
 
+import builtins
 import collections
 import contextlib
 import gc
-import hashlib
 import json
 import os
 import random
@@ -40,7 +43,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
-from ._child import Program, compile_job, preload, run_job
+from ._child import JOB_FD, preload, read_job, run_job
 from ._globals import restricted_module
 from ._isolation import (
     PROBE_LIMITS,
@@ -51,13 +54,13 @@ from ._isolation import (
     observe,
     set_limits,
 )
-from ._models import decode_frames, decode_job, encode_frame
+from ._models import decode_frames, encode_frame
+from ._modules import USER_MODULE
 
 CONTROL_FD = 3
-# A run frame carries three fds; one recvmsg never returns those of two frames.
-_FDS_PER_FRAME = 3
+# A run frame carries four fds; one recvmsg never returns those of two frames.
+_FDS_PER_FRAME = 4
 _RECEIVE_BYTES = 1024 * 1024
-_CACHED_PROGRAMS = 256
 _CACHED_MODULES = 16
 # The exit code of a sandbox process that failed to confine itself (EX_SOFTWARE).
 _CONFINEMENT_FAILED = 70
@@ -73,8 +76,8 @@ def main() -> NoReturn:
     # Imported now, while every file is readable, and shared by every sandbox.
     preload(init["preload"])
     try:
-        enter_host(plan, workdir, init["hidden"])
-        host = _Host(channel, plan, workdir)
+        workdir = enter_host(plan, workdir, init["hidden"])
+        host = _Host(channel, plan, workdir, init["language_layer"])
         facts = host.probe()
     except Exception as exc:
         channel.send({"op": "failed", "error": f"{type(exc).__name__}: {exc}"})
@@ -126,18 +129,16 @@ class _Channel:
 class _Host:
     """Forks and reaps the sandboxes, one per call."""
 
-    def __init__(self, channel: _Channel, plan: Plan, workdir: str) -> None:
+    def __init__(self, channel: _Channel, plan: Plan, workdir: str, language_layer: bool) -> None:
         self._channel = channel
         self._plan = plan
         self._workdir = workdir
-        self._programs: collections.OrderedDict[tuple[bytes, str], Program] = (
-            collections.OrderedDict()
-        )
+        self._language_layer = language_layer
         self._modules: collections.OrderedDict[tuple[str, ...], ModuleType] = (
             collections.OrderedDict()
         )
         self._calls: dict[int, int] = {}  # call id -> pid
-        self._slots: dict[int, tuple[int, int, bool]] = {}  # pid -> call id, slot, compiled
+        self._slots: dict[int, tuple[int, int]] = {}  # pid -> call id, slot
         # SIGCHLD wakes select through this pipe: no signal handler does any work.
         self._wakeup, wakeup_write = os.pipe()
         os.set_blocking(self._wakeup, False)
@@ -148,10 +149,12 @@ class _Host:
     def probe(self) -> dict[str, Any]:
         """Fork a sandbox exactly as for a call that observes the layers from inside."""
         read_end, write_end = os.pipe()
+        no_job = os.open(os.devnull, os.O_RDONLY)
         try:
-            pid = self._fork(0, (write_end,) * 3, self._observe)
+            pid = self._fork(0, (write_end, write_end, write_end, no_job), self._observe)
         finally:
             os.close(write_end)
+            os.close(no_job)
         with os.fdopen(read_end, "rb") as pipe:
             data = pipe.read()
         os.waitpid(pid, 0)
@@ -182,32 +185,30 @@ class _Host:
     def _handle(self, message: dict[str, Any]) -> None:
         if message["op"] == "run":
             fds = tuple(self._channel.fds.popleft() for _ in range(_FDS_PER_FRAME))
-            self._run(message["id"], message["slot"], message["job"], fds)
+            self._run(message["id"], message["slot"], tuple(message["allowed_imports"]), fds)
         elif message["op"] == "kill":
             pid = self._calls.get(message["id"])
             if pid is not None:
                 _kill(pid)
 
-    def _run(self, call_id: int, slot: int, fields: dict[str, Any], fds: Sequence[int]) -> None:
-        job = decode_job(fields)
-        program, compiled = self._program(job.source, job.filename)
-        module = self._module(job.allowed_imports)
+    def _run(
+        self, call_id: int, slot: int, allowed_imports: tuple[str, ...], fds: Sequence[int]
+    ) -> None:
+        module = self._module(allowed_imports)
         try:
-            pid = self._fork(slot, fds, lambda: run_job(job, program, module))
+            pid = self._fork(slot, fds, lambda: run_job(*read_job(JOB_FD), module))
         except OSError as exc:
             self._finish(slot)
-            self._channel.send(
-                {"op": "exited", "id": call_id, "compiled": compiled, "error": f"fork: {exc}"}
-            )
+            self._channel.send({"op": "exited", "id": call_id, "error": f"fork: {exc}"})
             return
         finally:
             for fd in fds:
                 os.close(fd)  # the sandbox's alone now: it closes when the sandbox ends
         self._calls[call_id] = pid
-        self._slots[pid] = (call_id, slot, compiled)
+        self._slots[pid] = (call_id, slot)
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
-        """Fork a sandbox with ``fds`` as its stdout, stderr and report; it runs ``body``."""
+        """Fork a sandbox with ``fds`` as its stdout, stderr, report and job; it runs ``body``."""
         workdir = self._workdir_of(slot)
         if not self._plan.namespaces:
             os.mkdir(workdir, 0o700)
@@ -230,8 +231,9 @@ class _Host:
             random.seed()
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            for target, fd in zip((1, 2, 3), fds, strict=True):
-                os.dup2(fd, target)  # 3 was the socket: the sandbox never holds it
+            # 3 was the socket: the sandbox never holds it.
+            for target, fd in zip((1, 2, 3, JOB_FD), fds, strict=True):
+                os.dup2(fd, target)
             confine(self._plan, workdir, slot)
             body()
         except BaseException:
@@ -242,7 +244,7 @@ class _Host:
 
     def _observe(self) -> None:
         set_limits(PROBE_LIMITS)
-        os.write(1, json.dumps(observe(os.getcwd())).encode())
+        os.write(1, json.dumps(observe(os.getcwd(), self._plan.private_root)).encode())
         os._exit(0)
 
     def _workdir_of(self, slot: int) -> str:
@@ -263,31 +265,18 @@ class _Host:
                 return
             if not pid:
                 return
-            call_id, slot, compiled = self._slots.pop(pid)
+            call_id, slot = self._slots.pop(pid)
             del self._calls[call_id]
             self._finish(slot)
             self._channel.send(
                 {
                     "op": "exited",
                     "id": call_id,
-                    "compiled": compiled,
                     "status": status,
                     "cpu_ms": (usage.ru_utime + usage.ru_stime) * 1000,
                     "maxrss_kb": usage.ru_maxrss,
                 }
             )
-
-    def _program(self, source: str, filename: str) -> tuple[Program, bool]:
-        """The compiled source, and whether it was compiled now rather than found."""
-        key = (hashlib.sha256(source.encode("utf-8", "surrogatepass")).digest(), filename)
-        program = self._programs.get(key)
-        if program is not None:
-            self._programs.move_to_end(key)
-            return program, False
-        program = self._programs[key] = compile_job(source, filename)
-        if len(self._programs) > _CACHED_PROGRAMS:
-            self._programs.popitem(last=False)
-        return program, True
 
     def _module(self, allowed_imports: tuple[str, ...]) -> ModuleType:
         """Globals for code that may import ``allowed_imports``; each sandbox gets a copy."""
@@ -296,7 +285,13 @@ class _Host:
             self._modules.move_to_end(allowed_imports)
             return module
         preload(allowed_imports)
-        module = self._modules[allowed_imports] = restricted_module(allowed_imports)
+        if self._language_layer:
+            module = restricted_module(allowed_imports)
+        else:
+            # The test suite's kernel-layer attacks: full Python, the real builtins.
+            module = ModuleType(USER_MODULE)
+            module.__dict__["__builtins__"] = builtins
+        self._modules[allowed_imports] = module
         if len(self._modules) > _CACHED_MODULES:
             self._modules.popitem(last=False)
         return module

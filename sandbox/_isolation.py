@@ -32,6 +32,8 @@ import os
 import resource
 import signal
 import socket
+import sys
+import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -61,11 +63,19 @@ _NAMESPACES = (
     _CLONE_NEWNET | _CLONE_NEWPID | _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS | _CLONE_NEWCGROUP
 )
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
-_MS_REC, _MS_PRIVATE = 0x4000, 0x40000
+_MS_BIND, _MS_REC, _MS_PRIVATE = 0x1000, 0x4000, 0x40000
+_MNT_DETACH = 2
 _PR_SET_PDEATHSIG, _PR_SET_DUMPABLE, _PR_SET_NO_NEW_PRIVS = 1, 4, 38
 # mount_setattr(2), Linux 5.12+; new system calls have the same number on every arch.
 _SYS_MOUNT_SETATTR = 442
-_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY = -100, 0x8000, 1
+_AT_FDCWD, _AT_RECURSIVE, _MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID = -100, 0x8000, 1, 2
+# pivot_root(2) predates the common numbering, and libc has no wrapper for it.
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+# The sandboxes' working directory inside a private root.
+PRIVATE_WORKDIR = "/sandbox"
+# The devices a private root holds: enough for the runtime, none that reach anything.
+_DEVICES = ("null", "zero", "random", "urandom")
+_PRIVATE_ROOT_BYTES = 1024 * 1024
 _CAPABILITY_VERSION_3 = 0x20080522
 _HOSTNAME = b"sandbox"
 
@@ -85,6 +95,9 @@ class Plan:
         user_namespace: Enter them inside a new user namespace that maps the server's
             uid to root (for a server that is not root), then drop every capability.
         read_only: Make every mount read-only but the private working directory.
+        private_root: Replace the root with one made for the sandboxes (pivot_root):
+            the standard library read-only, the working directory, a /proc of their
+            own and four devices; nothing else of the host's filesystem.
         uid: The first unprivileged uid (and gid) to switch to, for a server that is
             root: the sandbox in slot N runs as ``uid + N``.
     """
@@ -92,6 +105,7 @@ class Plan:
     namespaces: bool = False
     user_namespace: bool = False
     read_only: bool = False
+    private_root: bool = False
     uid: int | None = None
 
     def to_json(self) -> str:
@@ -134,11 +148,10 @@ def isolate(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
     enter_host() then confine() in slot 0: with namespaces this process forks, and only
     the child returns (see the module's docstring).
     """
-    enter_host(plan, workdir, hidden)
-    confine(plan, workdir, 0)
+    confine(plan, enter_host(plan, workdir, hidden), 0)
 
 
-def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
+def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> str:
     """Apply the host's half of ``plan`` to this process, once; trusted bootstrap only.
 
     With namespaces this process forks, and only the child, PID 1 of the new PID
@@ -147,7 +160,13 @@ def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
     Args:
         plan: The layers to apply.
         workdir: An empty directory, the sandboxes' working directory: never hidden.
-        hidden: Directories to cover with an empty read-only tmpfs (the server's data).
+            With a private root it becomes the mount point of that root.
+        hidden: Directories to cover with an empty read-only tmpfs (the server's data),
+            for a plan without a private root, which holds none of them anyway.
+
+    Returns:
+        The sandboxes' working directory from now on: ``workdir``, or
+        PRIVATE_WORKDIR inside a private root.
 
     Raises:
         IsolationError: When a step of the plan fails.
@@ -160,8 +179,9 @@ def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
     _prctl(_PR_SET_DUMPABLE, 0)
     if plan.namespaces:
         _fork_into_the_pid_namespace()
-        _set_up_filesystem(plan, workdir, hidden)
+        workdir = _set_up_filesystem(plan, workdir, hidden)
         _call("sethostname", _libc.sethostname(_HOSTNAME, len(_HOSTNAME)))
+    return workdir
 
 
 def fork_sandbox(plan: Plan) -> int:
@@ -322,23 +342,95 @@ def _relay(child: int) -> NoReturn:
     os._exit(os.WEXITSTATUS(status))
 
 
-def _set_up_filesystem(plan: Plan, workdir: str, hidden: Sequence[str]) -> None:
+def _set_up_filesystem(plan: Plan, workdir: str, hidden: Sequence[str]) -> str:
     # First: no mount made here may propagate back to the host's namespace.
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    if plan.private_root:
+        _pivot_to_a_private_root(workdir)
+        return PRIVATE_WORKDIR
     if plan.read_only:
-        attr = (ctypes.c_uint64 * 4)(_MOUNT_ATTR_RDONLY, 0, 0, 0)
-        _call(
-            "mount_setattr",
-            _libc.syscall(
-                _SYS_MOUNT_SETATTR, _AT_FDCWD, b"/", _AT_RECURSIVE, attr, ctypes.sizeof(attr)
-            ),
-        )
+        _make_read_only("/", _MOUNT_ATTR_RDONLY)
     sealed = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
     # The host's own /proc, for its PID namespace; each sandbox mounts its own over it.
     _mount("proc", "/proc", "proc", sealed | _MS_RDONLY)
     for path in hidden:
         if os.path.isdir(path) and os.path.commonpath([path, workdir]) != path:
-            _mount("tmpfs", path, "tmpfs", sealed | _MS_RDONLY, "size=4k,nr_inodes=1,mode=0555")
+            _mount("tmpfs", path, "tmpfs", sealed | _MS_RDONLY, _EMPTY)
+    return workdir
+
+
+_EMPTY = "size=4k,nr_inodes=1,mode=0555"
+
+
+def runtime_paths() -> tuple[list[str], list[str]]:
+    """What a private root holds of the host: the standard library, minus third-party code.
+
+    Returns:
+        The directories bound read-only, and those inside them covered by an empty
+        tmpfs (site-packages, where it lies within the standard library's tree).
+    """
+    # The base interpreter's: a virtual environment's "platstdlib" holds only site-packages.
+    paths = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
+    kept = sorted({os.path.realpath(paths[name]) for name in ("stdlib", "platstdlib")})
+    covered = sorted(
+        {
+            real
+            for name in ("purelib", "platlib")
+            if os.path.isdir(real := os.path.realpath(paths[name]))
+            and any(os.path.commonpath([real, k]) == k for k in kept)
+        }
+    )
+    return kept, covered
+
+
+def _pivot_to_a_private_root(mount_point: str) -> None:
+    """Make a tmpfs on ``mount_point`` this mount namespace's root, and drop the old one.
+
+    Everything the host imports comes from memory by now; the standard library is there
+    for what allowed modules import lazily and for tracebacks. After pivot_root and the
+    detach of the old root, no path leads to the host's files, its sockets included:
+    a mount namespace has no way back to a root it no longer holds.
+    """
+    sealed = _MS_NOSUID | _MS_NODEV
+    _mount("tmpfs", mount_point, "tmpfs", _MS_NOSUID, f"size={_PRIVATE_ROOT_BYTES},mode=0755")
+    kept, covered = runtime_paths()
+    for path in kept:
+        os.makedirs(mount_point + path, exist_ok=True)
+        _mount(path, mount_point + path, None, _MS_BIND | _MS_REC)
+    for path in covered:
+        _mount("tmpfs", mount_point + path, "tmpfs", sealed | _MS_RDONLY, _EMPTY)
+    os.mkdir(f"{mount_point}/dev", 0o755)
+    for device in _DEVICES:
+        target = f"{mount_point}/dev/{device}"
+        os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o666))
+        _mount(f"/dev/{device}", target, None, _MS_BIND)
+    for directory in ("/proc", PRIVATE_WORKDIR, "/.old"):
+        os.mkdir(mount_point + directory, 0o755)
+    # This PID namespace's /proc, mounted while the host's is still there to show that
+    # mounting one reveals nothing new (a user namespace may mount proc only then).
+    _mount("proc", f"{mount_point}/proc", "proc", sealed | _MS_NOEXEC | _MS_RDONLY)
+    os.chdir(mount_point)
+    number = _SYS_PIVOT_ROOT.get(os.uname().machine)
+    if number is None:
+        raise IsolationError(errno.ENOSYS, f"pivot_root: unknown on {os.uname().machine}")
+    _call("pivot_root", _libc.syscall(number, b".", b".old"))
+    os.chdir("/")
+    _call("umount /.old", _libc.umount2(b"/.old", _MNT_DETACH))
+    os.rmdir("/.old")
+    # Last, recursively: the root, the binds and the devices (which stay usable).
+    _make_read_only("/", _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID)
+
+
+def _make_read_only(path: str, flags: int) -> None:
+    # mount_setattr only adds flags: a remount would have to repeat a user namespace's
+    # locked ones (atime, nodev) exactly, or fail.
+    attr = (ctypes.c_uint64 * 4)(flags, 0, 0, 0)
+    _call(
+        "mount_setattr",
+        _libc.syscall(
+            _SYS_MOUNT_SETATTR, _AT_FDCWD, path.encode(), _AT_RECURSIVE, attr, ctypes.sizeof(attr)
+        ),
+    )
 
 
 def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
@@ -384,13 +476,19 @@ def candidates() -> list[Plan]:
         strong = Plan(namespaces=True, read_only=True, uid=SANDBOX_UID_BASE)
     else:
         strong = Plan(namespaces=True, user_namespace=True, read_only=True)
+    strongest = dataclasses.replace(strong, private_root=True)
     weaker = dataclasses.replace(strong, read_only=False)
     fallback = Plan(uid=strong.uid)
-    return [strong, weaker, fallback]
+    return [strongest, strong, weaker, fallback]
 
 
-def observe(workdir: str) -> dict[str, Any]:
-    """What the layers look like from inside a sandbox; must not import anything."""
+def observe(workdir: str, private_root: bool) -> dict[str, Any]:
+    """What the layers look like from inside a sandbox; must not import anything.
+
+    With a private root it also lists every file the root holds outside /proc, the
+    working directory and the standard library (the host's whole tree would be too
+    long to walk without one).
+    """
     status = dict(line.split(":", 1) for line in _read("/proc/self/status").splitlines())
     with socket.socket() as sock:
         network = sock.connect_ex(("127.0.0.1", 9))
@@ -422,7 +520,17 @@ def observe(workdir: str) -> dict[str, Any]:
         "fork_errno": forked,
         "workdir_writable": writable,
         "writable_mounts": [m[4] for m in mounts if "rw" in m[5].split(",")],
+        "root_files": _files_in_root(workdir) if private_root else None,
     }
+
+
+def _files_in_root(workdir: str) -> list[str]:
+    skip = {"/proc", workdir, *runtime_paths()[0]}
+    found = []
+    for directory, subdirectories, files in os.walk("/"):
+        subdirectories[:] = [d for d in subdirectories if os.path.join(directory, d) not in skip]
+        found += [os.path.join(directory, name) for name in files]
+    return sorted(found)
 
 
 def namespace_ids() -> dict[str, int]:
@@ -474,6 +582,19 @@ def layers(
     ]
     if plan.user_namespace:
         found.append(("user-namespace", "user" in new, "maps only the server's uid, to root"))
+    private = plan.private_root and facts["root_files"] == [f"/dev/{d}" for d in sorted(_DEVICES)]
+    found.append(
+        (
+            "private-root",
+            private,
+            "a root of its own: the standard library read-only (no third-party packages), "
+            "the working directory, its own /proc and /dev/"
+            + ", ".join(sorted(_DEVICES))
+            + "; no other file or socket of the host"
+            if private
+            else (failures[0] if failures else "needs a mount namespace"),
+        )
+    )
     # From inside, the only writable mount must be the working directory.
     read_only = plan.read_only and facts["writable_mounts"] == [facts["workdir"]]
     found.append(

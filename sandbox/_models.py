@@ -119,6 +119,7 @@ class RunResult:
 REPORT_FD = 3
 _LENGTH_BYTES = 4
 # The sandbox process trims these report fields, so the runner can bound the report's size.
+MAX_ERROR_TYPE_CHARS = 200
 MAX_MESSAGE_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
 

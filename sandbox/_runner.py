@@ -3,9 +3,12 @@
 The server runs gRPC threads, so it never forks: SandboxHost spawns the host
 (``python -I -m toolvault.sandbox._host``, see ``_host``) with os.posix_spawn in a new
 session, with an empty environment and one end of a Unix socket pair, and the host forks
-a sandbox per call. For each call the server makes the stdout, stderr and report pipes
-itself and passes their write ends to the host with the run frame, so that it reads the
-output and caps it as it arrives, never trusting the sandbox to stop. It enforces the wall
+a sandbox per call. The server compiles each source once (RestrictedPython, kept in its
+own memory, which no sandbox is forked from) and writes each call's job, with the code
+marshalled, to a memfd that only the sandbox reads. For each call the server makes the
+stdout, stderr and report pipes itself and passes their write ends to the host with the
+run frame, so that it reads the output and caps it as it arrives, never trusting the
+sandbox to stop. It enforces the wall
 clock, and on any limit or cancellation has the host kill the sandbox and waits until the
 host reports it reaped. The event loop watches everything without threads or asyncio's
 child watcher: the socket, the pipes, and a pidfd of the host process.
@@ -24,7 +27,9 @@ import functools
 import itertools
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -37,9 +42,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._child import Program, compile_job, encode_job
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
     DEFAULT_ALLOWED_IMPORTS,
+    MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     Job,
@@ -49,7 +56,6 @@ from ._models import (
     cpu_limit_seconds,
     decode_frames,
     encode_frame,
-    job_fields,
 )
 
 log = logging.getLogger("toolvault.sandbox")
@@ -62,6 +68,7 @@ _START_TIMEOUT_S = 60.0
 # before it is killed itself.
 _KILL_GRACE_S = 5.0
 _STDERR_TAIL_CHARS = 1_000
+_CACHED_PROGRAMS = 256
 _REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
 _REPORTED_STATUSES = ("ok", "error", "memory_limit")
 _ERROR_TYPES = {
@@ -87,7 +94,11 @@ class SandboxHost:
         preload: Modules the host imports ahead of the calls (the server's allow-list);
             others are imported when a call first allows them.
         hidden_paths: Directories no sandbox may see, such as the server's data:
-            covered by an empty tmpfs where the host allows a mount namespace.
+            covered by an empty tmpfs where the host allows a mount namespace but no
+            private root (which holds none of them).
+        language_layer: False runs the code as plain Python with the real builtins,
+            under every other layer: only for the test suite's attacks on the kernel
+            layer. No setting or request of the server reaches it.
     """
 
     def __init__(
@@ -95,9 +106,13 @@ class SandboxHost:
         *,
         preload: Sequence[str] = DEFAULT_ALLOWED_IMPORTS,
         hidden_paths: Sequence[str] = (),
+        language_layer: bool = True,
     ) -> None:
         self._preload = list(preload)
         self._hidden = [str(path) for path in hidden_paths]
+        self._language_layer = language_layer
+        self._programs: dict[tuple[str, str], Program] = {}
+        self.compilations = 0
         self._process: _Process | None = None
         self._starting: asyncio.Task[_Process] | None = None
         self._isolation: Isolation | None = None
@@ -114,11 +129,6 @@ class SandboxHost:
         """The pid of the process that forks the sandboxes, if one is running."""
         process = self._process
         return process.host_pid if process is not None and process.alive else None
-
-    @property
-    def compilations(self) -> int:
-        """How many sources the running host compiled rather than found in its cache."""
-        return self._process.compilations if self._process is not None else 0
 
     async def start(self) -> Isolation:
         """Start the host now unless it runs, and say how the sandboxes are confined.
@@ -144,9 +154,10 @@ class SandboxHost:
             process = await self._live()
         except HostFailed as exc:
             return _crashed(f"the sandbox host could not start: {exc}")
+        program = await self._program(job)
         slot = next(n for n in itertools.count() if n not in self._busy_slots)
         self._busy_slots.add(slot)
-        call = _Call(job, next(self._ids), slot, process)
+        call = _Call(job, program, next(self._ids), slot, process)
         try:
             process.submit(call)
             try:
@@ -159,6 +170,20 @@ class SandboxHost:
         finally:
             call.close()
             self._busy_slots.discard(slot)
+
+    async def _program(self, job: Job) -> Program:
+        """``job.source`` compiled, from the cache or (in a thread, once) now."""
+        key = (job.source, job.filename)
+        program = self._programs.pop(key, None)
+        if program is None:
+            self.compilations += 1
+            program = await asyncio.to_thread(
+                compile_job, job.source, job.filename, restricted=self._language_layer
+            )
+            if len(self._programs) >= _CACHED_PROGRAMS:
+                del self._programs[next(iter(self._programs))]
+        self._programs[key] = program  # last: the most recently used
+        return program
 
     async def close(self) -> None:
         """Stop the host: every sandbox it runs is killed; wait until it has exited."""
@@ -190,7 +215,7 @@ class SandboxHost:
         plans = [self._isolation.plan] if self._isolation is not None else candidates()
         failures: list[str] = []
         for plan in plans:
-            process = _Process(plan, self._preload, self._hidden)
+            process = _Process(plan, self._preload, self._hidden, self._language_layer)
             try:
                 facts = await process.started
             except HostFailed as exc:
@@ -248,10 +273,11 @@ async def _uncancellable(future: asyncio.Future[None]) -> None:
 class _Process:
     """One sandbox host process and its socket, watched from the event loop."""
 
-    def __init__(self, plan: Plan, preload: list[str], hidden: list[str]) -> None:
+    def __init__(
+        self, plan: Plan, preload: list[str], hidden: list[str], language_layer: bool
+    ) -> None:
         self.plan = plan
         self.calls: dict[int, _Call] = {}
-        self.compilations = 0
         self.alive = True
         self._loop = asyncio.get_running_loop()
         self._inbox = bytearray()
@@ -302,6 +328,7 @@ class _Process:
                 "preload": preload,
                 "workdir": self._workdir,
                 "hidden": hidden,
+                "language_layer": language_layer,
             }
         )
 
@@ -335,8 +362,13 @@ class _Process:
     def submit(self, call: _Call) -> None:
         """Have the host fork a sandbox for ``call``."""
         self.calls[call.id] = call
-        fields = job_fields(call.job)
-        self.send({"op": "run", "id": call.id, "slot": call.slot, "job": fields}, call.give_away())
+        message = {
+            "op": "run",
+            "id": call.id,
+            "slot": call.slot,
+            "allowed_imports": call.job.allowed_imports,
+        }
+        self.send(message, call.give_away())
 
     def kill(self, call: _Call) -> None:
         """Have the host kill ``call``'s sandbox; kill the host if it does not within the grace."""
@@ -406,7 +438,6 @@ class _Process:
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message["op"]
         if op == "exited":
-            self.compilations += message["compiled"]
             self.calls.pop(message["id"]).exited_with(message)
         elif op == "ready":
             self._start_timer.cancel()
@@ -520,8 +551,11 @@ class _Pipe:
 class _Call:
     """One call: its pipes, its clock, and what the host said about its sandbox."""
 
-    def __init__(self, job: Job, call_id: int, slot: int, process: _Process) -> None:
+    def __init__(
+        self, job: Job, program: Program, call_id: int, slot: int, process: _Process
+    ) -> None:
         self.job = job
+        self._program = program
         self.id = call_id
         self.slot = slot
         self._process = process
@@ -533,7 +567,8 @@ class _Call:
         # The report holds the result as an escaped JSON string, at most twice its size,
         # next to a message and a traceback whose characters take at most 6 bytes each.
         self._report = _Pipe(
-            "result", 2 * cap + 6 * (MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS) + 1024
+            "result",
+            2 * cap + 6 * (MAX_ERROR_TYPE_CHARS + MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS) + 1024,
         )
         self._pipes = (self._stdout, self._stderr, self._report)
         self._write_ends: list[int] = []
@@ -545,13 +580,19 @@ class _Call:
         self._verdict: tuple[RunStatus, str] | None = None
 
     def give_away(self) -> list[int]:
-        """Make the pipes and start the clock; return the write ends, which the host gets."""
+        """Make the pipes and the job's memfd, start the clock; return what the host gets."""
         for pipe in self._pipes:
             pipe.fd, write_end = os.pipe()
             self._write_ends.append(write_end)
             # Only our end: O_NONBLOCK is shared with the sandbox's copies of its ends.
             os.set_blocking(pipe.fd, False)
             self._loop.add_reader(pipe.fd, self._drain, pipe)
+        job = os.memfd_create("job", os.MFD_CLOEXEC)
+        self._write_ends.append(job)
+        data = memoryview(encode_job(self.job, self._program))
+        while data:
+            data = data[os.write(job, data) :]
+        os.lseek(job, 0, os.SEEK_SET)
         self._started = time.monotonic()
         limits = self.job.limits
         self._timer = self._loop.call_later(
@@ -591,14 +632,19 @@ class _Call:
         for pipe in self._pipes:
             self._drain(pipe)
         stderr = self._stderr.data.decode("utf-8", "replace")
-        report = _parse_report(self._report.data)
+        report, problem = _parse_report(self._report.data)
+        if problem and self._verdict is None:
+            self._verdict = (
+                RunStatus.CRASHED,
+                f"the sandbox process sent a malformed report: {problem}",
+            )
         status, result_json, error_type, error_message, trace = self._outcome(
             report, self._wait_status, self._cpu_ms, stderr
         )
         # ru_maxrss starts from the host's size at the fork: use the sandbox process's own
         # figure when it could report one.
         peak = report.get("peak_memory_bytes") if report else None
-        if not isinstance(peak, int) or peak <= 0:
+        if not peak:
             peak = self._maxrss_kb * 1024
         return RunResult(
             status=status,
@@ -688,19 +734,81 @@ class _Call:
         return f"{name} passed the output limit of {self.job.limits.max_output_bytes} bytes"
 
 
-def _parse_report(data: bytes | bytearray) -> dict[str, Any] | None:
-    """The sandbox process's report, or None if it wrote none or something malformed."""
+def _parse_report(data: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
+    """The sandbox process's report, checked as hostile input, or what is wrong with it.
+
+    Code that escaped the language layer writes the report itself, so nothing in it is
+    trusted: the texts come back valid UTF-8 and within their caps, the result valid JSON
+    that any reader can parse again (no NaN, no lone surrogate, no integer Python refuses
+    to read), the peak memory within a BIGINT column.
+
+    Returns:
+        The report and ``""``; ``None`` and ``""`` when there is none (the process died
+        first); or ``None`` and the problem that makes the run CRASHED.
+    """
+    if not data:
+        return None, ""
     try:
         report = json.loads(data)
-    except ValueError:
-        return None
-    if (
-        not isinstance(report, dict)
-        or report.get("status") not in _REPORTED_STATUSES
-        or not all(isinstance(report.get(key), str) for key in _REPORT_FIELDS)
-    ):
-        return None
-    return report
+    except (ValueError, RecursionError):
+        return None, "not JSON in UTF-8"
+    if not isinstance(report, dict):
+        return None, f"a JSON {type(report).__name__}, not an object"
+    if report.get("status") not in _REPORTED_STATUSES:
+        return None, "an unknown status"
+    for key in _REPORT_FIELDS:
+        if not isinstance(report.get(key), str):
+            return None, f"{key} is not a string"
+    # Cut as the sandbox process cuts them: the traceback keeps its end, where the error is.
+    report["error_type"] = _valid_text(report["error_type"][:MAX_ERROR_TYPE_CHARS])
+    report["error_message"] = _valid_text(report["error_message"][:MAX_MESSAGE_CHARS])
+    report["traceback"] = _valid_text(report["traceback"][-MAX_TRACEBACK_CHARS:])
+    peak = report.get("peak_memory_bytes", 0)
+    if type(peak) is not int or not 0 <= peak < 2**63:
+        return None, "peak_memory_bytes is not a byte count"
+    if report["status"] != "ok":
+        report["result_json"] = ""
+    elif problem := _json_problem(report["result_json"]):
+        return None, f"the result is {problem}"
+    return report, ""
+
+
+def _valid_text(text: str) -> str:
+    """``text`` with lone surrogates (which no UTF-8 column stores) replaced by U+FFFD."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text)
+    return text
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_problem(text: str) -> str:
+    """Why ``text`` is not JSON that every reader can parse back; ``""`` if it is."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        text.encode()
+        # Only an escape can decode to a lone surrogate (the sandbox writes none).
+        if "\\u" in text:
+            json.dumps(value, ensure_ascii=False).encode()
+    except RecursionError:
+        return "nested too deeply"
+    except (ValueError, UnicodeEncodeError) as exc:
+        return f"not valid JSON ({exc})"
+    return ""
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 def _explain_exit(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -13,6 +14,7 @@ from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
+from toolvault import sandbox
 from toolvault.server import metrics, tracing
 from toolvault.server.agents import Agents
 from toolvault.server.api import (
@@ -61,7 +63,7 @@ SERVICES = tuple(
 
 
 class StartupError(Exception):
-    """The server cannot start as configured: its address, TLS files or admin key."""
+    """The server cannot start as configured: address, TLS files, admin key or sandbox."""
 
 
 def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
@@ -75,6 +77,24 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
+
+
+def _check_isolation(layers: Sequence[sandbox.Layer], required: Sequence[str]) -> None:
+    """Refuse to start when a sandbox layer the operator requires is not in effect."""
+    found = {layer.name: layer for layer in layers}
+    wanted = list(found) if "all" in required else list(required)
+    unknown = [name for name in wanted if name not in found]
+    if unknown:
+        raise StartupError(
+            f"TOOLVAULT_REQUIRE_ISOLATION names unknown layers {unknown}; the layers are "
+            f"{', '.join(found)} (or all)"
+        )
+    missing = [f"{name} ({found[name].detail})" for name in wanted if not found[name].active]
+    if missing:
+        raise StartupError(
+            "refusing to start: sandbox layers required by TOOLVAULT_REQUIRE_ISOLATION are "
+            f"not in effect on this host: {'; '.join(missing)}"
+        )
 
 
 def _transport(settings: Settings) -> str:
@@ -182,11 +202,14 @@ async def serve(settings: Settings) -> None:
         # Before the first call: the sandbox host starts warm, and its probe sandbox says
         # which layers are in effect (the sandbox logs a WARNING for each one that is not).
         layers = await invocations.start_sandbox()
+        _check_isolation(layers, settings.require_isolation)
     except BaseException:
         await invocations.close()
         await server.stop(None)
         raise
     log.info("sandbox layers active: %s", ", ".join(x.name for x in layers if x.active) or "none")
+    for layer in layers:
+        metrics.SANDBOX_LAYERS.labels(layer.name).set(layer.active)
     if settings.metrics_port is not None:
         metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port)
         log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics_port)

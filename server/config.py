@@ -65,8 +65,11 @@ class Settings(BaseSettings):
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(None, description="PEM CA; requires client certificates")
     insecure: bool = Field(False, description="allow a non-loopback listen without auth and TLS")
+    require_isolation: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="sandbox layers (toolvault doctor's names, or all) needed to start"
+    )
 
-    @field_validator("allowed_imports", "plugins", mode="before")
+    @field_validator("allowed_imports", "plugins", "require_isolation", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # A comma-separated list reads better in an environment variable than JSON.

@@ -50,6 +50,12 @@ IN_FLIGHT = Gauge(
     "toolvault_sandboxes_in_flight", "Sandboxes running a function now.", registry=REGISTRY
 )
 QUEUED = Gauge("toolvault_queued_calls", "Calls waiting for a free sandbox.", registry=REGISTRY)
+SANDBOX_LAYERS = Gauge(
+    "toolvault_sandbox_layer_active",
+    "1 for each sandbox layer a probe sandbox found in effect, 0 for one it did not.",
+    ["layer"],
+    registry=REGISTRY,
+)
 PLUGIN_ERRORS = Counter(
     "toolvault_plugin_errors",
     "Plugin hook implementations that raised, by plugin and hook.",

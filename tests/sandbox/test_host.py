@@ -192,7 +192,7 @@ def test_concurrent_sandboxes_run_as_distinct_uids_and_cant_see_or_signal_each_o
         from toolvault.sandbox._models import Limits
 
         plan, workdir = Plan.from_json(sys.argv[1]), sys.argv[2]
-        enter_host(plan, workdir)
+        workdir = enter_host(plan, workdir)
         limits = Limits(timeout_ms=5000, memory_mb=256, max_output_bytes=1024)
         ready_r, ready_w = os.pipe()
         report_r, report_w = os.pipe()

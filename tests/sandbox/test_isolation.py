@@ -27,7 +27,7 @@ import pytest
 from tests.sandbox import test_run
 from tests.sandbox.test_run import BUSY, job
 from toolvault.sandbox import Plan, SandboxHost, detect, isolation_layers
-from toolvault.sandbox._isolation import WORKDIR_BYTES
+from toolvault.sandbox._isolation import PRIVATE_WORKDIR, WORKDIR_BYTES, runtime_paths
 
 SECRET = "tv-isolation-secret-7c1d"
 UNSHARE = shutil.which("unshare")
@@ -127,7 +127,11 @@ def test_cant_read_the_servers_secret_file_its_hidden_data_or_its_environment(
         tmp_path,
     )
 
-    assert result["secret_file"] == ["PermissionError", 13]
+    # With a private root the host's files are not there at all; without, not readable.
+    if plan.private_root:
+        assert result["secret_file"] == ["FileNotFoundError", 2]
+    else:
+        assert result["secret_file"] == ["PermissionError", 13]
     if plan.namespaces:
         assert result["hidden"] == ["FileNotFoundError", 2]
         assert result["environ"] == ["FileNotFoundError", 2]  # not in this PID namespace
@@ -219,9 +223,11 @@ def test_cant_write_outside_the_working_directory(plan: Plan, tmp_path: Path) ->
         tmp_path,
     )
 
-    assert result["tmp"] == ["OSError", 30]  # EROFS, though /tmp is world-writable
-    assert result["shm"] == ["OSError", 30]
-    assert result["beside_the_secret"][0] in ("OSError", "PermissionError")
+    # ENOENT in a private root, which has no /tmp; else EROFS, though /tmp is world-writable.
+    missing = ["FileNotFoundError", 2] if plan.private_root else ["OSError", 30]
+    assert result["tmp"] == missing
+    assert result["shm"] == missing
+    assert result["beside_the_secret"][0] in ("OSError", "PermissionError", "FileNotFoundError")
     assert result["root"] == ["ok", os.ST_RDONLY]
     assert result["workdir"] == ["ok", 4]
     assert result["hostname"] == ["ok", "sandbox"]
@@ -319,6 +325,7 @@ def test_a_running_sandbox_is_confined_as_doctor_claims(plan: Plan, tmp_path: Pa
             "environ": (proc / "environ").read_bytes(),
             "writable": [m[4] for m in mounts if "rw" in m[5].split(",")],
             "hidden": [m[8] for m in mounts if m[4] == str(tmp_path)],
+            "mount_points": [m[4] for m in mounts],
         }
 
     seen, pid = running_sandbox([str(tmp_path)], look)
@@ -332,10 +339,22 @@ def test_a_running_sandbox_is_confined_as_doctor_claims(plan: Plan, tmp_path: Pa
     if plan.namespaces:
         assert {"network-namespace", "pid-namespace", "ipc-namespace"} <= active
         assert seen["new"] == list(NAMESPACES)
+    if "private-root" in active:
+        # The hidden directory is not covered but absent: nothing of the host is mounted
+        # but the standard library, /proc and the four devices.
+        assert seen["hidden"] == []
+        kept, covered = runtime_paths()
+        devices = [f"/dev/{name}" for name in ("null", "zero", "random", "urandom")]
+        expected = {"/", "/proc", PRIVATE_WORKDIR, *kept, *covered, *devices}
+        assert set(seen["mount_points"]) == expected
+    elif plan.namespaces:
         assert seen["hidden"] == ["tmpfs"]
     if "read-only-filesystem" in active:
         (workdir,) = seen["writable"]
-        assert workdir.startswith(os.path.join(tempfile.gettempdir(), "toolvault-"))
+        if "private-root" in active:
+            assert workdir == PRIVATE_WORKDIR
+        else:
+            assert workdir.startswith(os.path.join(tempfile.gettempdir(), "toolvault-"))
     assert not Path(f"/proc/{pid}").exists()  # cancelled: killed and reaped
 
 

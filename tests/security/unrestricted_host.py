@@ -1,0 +1,60 @@
+"""A sandbox host without the language layer, driven over stdin and stdout by the tests.
+
+``python -m tests.security.unrestricted_host DATA_DIR`` (run by test_kernel_layer inside a
+throw-away PID namespace) starts ``SandboxHost(language_layer=False)``: the code of every
+job runs as plain Python with the real builtins, ``os`` and ``ctypes`` in reach, under
+every other layer exactly as the server's sandboxes run. Each line on stdin is a JSON
+list of jobs to run at once; each line on stdout is the list of their results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from toolvault.sandbox import Job, Limits, RunResult, SandboxHost
+
+
+def _job(fields: dict[str, Any]) -> Job:
+    limits = Limits(
+        **{
+            "timeout_ms": 10_000,
+            "memory_mb": 256,
+            "max_output_bytes": 1 << 20,
+            **fields.get("limits", {}),
+        }
+    )
+    return Job(
+        fields["source"],
+        "main",
+        json.dumps(fields.get("args", {})),
+        tuple(fields.get("allowed_imports", ())),
+        limits,
+        filename=fields.get("filename", "attack@1"),
+    )
+
+
+def _encode(result: RunResult) -> dict[str, Any]:
+    return {**dataclasses.asdict(result), "status": result.status.value}
+
+
+async def _serve(data_dir: str) -> None:
+    host = SandboxHost(preload=(), hidden_paths=[data_dir], language_layer=False)
+    loop = asyncio.get_running_loop()
+    try:
+        isolation = await host.start()
+        layers = {layer.name: layer.active for layer in isolation.layers}
+        print(json.dumps({"layers": layers, "host_pid": host.pid}), flush=True)
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            jobs = [_job(fields) for fields in json.loads(line)]
+            results = await asyncio.gather(*(host.run(job) for job in jobs))
+            print(json.dumps([_encode(result) for result in results]), flush=True)
+    finally:
+        await host.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(sys.argv[1]))
