@@ -46,19 +46,23 @@ arch in seccomp_data other than this process's own (i386 by ``int 0x80`` or from
 native numbers would let them through; no honest program of ours ever makes such a call.
 
 How: the program checks the arch, then binary-searches the call's number over runs of
-numbers with the same verdict, about eight comparisons deep. A verdict that depends on
-the number alone is one the kernel's action cache (Linux 5.11 and later) remembers, so
-for every call but the four whose arguments it reads (``socketpair``, ``clone``,
-``personality``, ``ioctl``) the filter costs nothing after its first run. Arguments are
-compared on their low 32 bits only: all four are ``int`` arguments, which the kernel
-truncates the same way, so high bits the caller sets change nothing (a 64-bit comparison
-would read AF_INET | 1 << 32 as some other family while the kernel saw AF_INET).
+numbers with the same verdict (six or seven comparisons, 10 to 14 instructions a call).
+A verdict that depends on the number alone is one the kernel's action cache (Linux 5.11
+and later) remembers, so the program runs only for the four calls whose arguments it
+reads (``socketpair``, ``clone``, ``personality``, ``ioctl``). Arguments are compared on
+their low 32 bits only: all four are ``int`` arguments, which the kernel truncates the
+same way, so high bits the caller sets change nothing (a 64-bit comparison would read
+AF_INET | 1 << 32 as some other family while the kernel saw AF_INET).
+
+Measured here: installing costs ~0.15 ms a process, nearly all of it the kernel's own (a
+one-instruction filter costs ~0.12 ms); a call under it costs ~50 ns more, as under any
+filter, and one whose arguments it reads ~80 ns more.
 
 Approaches not taken, and why:
 
 - libseccomp through ctypes: a native library the host may lack, reached through an ABI
   ctypes cannot check (an opaque context, variadic calls with structs by value), to make
-  what ~150 lines of ``struct`` make here; and its output would change with the
+  what a hundred lines of ``struct`` make here; and its output would change with the
   installed version, where this program is the same bytes everywhere and its tests
   read it instruction by instruction.
 - An allow-list: the stronger end state, but CPython, its extension modules and asyncio
@@ -82,8 +86,9 @@ Honest limits:
   device file are kept from the sandbox by the kernel's ptrace access checks, the PID
   namespace and the read-only filesystem, not by this filter.
 - Sockets a process already holds are covered only as far as ``connect``, ``bind``,
-  ``listen`` and ``accept`` go: an unconnected datagram socket could still ``sendto``
-  any Unix datagram socket by path. A sandbox process inherits only pipes.
+  ``listen`` and ``accept`` go: a datagram socket, even one of a connected pair, could
+  still ``sendto`` any Unix datagram socket by path. A sandbox process inherits only
+  pipes; a channel it is ever given must be a stream (or seqpacket) socket.
 - Only x86_64 and aarch64, for a 64-bit little-endian interpreter: elsewhere program()
   returns None and the layer is reported inactive.
 """
@@ -137,10 +142,10 @@ _AF_UNIX = 1
 _SOCK_STREAM = 1
 _SOCK_TYPE_MASK = 0xF  # the rest of socketpair's type is SOCK_NONBLOCK and SOCK_CLOEXEC
 _SOCK_CLOEXEC = 0o2000000
-# CLONE_NEWNS, _NEWCGROUP, _NEWUTS, _NEWIPC, _NEWUSER, _NEWPID and _NEWNET. clone() takes
-# no CLONE_NEWTIME (0x80): its low byte is the exit signal.
-_CLONE_NEW_ANY = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000
-_CLONE_NEW_ANY |= 0x20000000 | 0x40000000
+# CLONE_NEWNS (0x20000) and CLONE_NEWCGROUP, _NEWUTS, _NEWIPC, _NEWUSER, _NEWPID and
+# _NEWNET (0x02000000 to 0x40000000). clone() takes no CLONE_NEWTIME (0x80): its low byte
+# is the exit signal.
+_CLONE_NEW_ANY = 0x7E020000
 _PERSONALITY_QUERY = 0xFFFFFFFF
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C  # the same on x86_64 and aarch64
 _USERFAULTFD_IOC_NEW = 0xAA00  # _IO(0xAA, 0): a userfaultfd from /dev/userfaultfd
