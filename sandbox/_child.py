@@ -38,7 +38,7 @@ from typing import Any, NoReturn, cast
 from RestrictedPython.compile import compile_restricted_exec
 
 from ._globals import restricted_module
-from ._isolation import Plan, isolate, set_limits
+from ._isolation import Plan, isolate, seal, set_limits
 from ._models import (
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
@@ -81,8 +81,9 @@ def main() -> NoReturn:
     job, program = read_job(JOB_FD)
     preload(job.allowed_imports)
     module = restricted_module(job.allowed_imports)
-    isolate(Plan.from_json(plan), workdir, hidden)
-    run_job(job, program, module)
+    confinement = Plan.from_json(plan)
+    isolate(confinement, workdir, hidden)
+    run_job(job, program, module, confinement)
 
 
 def compile_job(source: str, filename: str, *, restricted: bool = True) -> Program:
@@ -137,19 +138,21 @@ def preload(modules: Iterable[str]) -> None:
             importlib.import_module(name)
 
 
-def run_job(job: Job, program: Program, module: ModuleType) -> NoReturn:
+def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoReturn:
     """Run ``job`` in this confined process under its limits, report on fd 3 and exit.
 
     Args:
         job: What to run.
         program: ``job.source`` compiled.
         module: Fresh globals for the code (restricted_module), this process's own.
+        plan: How the process is confined: its system-call filter goes on last.
     """
     # Encoded now: when memory runs out there may be none left to encode it with.
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
     # So that what was printed before a kill for time or output still reaches the runner.
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     set_limits(job.limits)
+    seal(plan)
     try:
         data = _encode(
             {**_execute(job, program, module), "peak_memory_bytes": _peak_memory_bytes()}

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, NoReturn
 
+from . import _seccomp
 from ._child import JOB_FD, preload, read_job, run_job
 from ._globals import restricted_module
 from ._isolation import (
@@ -52,6 +53,7 @@ from ._isolation import (
     enter_host,
     fork_sandbox,
     observe,
+    seal,
     set_limits,
 )
 from ._models import decode_frames, encode_frame
@@ -134,6 +136,9 @@ class _Host:
         self._plan = plan
         self._workdir = workdir
         self._language_layer = language_layer
+        # Compiled once here, so that each sandbox only installs it.
+        if plan.syscall_filter:
+            _seccomp.program()
         self._modules: collections.OrderedDict[tuple[str, ...], ModuleType] = (
             collections.OrderedDict()
         )
@@ -196,7 +201,7 @@ class _Host:
     ) -> None:
         module = self._module(allowed_imports)
         try:
-            pid = self._fork(slot, fds, lambda: run_job(*read_job(JOB_FD), module))
+            pid = self._fork(slot, fds, lambda: run_job(*read_job(JOB_FD), module, self._plan))
         except OSError as exc:
             self._finish(slot)
             self._channel.send({"op": "exited", "id": call_id, "error": f"fork: {exc}"})
@@ -244,7 +249,11 @@ class _Host:
 
     def _observe(self) -> None:
         set_limits(PROBE_LIMITS)
-        os.write(1, json.dumps(observe(os.getcwd(), self._plan.private_root)).encode())
+        # The network first: under the filter no socket can be made to try it with.
+        facts = observe(os.getcwd(), self._plan.private_root)
+        seal(self._plan)
+        facts["seccomp"] = _seccomp.observe()
+        os.write(1, json.dumps(facts).encode())
         os._exit(0)
 
     def _workdir_of(self, slot: int) -> str:

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from . import _seccomp
 from ._models import Limits, cpu_limit_seconds
 
 # The first of the uids sandboxes run as when the server is root, one per concurrent
@@ -98,6 +99,8 @@ class Plan:
         private_root: Replace the root with one made for the sandboxes (pivot_root):
             the standard library read-only, the working directory, a /proc of their
             own and four devices; nothing else of the host's filesystem.
+        syscall_filter: Install the seccomp filter (``_seccomp``) in each sandbox process
+            right before user code.
         uid: The first unprivileged uid (and gid) to switch to, for a server that is
             root: the sandbox in slot N runs as ``uid + N``.
     """
@@ -106,6 +109,7 @@ class Plan:
     user_namespace: bool = False
     read_only: bool = False
     private_root: bool = False
+    syscall_filter: bool = False
     uid: int | None = None
 
     def to_json(self) -> str:
@@ -269,8 +273,21 @@ def confine(plan: Plan, workdir: str, slot: int) -> None:
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
 
 
+def seal(plan: Plan) -> None:
+    """Install the system-call filter if ``plan`` has one; after set_limits, before user code.
+
+    Raises:
+        OSError: When the kernel refuses the filter: the process must not run user code.
+    """
+    if plan.syscall_filter:
+        filter_ = _seccomp.program()
+        if filter_ is None:
+            raise IsolationError(errno.ENOSYS, f"seccomp: no filter for {os.uname().machine}")
+        _seccomp.install(filter_)
+
+
 def set_limits(limits: Limits) -> None:
-    """Close every fd above the four pipes and set the rlimits; the last step before user code."""
+    """Close every fd above the four pipes and set the rlimits; then only seal() is left."""
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
     cpu_seconds = cpu_limit_seconds(limits)
     for limit, soft, hard in (
@@ -476,10 +493,14 @@ def candidates() -> list[Plan]:
         strong = Plan(namespaces=True, read_only=True, uid=SANDBOX_UID_BASE)
     else:
         strong = Plan(namespaces=True, user_namespace=True, read_only=True)
-    strongest = dataclasses.replace(strong, private_root=True)
     weaker = dataclasses.replace(strong, read_only=False)
     fallback = Plan(uid=strong.uid)
-    return [strongest, strong, weaker, fallback]
+    plans = [dataclasses.replace(strong, private_root=True), strong, weaker, fallback]
+    if _seccomp.program() is None:
+        return plans
+    # The filter with every plan first; the process layer alone last, as the last resort.
+    filtered = [dataclasses.replace(plan, syscall_filter=True) for plan in plans]
+    return [filtered[0], plans[0], *filtered[1:], fallback]
 
 
 def observe(workdir: str, private_root: bool) -> dict[str, Any]:
@@ -607,11 +628,18 @@ def layers(
             else (failures[-1] if failures else "needs a mount namespace"),
         )
     )
-    found += [
-        ("seccomp", False, "not implemented: no system-call filter is installed"),
-        ("cgroup-memory", False, _cgroup_detail()),
-    ]
+    found += [_seccomp_layer(plan, facts, failures), ("cgroup-memory", False, _cgroup_detail())]
     return tuple(Layer(n, a, d) for n, a, d in found)
+
+
+def _seccomp_layer(
+    plan: Plan, facts: dict[str, Any], failures: Sequence[str]
+) -> tuple[str, bool, str]:
+    if _seccomp.program() is None:
+        return "seccomp", False, f"not available: no filter for {os.uname().machine}"
+    if not plan.syscall_filter:
+        return "seccomp", False, f"not available: {failures[0] if failures else 'not tried'}"
+    return "seccomp", _seccomp.active(facts["seccomp"]), _seccomp.DESCRIPTION
 
 
 def _user_layer(plan: Plan, facts: dict[str, Any]) -> tuple[str, bool, str]:

@@ -363,7 +363,8 @@ def test_every_layer_doctor_reports_is_named_with_a_detail() -> None:
 
     names = [layer.name for layer in layers]
     assert names[:3] == ["process", "rlimits", "unprivileged-user"]
-    assert {"network-namespace", "pid-namespace", "read-only-filesystem", "seccomp"} <= set(names)
+    expected = {"network-namespace", "pid-namespace", "read-only-filesystem", "private-root"}
+    assert expected | {"seccomp", "cgroup-memory"} <= set(names)
     assert all(layer.detail for layer in layers)
     # Not implemented, so never claimed.
-    assert [layer.active for layer in layers if layer.name == "seccomp"] == [False]
+    assert [layer.active for layer in layers if layer.name == "cgroup-memory"] == [False]

@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from toolvault.sandbox import _seccomp
 from toolvault.sandbox._isolation import PRIVATE_WORKDIR, runtime_paths
 
 SECRET = f"tv-kernel-secret-{secrets.token_hex(16)}"
@@ -514,3 +515,54 @@ def test_the_texts_of_a_report_come_back_valid_and_within_their_caps(host: Host)
     assert outcome["error_message"] == "\ufffd" + "m" * 1_999
     assert outcome["traceback"] == "t" * 7_999 + "\ufffd"
     assert outcome["peak_memory_bytes"] == 1 << 20
+
+
+# Raw system calls through libc, with arguments that do no harm even if they went through.
+RAW_CALLS = """\
+libc = ctypes.CDLL(None, use_errno=True)
+def raw(name, *args):
+    result = libc.syscall(ctypes.c_long(NUMBERS[name]), *(ctypes.c_long(a) for a in args))
+    return ["ok", result] if result != -1 else ["OSError", ctypes.get_errno()]
+buf = ctypes.create_string_buffer(256)
+where = ctypes.addressof(buf)
+def main():
+    return {
+        "unshare user": raw("unshare", 0x10000000),
+        "unshare mount": raw("unshare", 0x00020000),
+        "clone user": raw("clone", 0x10000000 | 17, 0, 0, 0, 0),
+        "clone3": raw("clone3", where, 88),
+        "setns": raw("setns", 0, 0),
+        "mount": raw("mount", where, where, where, 0, 0),
+        "chroot": raw("chroot", where),
+        "ptrace": raw("ptrace", 0, 0, 0, 0),
+        "process_vm_readv": raw("process_vm_readv", 1, where, 1, where, 1, 0),
+        "execve": raw("execve", where, 0, 0),
+        "io_uring_setup": raw("io_uring_setup", 1, where),
+        "bpf": raw("bpf", 0, where, 0),
+        "perf_event_open": raw("perf_event_open", where, 0, -1, -1, 0),
+        "userfaultfd": raw("userfaultfd", 0),
+        "keyctl": raw("keyctl", 0, 0, 0, 0, 0),
+        "open_by_handle_at": raw("open_by_handle_at", -100, where, 0),
+        "personality": raw("personality", 0x0040000),
+        "netlink": raw("socket", 16, 3, 0),
+        "unix": raw("socket", 1, 1, 0),
+        "fork": attempt(os.fork),
+    }
+"""
+
+
+def test_cant_regain_privileges_or_reach_the_kernels_attack_surface(host: Host) -> None:
+    host.needs("seccomp")
+    arch = _seccomp._this_arch()
+    assert arch is not None
+    source = f"NUMBERS = {dict(arch.numbers)!r}\n" + RAW_CALLS
+    seen = host.result(source)
+
+    enosys = {"clone3"}
+    for name, outcome in seen.items():
+        if name == "fork":
+            assert outcome == ["BlockingIOError", errno.EAGAIN]
+        elif name in enosys:
+            assert outcome == ["OSError", errno.ENOSYS], name
+        else:
+            assert outcome == ["OSError", errno.EPERM], (name, outcome)
