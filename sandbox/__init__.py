@@ -7,11 +7,12 @@ package imports nothing else of toolvault.
 
 How a call runs: the server starts a warm sandbox host (``_host``) once, spawned with
 posix_spawn and supervised over a Unix socket (``_runner``). The host imports the runtime
-and the allowed modules, confines itself once (the kernel layer's namespaces and
-read-only mounts) and caches compiled code by sha256; per call it forks a sandbox
-process, which confines itself further and runs the function (``_child.run_job``). The
-server owns the call's output pipes, the wall clock and the verdict; the host forks,
-kills and reaps.
+and the allowed modules and confines itself once (the kernel layer's namespaces and a
+private root); per call it forks a sandbox process, which confines itself further, reads
+its job from a memfd the server wrote (the code the server compiled, marshalled, and the
+arguments) and runs the function (``_child.run_job``). The server owns the call's job,
+output pipes, the wall clock and the verdict, and parses the report as hostile input;
+the host forks, kills and reaps, and never reads a job.
 
 Layers, each useful alone:
 
@@ -25,10 +26,14 @@ Layers, each useful alone:
    an unprivileged uid of its own per concurrent call with no capabilities and
    no_new_privs, rlimits on address space, CPU, file size, open files, core dumps and
    processes; everything it started is killed on any limit.
-4. The kernel (``_isolation.enter_host`` once in the host, ``fork_sandbox`` per call),
-   where the machine allows it: new network, PID, mount, IPC and UTS namespaces (in a
-   user namespace when the server is not root), a read-only filesystem, and a PID
-   namespace of its own for every call, so calls cannot see or signal one another.
+4. The kernel (``_isolation.enter_host`` once in the host, ``fork_sandbox`` and
+   ``seal`` per call), where the machine allows it, built to hold with the language
+   layer gone (full Python, ``os`` and ``ctypes`` in hand): new network, PID, mount, IPC
+   and UTS namespaces (in a user namespace when the server is not root), a private root
+   holding only the standard library, /proc, four devices and the working directory, a
+   PID namespace of its own for every call, so calls cannot see or signal one another,
+   and a seccomp filter (``_seccomp``) installed right before user code. No job passes
+   through the host's memory, so a sandbox, a copy of it, holds no other call's data.
    ``isolation_layers`` says which layers a probe sandbox, forked by a host like any
    call, found in effect.
 
@@ -48,9 +53,17 @@ Approaches not taken, and why:
   others in /proc and signal them. unshare(CLONE_NEWPID) before each fork (and setns
   back after it) gives each call its own; one uid per slot keeps them apart even
   without namespaces.
-- Compiling in each sandbox: RestrictedPython's compiler costs far more than a fork;
-  the host compiles once per source (the server compiled it at publish already) and
-  builds the restricted globals once per allow-list, which each fork copies.
+- Compiling in each sandbox: RestrictedPython's compiler costs far more than a fork.
+  Compiling (and caching) in the host, as before: every sandbox, a copy of the host,
+  then held every other function's source and code, and the jobs' bytes that had passed
+  through the host stayed in its freed memory. The server compiles once per version
+  and sends the code marshalled with each job (unmarshalling costs microseconds); the
+  host builds only the restricted globals once per allow-list, which each fork copies
+  and which hold nothing of any call.
+- Scrubbing the host's memory before each fork: freed memory is not zeroed, and
+  extension modules stay loaded; a host that never holds a job needs no scrubbing.
+- ``chroot`` instead of ``pivot_root``: the old root stays mounted underneath, a way
+  back for a process with capabilities; after pivot_root it is detached.
 - The ``unshare`` binary in front of the interpreter: one more exec, and the mounts and
   the uid switch must happen inside the new namespaces anyway; libc's unshare through
   ctypes does the same in the process itself.

@@ -2,13 +2,17 @@
 
 A warm sandbox host (``_host``) confines itself once with enter_host(): new network, PID,
 mount, IPC, UTS and cgroup namespaces (inside a new user namespace when the server is
-not root), a read-only view of every mount, its own /proc, the server's data hidden, its
-own hostname. Per call it forks with fork_sandbox(): the process for the call is PID 1 of
-a fresh PID namespace of its own, in its own session, and dies with the host. That
+not root), a private root (pivot_root into a read-only tmpfs holding the standard
+library, /proc, four devices and the working directory; runtime_paths() says what of the
+host it keeps) or, where that fails, a read-only view of every mount with the server's
+data hidden; its own /proc and hostname. Per call it forks with fork_sandbox(): the
+process for the call is PID 1 of a fresh PID namespace of its own, in its own session,
+and dies with the host. That
 process then calls confine(): its own mount namespace with a private tmpfs as working
 directory and a /proc that shows only itself, its own IPC namespace, an unprivileged uid
 of its own (one per concurrent call) without capabilities, and no_new_privs;
-set_limits() finally sets the rlimits and closes inherited fds. isolate() does all of it
+set_limits() then sets the rlimits and closes inherited fds, and seal() installs the
+system-call filter (``_seccomp``) as the very last step before user code. isolate() does all of it
 in one process, for a sandbox spawned per call (``python -m toolvault.sandbox._child``).
 
 The first process in a new PID namespace is its init: signals it has no handler for are
