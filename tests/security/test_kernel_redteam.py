@@ -175,3 +175,60 @@ def test_restricted_code_cant_return_a_number_beyond_a_double(attack: Attack) ->
     execution = attack.run("def main():\n    return [10 ** 400]\n")
 
     assert execution.status.name != "OK", execution.result_json[:50]
+
+
+def test_the_magic_links_of_proc_lead_to_nothing_but_what_it_runs(host: Host) -> None:
+    host.needs("private-root", "pid-namespace")
+    seen = host.result(
+        """\
+def main(secret):
+    secret = secret[::-1].encode()
+    links = ["/proc/self/exe", "/proc/self/cwd", "/proc/self/root", "/proc/1/root",
+             "/proc/thread-self/root", "/proc/self/cwd/..", "/proc/self/root/.."]
+    links += ["/proc/self/fd/" + name for name in os.listdir("/proc/self/fd")]
+    links += ["/proc/self/map_files/" + name for name in os.listdir("/proc/self/map_files")]
+    mapped = {line.split()[-1] for line in open("/proc/self/maps") if "/" in line}
+    out = {"files": {}, "dirs": {}, "secret": []}
+    for link in links:
+        target = attempt(lambda: os.readlink(link))
+        if os.path.isdir(link):
+            out["dirs"][link] = attempt(lambda: sorted(os.listdir(link)))
+            continue
+        opened = attempt(lambda: open(link, "rb").read(1 << 26))
+        if opened[0] == "ok":
+            if secret in opened[1]:
+                out["secret"].append(link)
+            out["files"][link] = [target[1], target[1] in mapped]
+        else:
+            out["files"][link] = opened
+    return out
+""",
+        secret=test_kernel_layer.hidden(test_kernel_layer.SECRET),
+    )
+
+    assert seen["secret"] == []
+    kept, _ = test_kernel_layer.runtime_paths()
+    root = sorted({"dev", "proc", "sandbox", *(p.split("/")[1] for p in kept)})
+    for link, listing in seen["dirs"].items():
+        assert listing[0] == "ok", link
+        assert listing[1] in (root, []), (link, listing)  # its root, or its empty workdir
+    readable = {link: what for link, what in seen["files"].items() if what[0] != "PermissionError"}
+    # What opens is a pipe of its own or a file it has mapped anyway: /proc/self/exe is
+    # the interpreter, outside the private root but executing in it.
+    for link, (target, mapped) in readable.items():
+        assert target.startswith("pipe:[") or mapped, (link, target)
+    assert "/proc/self/exe" in readable
+    assert all(what[1] == 1 for link, what in seen["files"].items() if "map_files" in link)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: /proc shows the host's kernel command line (and host-wide "
+    "counters) to every sandbox",
+)
+def test_cant_read_the_hosts_kernel_command_line(host: Host) -> None:
+    host.needs("pid-namespace")
+    seen = host.result('def main():\n    return attempt(lambda: open("/proc/cmdline").read())\n')
+
+    with open("/proc/cmdline") as file:
+        assert seen != ["ok", file.read()]
