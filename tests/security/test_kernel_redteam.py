@@ -10,6 +10,7 @@ achieves. A test that starts passing (the hole closed) fails the suite until its
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 
@@ -232,3 +233,78 @@ def test_cant_read_the_hosts_kernel_command_line(host: Host) -> None:
 
     with open("/proc/cmdline") as file:
         assert seen != ["ok", file.read()]
+
+
+@pytest.fixture(scope="module")
+def unfiltered() -> Iterator[Host]:
+    """The unrestricted host without the system-call filter: the other layers alone.
+
+    As on a machine the filter has no program for (neither x86_64 nor aarch64), where
+    the design says every other layer must still hold.
+    """
+    with test_kernel_layer.unrestricted_host("--without-seccomp") as started:
+        assert not started.layers["seccomp"]
+        yield started
+
+
+RENDEZVOUS = "\\0toolvault-redteam-rendezvous"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the calls of a host share its network namespace; without the filter "
+    "two calls running at once talk over an abstract Unix socket",
+)
+def test_without_the_filter_two_calls_cant_talk_over_an_abstract_socket(
+    unfiltered: Host,
+) -> None:
+    unfiltered.needs("network-namespace", "pid-namespace")
+    listener = f"""\
+def main():
+    with socket.socket(socket.AF_UNIX) as sock:
+        bound = attempt(lambda: sock.bind("{RENDEZVOUS}"))
+        if bound[0] != "ok":
+            return {{"bound": bound}}
+        sock.listen()
+        sock.settimeout(4)
+        got = attempt(lambda: sock.accept()[0].recv(100).decode())
+    return {{"bound": bound, "got": got}}
+"""
+    talker = f"""\
+def main():
+    import time
+    time.sleep(0.5)
+    with socket.socket(socket.AF_UNIX) as sock:
+        connected = attempt(lambda: sock.connect("{RENDEZVOUS}"))
+        if connected[0] == "ok":
+            sock.sendall(b"from another call")
+    return connected
+"""
+    heard, said = unfiltered.run({"source": listener}, {"source": talker})
+
+    assert heard["status"] == said["status"] == "ok", (heard, said)
+    assert json.loads(said["result_json"])[0] != "ok"
+    assert json.loads(heard["result_json"]).get("got", [None])[0] != "ok"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: without the filter a sandbox enters a user namespace of its own and "
+    "holds every capability there (netfilter, mounts: the kernel's attack surface)",
+)
+def test_without_the_filter_it_cant_gain_capabilities_in_a_user_namespace(
+    unfiltered: Host,
+) -> None:
+    seen = unfiltered.result(
+        """\
+def main():
+    libc = ctypes.CDLL(None, use_errno=True)
+    entered = libc.unshare(0x10000000)  # CLONE_NEWUSER
+    errno_ = ctypes.get_errno()
+    status = dict(line.split(":\\t", 1) for line in open("/proc/self/status").read().splitlines())
+    return {"unshare": [entered, errno_], "cap_eff": int(status["CapEff"], 16)}
+"""
+    )
+
+    assert seen["cap_eff"] == 0, seen
+    assert seen["unshare"][0] == -1, seen
