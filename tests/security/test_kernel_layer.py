@@ -13,6 +13,7 @@ search which cannot find anything does not pass for a wall.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -127,6 +128,13 @@ def host() -> Iterator[Host]:
     hide, in a 0644 file beside it, and behind a pathname Unix socket, an abstract one and
     TCP listeners on loopback.
     """
+    with unrestricted_host() as started:
+        yield started
+
+
+@contextlib.contextmanager
+def unrestricted_host(*options: str) -> Iterator[Host]:
+    """The ``host`` fixture's host; ``options`` go to tests.security.unrestricted_host."""
     if UNSHARE is None:
         pytest.skip("util-linux unshare is needed to contain signalling attacks")
     base = Path(tempfile.mkdtemp(prefix="toolvault-kernel-"))
@@ -157,7 +165,7 @@ def host() -> Iterator[Host]:
         threading.Thread(target=listeners[name].serve, daemon=True).start()
     os.chmod(unix_path, 0o777)
     command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child"]
-    command += [sys.executable, "-m", "tests.security.unrestricted_host", str(data)]
+    command += [sys.executable, "-m", "tests.security.unrestricted_host", str(data), *options]
     process = subprocess.Popen(
         command,
         cwd=REPO,
