@@ -70,9 +70,9 @@ Approaches not taken, and why:
 - A user namespace when the server is root: one that maps only root makes setuid to an
   unprivileged uid fail, and the real root can switch to one directly.
 
-``peak_memory_bytes`` is the sandbox process's own VmHWM, which includes the pages it
-still shares with the host it was forked from (about 20 MiB); only for a process killed
-before it reported does it fall back to ``wait4``'s ``ru_maxrss``.
+``peak_memory_bytes`` is the larger of what the sandbox process reported (its VmHWM,
+which includes the pages it still shares with the host it was forked from, about 20 MiB)
+and wait4's ``ru_maxrss``, the kernel's own figure: a report can raise it, never lower it.
 """
 
 from ._isolation import Isolation, Layer, Plan

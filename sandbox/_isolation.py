@@ -263,6 +263,8 @@ def confine(plan: Plan, workdir: str, slot: int) -> None:
         _mount("tmpfs", workdir, "tmpfs", sealed, options)
         # This PID namespace's /proc: no other process, and no host secrets through it.
         _mount("proc", "/proc", "proc", sealed | _MS_RDONLY)
+        # World-readable, and it names the host's boot and control-plane settings.
+        _mount("/dev/null", "/proc/cmdline", None, _MS_BIND)
     elif uid is not None:
         os.chown(workdir, uid, uid)
     os.chdir(workdir)

@@ -641,11 +641,10 @@ class _Call:
         status, result_json, error_type, error_message, trace = self._outcome(
             report, self._wait_status, self._cpu_ms, stderr
         )
-        # ru_maxrss starts from the host's size at the fork: use the sandbox process's own
-        # figure when it could report one.
-        peak = report.get("peak_memory_bytes") if report else None
-        if not peak:
-            peak = self._maxrss_kb * 1024
+        # The kernel's figure (wait4's ru_maxrss, which the host read) bounds the claim
+        # from below: code that escaped may report any number, but none smaller.
+        claimed = report.get("peak_memory_bytes", 0) if report else 0
+        peak = max(claimed, self._maxrss_kb * 1024)
         return RunResult(
             status=status,
             result_json=result_json,
@@ -714,6 +713,10 @@ class _Call:
         """Status, result JSON, error type, error message and traceback of the run."""
         limits = self.job.limits
         verdict = self._verdict
+        # The sandbox process exits 0 right after it reports: after any other end, what
+        # it wrote is no result (code that escaped could report, then fail).
+        if wait_status is not None and os.waitstatus_to_exitcode(wait_status) != 0:
+            report = None
         if verdict is None and report is not None:
             status = RunStatus(report["status"])
             trace = report["traceback"]

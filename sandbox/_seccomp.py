@@ -24,6 +24,9 @@ What it refuses, by class (a call an architecture does not have is skipped there
   ``pidfd_getfd``, ``kcmp``, ``process_madvise``, ``process_mrelease``, ``move_pages``,
   ``migrate_pages``, ``get_robust_list``.
 - Starting programs: ``execve``, ``execveat``, ``uselib``; a sandbox never needs them.
+- System V shared memory, message queues and semaphores, and POSIX message queues:
+  what they hold stays in the call's IPC namespace after every detach, uncounted by
+  RLIMIT_AS, so they would let a call hold memory far beyond its limit.
 - The kernel's attack surface and the host's administration: ``bpf``,
   ``perf_event_open``, ``userfaultfd`` (and /dev/userfaultfd's ioctl), ``io_uring_*``,
   the keyrings, ``personality`` but the query ``personality(0xffffffff)``,
@@ -107,7 +110,8 @@ from dataclasses import dataclass
 DESCRIPTION = (
     "seccomp-BPF deny-list: no socket (any family), connect, bind, listen or accept, "
     "only AF_UNIX stream socketpairs; no namespaces (unshare, setns, clone with "
-    "CLONE_NEW*, clone3) or mounts; no exec; no ptrace, process_vm_*, pidfd_getfd or kcmp; "
+    "CLONE_NEW*, clone3) or mounts; no exec; no System V or POSIX IPC (memory the address "
+    "space limit misses); no ptrace, process_vm_*, pidfd_getfd or kcmp; "
     "no bpf, perf_event_open, userfaultfd, io_uring, keyrings, personality changes, "
     "modules, kexec, reboot, swap, clocks, quotas, file handles, syslog or TIOCSTI; "
     "calls newer than Linux 6.17 fail with ENOSYS; other ABIs (i386, x32) kill"
@@ -178,6 +182,24 @@ _COMMON = {
 }
 _X86_64 = {
     **_COMMON,
+    "shmget": 29,
+    "shmat": 30,
+    "shmctl": 31,
+    "semget": 64,
+    "semop": 65,
+    "semctl": 66,
+    "shmdt": 67,
+    "msgget": 68,
+    "msgsnd": 69,
+    "msgrcv": 70,
+    "msgctl": 71,
+    "semtimedop": 220,
+    "mq_open": 240,
+    "mq_unlink": 241,
+    "mq_timedsend": 242,
+    "mq_timedreceive": 243,
+    "mq_notify": 244,
+    "mq_getsetattr": 245,
     "ioctl": 16,
     "socket": 41,
     "connect": 42,
@@ -254,6 +276,24 @@ _X86_64 = {
 # The generic table (asm-generic/unistd.h), which aarch64 uses.
 _AARCH64 = {
     **_COMMON,
+    "mq_open": 180,
+    "mq_unlink": 181,
+    "mq_timedsend": 182,
+    "mq_timedreceive": 183,
+    "mq_notify": 184,
+    "mq_getsetattr": 185,
+    "msgget": 186,
+    "msgctl": 187,
+    "msgrcv": 188,
+    "msgsnd": 189,
+    "semget": 190,
+    "semctl": 191,
+    "semtimedop": 192,
+    "semop": 193,
+    "shmget": 194,
+    "shmctl": 195,
+    "shmat": 196,
+    "shmdt": 197,
     "lookup_dcookie": 18,
     "ioctl": 29,
     "umount2": 39,
@@ -346,6 +386,28 @@ _REFUSED: Mapping[str, tuple[str, ...]] = {
         "get_robust_list",
     ),
     "exec": ("execve", "execveat", "uselib"),
+    # Memory outside the address-space limit: segments, queues and semaphores outlive
+    # every detach until the call's IPC namespace goes, uncounted by RLIMIT_AS.
+    "System V and POSIX IPC": (
+        "shmget",
+        "shmat",
+        "shmdt",
+        "shmctl",
+        "msgget",
+        "msgsnd",
+        "msgrcv",
+        "msgctl",
+        "semget",
+        "semop",
+        "semtimedop",
+        "semctl",
+        "mq_open",
+        "mq_unlink",
+        "mq_timedsend",
+        "mq_timedreceive",
+        "mq_notify",
+        "mq_getsetattr",
+    ),
     "kernel": (
         "bpf",
         "perf_event_open",

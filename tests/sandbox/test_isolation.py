@@ -345,7 +345,7 @@ def test_a_running_sandbox_is_confined_as_doctor_claims(plan: Plan, tmp_path: Pa
         assert seen["hidden"] == []
         kept, covered = runtime_paths()
         devices = [f"/dev/{name}" for name in ("null", "zero", "random", "urandom")]
-        expected = {"/", "/proc", PRIVATE_WORKDIR, *kept, *covered, *devices}
+        expected = {"/", "/proc", "/proc/cmdline", PRIVATE_WORKDIR, *kept, *covered, *devices}
         assert set(seen["mount_points"]) == expected
     elif plan.namespaces:
         assert seen["hidden"] == ["tmpfs"]

@@ -522,7 +522,7 @@ def test_the_texts_of_a_report_come_back_valid_and_within_their_caps(host: Host)
     assert outcome["error_type"] == "E" * 200
     assert outcome["error_message"] == "\ufffd" + "m" * 1_999
     assert outcome["traceback"] == "t" * 7_999 + "\ufffd"
-    assert outcome["peak_memory_bytes"] == 1 << 20
+    assert outcome["peak_memory_bytes"] >= 1 << 20  # never less than the kernel measured
 
 
 # Raw system calls through libc, with arguments that do no harm even if they went through.

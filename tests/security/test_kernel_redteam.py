@@ -80,12 +80,6 @@ def main(limit_bytes):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: System V IPC (shm, msg, sem) holds memory outside RLIMIT_AS, "
-    "unbounded by the memory limit, unattributed to the process (the OOM killer "
-    "picks another)",
-)
 def test_cant_hold_memory_outside_its_address_space_in_system_v_ipc(host: Host) -> None:
     limit = 64
     (outcome,) = host.run(
@@ -110,11 +104,6 @@ def _report(**fields: object) -> str:
     return json.dumps({**good, **fields})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the runner takes the report of a process that then exited with an "
-    "error code (or was killed by a signal) as an OK run",
-)
 def test_a_report_followed_by_a_failed_exit_does_not_count_as_ok(host: Host) -> None:
     report = _report(result_json='"forged"', peak_memory_bytes=1 << 20)
     source = f"def main():\n    os.write(3, {report!r}.encode())\n    os._exit(3)\n"
@@ -125,11 +114,6 @@ def test_a_report_followed_by_a_failed_exit_does_not_count_as_ok(host: Host) -> 
     assert outcome["result_json"] == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: peak_memory_bytes is whatever the sandbox says, even for a run that "
-    "used far more (or timed out)",
-)
 def test_the_recorded_peak_memory_is_not_what_the_sandbox_claims(host: Host) -> None:
     report = _report(result_json="1", peak_memory_bytes=1)
     source = f"""\
@@ -222,11 +206,6 @@ def main(secret):
     assert all(what[1] == 1 for link, what in seen["files"].items() if "map_files" in link)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: /proc shows the host's kernel command line (and host-wide "
-    "counters) to every sandbox",
-)
 def test_cant_read_the_hosts_kernel_command_line(host: Host) -> None:
     host.needs("pid-namespace")
     seen = host.result('def main():\n    return attempt(lambda: open("/proc/cmdline").read())\n')
