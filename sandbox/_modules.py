@@ -14,12 +14,21 @@ value that attribute or item access (or a proxy) hands to user code passes
 - an instance only if its class passes that rule or is a plain data type;
 - never a callable of ``DENIED``, and instead of those of ``REPLACED`` their safe
   versions.
+
+Code generators see names only under the rule of class bodies (``plain_name``): the
+``dataclass`` and ``make_dataclass`` handed out instead of the real ones refuse other
+field names, and fields inherited from anything but a real ``dataclasses.Field`` (a
+subclass instance could change its name after the code was generated);
+``collections.namedtuple`` and the typing factories on it check their names themselves.
 """
 
 import dataclasses
 import functools
 import importlib
-from collections.abc import Callable, Collection
+import keyword
+import sys
+import unicodedata
+from collections.abc import Callable, Collection, Iterable, Mapping
 from types import (
     BuiltinFunctionType,
     CellType,
@@ -75,21 +84,105 @@ def _wraps(wrapped: Callable[..., Any]) -> Callable[[Any], Any]:
     return functools.partial(_update_wrapper, wrapped=wrapped)
 
 
-def _dataclass(cls: type | None = None, /, **options: Any) -> Any:
-    """dataclasses.dataclass, refusing field names that are not identifiers.
+def plain_name(name: object) -> bool:
+    """Whether ``name`` is a name a class body could define, and so safe to paste into source.
 
-    dataclass pastes field names into source it runs with exec(); a class whose
-    annotations have other keys (``typing.TypedDict("T", {"a=...": int})`` makes one)
-    would inject code into it.
+    That is an identifier as the parser writes it (NFKC), not a keyword, not starting
+    with "_" unless it is "_"; and an exact ``str``: a subclass could answer
+    ``isidentifier()`` as it likes.
+    """
+    return (
+        type(name) is str
+        and name.isidentifier()
+        and not keyword.iskeyword(name)
+        and unicodedata.normalize("NFKC", name) == name
+        and (name == "_" or not name.startswith("_"))
+    )
+
+
+def _check_field_name(name: object) -> None:
+    if not plain_name(name):
+        raise TypeError(f"dataclass field name {name!r} is not a plain identifier")
+
+
+def _check_inherited_fields(classes: Iterable[type]) -> None:
+    """Refuse ``__dataclass_fields__`` of ``classes`` with names that are not plain."""
+    for cls in classes:
+        fields = getattr(cls, "__dataclass_fields__", None)
+        if fields is None:
+            continue
+        if type(fields) is not dict:
+            raise TypeError(f"the dataclass fields of {_describe(cls)} are not a dict")
+        _check_field_objects(fields.values())
+        for field in fields.values():
+            _check_field_name(field.name)
+
+
+def _check_field_objects(values: Iterable[object]) -> None:
+    """Refuse instances of subclasses of Field among ``values``, which may become fields.
+
+    A subclass is the user's own, with a name user code could change after dataclass
+    generated code from it: for asdict() to read and a subclass to paste.
+    """
+    for value in values:
+        if isinstance(value, dataclasses.Field) and type(value) is not dataclasses.Field:
+            raise TypeError(f"dataclass fields must be dataclasses.Field, not {_describe(value)}")
+
+
+def _dataclass(cls: type | None = None, /, **options: Any) -> Any:
+    """dataclasses.dataclass, refusing fields it would paste into source unsafely.
+
+    dataclass pastes field names, its own and its bases', into source it runs with exec()
+    outside the restricted compiler; a class whose annotations have other keys
+    (``typing.TypedDict("T", {"a=...": int})`` makes one) would inject code into it.
     """
 
     def wrap(cls: type) -> type:
-        for name in cls.__dict__.get("__annotations__", {}):
-            if not (isinstance(name, str) and name.isidentifier()):
-                raise TypeError(f"dataclass field name {name!r} is not an identifier")
+        annotations = cls.__dict__.get("__annotations__", {})
+        if type(annotations) is not dict:
+            raise TypeError("dataclass annotations must be a dict")
+        for name in annotations:
+            _check_field_name(name)
+        _check_inherited_fields(cls.__mro__[1:])
+        _check_field_objects(getattr(cls, name, None) for name in annotations)
         return dataclasses.dataclass(cls, **options)
 
     return wrap if cls is None else wrap(cls)
+
+
+def _make_dataclass(
+    cls_name: str,
+    fields: Iterable[Any],
+    *,
+    bases: tuple[type, ...] = (),
+    namespace: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> type:
+    """dataclasses.make_dataclass, under the rules of dataclass above.
+
+    The defaults of its fields, and its namespace, become attributes of the class that may
+    become its fields.
+    """
+    items = [item if isinstance(item, str) else tuple(item) for item in fields]
+    names = [item if isinstance(item, str) else item[0] for item in items]
+    for name in names:
+        _check_field_name(name)
+    namespace = dict(namespace or {})
+    inherited = [cls for base in bases for cls in base.__mro__]
+    _check_inherited_fields(inherited)
+    _check_field_objects(
+        [
+            *(spec for item in items if not isinstance(item, str) for spec in item[2:]),
+            *(namespace.get(name) for name in names),
+            *(getattr(cls, name, None) for cls in inherited for name in names),
+        ]
+    )
+    # The class's module gives the source dataclasses generates its globals: without it,
+    # those of "types" (make_dataclass's helper), with the real builtins.
+    namespace["__module__"] = USER_MODULE
+    if sys.version_info >= (3, 12):
+        options["module"] = USER_MODULE
+    return dataclasses.make_dataclass(cls_name, items, bases=bases, namespace=namespace, **options)
 
 
 # Safe versions handed out instead of these; the originals are denied like DENIED.
@@ -97,6 +190,7 @@ REPLACED: dict[str, Callable[..., Any]] = {
     "functools.update_wrapper": _update_wrapper,
     "functools.wraps": _wraps,
     "dataclasses.dataclass": _dataclass,
+    "dataclasses.make_dataclass": _make_dataclass,
 }
 
 # Modules a C accelerator's name does not lead to by dropping its leading underscore.

@@ -1,7 +1,10 @@
 """The restricted runtime in-process: guards, module proxies and the value policy."""
 
+import dataclasses
 import functools
+import os
 import re
+from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
@@ -14,10 +17,12 @@ from toolvault.sandbox._modules import ModuleProxy
 from toolvault.sandbox._validate import RestrictingPolicy
 
 
-def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS) -> Any:
+def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS, **names: Any) -> Any:
+    """Run ``source``'s main() in restricted globals, with ``names`` made outside the sandbox."""
     compiled = compile_restricted_exec(dedent(source), "<test>", policy=RestrictingPolicy)
     assert compiled.code is not None, compiled.errors
     namespace = restricted_globals(allowed)
+    namespace.update(names)
     exec(compiled.code, namespace)
     return namespace["main"]()
 
@@ -218,3 +223,95 @@ def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> N
     )
     compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
     assert compiled.code is None
+
+
+def test_dataclasses_work_as_usual_within_the_rules() -> None:
+    source = """\
+        import dataclasses
+        from dataclasses import KW_ONLY
+
+        @dataclasses.dataclass(frozen=True)
+        class Base:
+            x: int
+            tags: list = dataclasses.field(default_factory=list)
+
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Child(Base):
+            _: KW_ONLY
+            y: int = 0
+
+        def twice(self):
+            return 2 * self.x
+
+        Made = dataclasses.make_dataclass(
+            "Made",
+            [("z", int, 0), ("y", int, dataclasses.field(default=3))],
+            bases=(Base,),
+            namespace={"twice": twice},
+            frozen=True,
+        )
+
+        def main():
+            made = Made(1, [], 5)
+            return repr(Child(1, y=2)), dataclasses.asdict(made), made.twice(), Made(1, [], 5, 3)
+    """
+    child, fields, twice, made = run(source)
+
+    assert (child, fields, twice) == (
+        "Child(x=1, tags=[], y=2)",
+        {"x": 1, "tags": [], "z": 5, "y": 3},
+        2,
+    )
+    assert type(made).__module__ == "function"
+
+
+def test_cant_inherit_a_field_whose_name_was_changed_after_its_class_was_made(
+    tmp_path: Path,
+) -> None:
+    created = tmp_path / "created"
+    escape = (
+        "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+        f".__init__.__globals__['open']({str(created)!r}, {os.O_CREAT | os.O_WRONLY})"
+    )
+
+    @dataclasses.dataclass
+    class Base:
+        a: int
+
+    dataclasses.fields(Base)[0].name = f"a if 0 else {escape}"
+    source = """\
+        import dataclasses
+
+        def main():
+            @dataclasses.dataclass(init=False, repr=False)
+            class Child(Base):
+                pass
+
+            return Child(1) == Child(1)
+    """
+    with pytest.raises(TypeError, match='dataclass field name "a if 0 else'):
+        run(source, Base=Base)
+    assert not created.exists()
+
+
+@pytest.mark.parametrize("name", ["'_' + '_class__'", "'_hidden'", "'def'", "'\\uff41'", "'a b'"])
+def test_dataclass_field_names_must_be_plain_identifiers(name: str) -> None:
+    source = f"""\
+        import dataclasses, typing
+
+        def main():
+            refused = []
+            for make in (
+                lambda: dataclasses.dataclass(typing.TypedDict("T", {{{name}: int}})),
+                lambda: dataclasses.make_dataclass("M", [{name}]),
+            ):
+                try:
+                    make()
+                except TypeError as exc:
+                    refused.append(str(exc))
+            return refused
+    """
+    refused = run(source)
+
+    assert len(refused) == 2
+    assert all(message.startswith("dataclass field name") for message in refused)

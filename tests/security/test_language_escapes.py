@@ -9,6 +9,9 @@ survived and the server still answers.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.security.conftest import Attack
@@ -503,3 +506,89 @@ def main(change):
     assert changed[1:] == ["changed", "changed"] and changed[0] == before[0] + 1
     assert seen == before
     assert not set(first_draws) & set(second_draws)
+
+
+# The classes of escape of issue 12, each through several routes. Source that runs
+# outside the restricted compiler (what dataclasses generates and execs) reaches os from
+# any object: a payload pasted into it needs only an expression.
+OS_GLOBALS = (
+    "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+    ".__init__.__globals__"
+)
+
+
+def creating(path: Path) -> str:
+    """An expression that, run outside the restricted compiler, creates ``path``."""
+    return f"{OS_GLOBALS}['open']({str(path)!r}, {os.O_CREAT | os.O_WRONLY})"
+
+
+NAME = """\
+class Name(str):
+    def isidentifier(self):
+        return True
+"""
+LOOSE_FIELD = """\
+class Loose(dataclasses.Field):
+    pass
+
+loose = Loose(dataclasses.MISSING, dataclasses.MISSING, True, True, None, True, None, False)
+"""
+
+
+@pytest.mark.parametrize(
+    ("attack_source", "refusal"),
+    [
+        # A str that claims to be an identifier, as a field name of make_dataclass (pasted
+        # into __eq__) and as a key of a TypedDict's annotations (into __init__, which
+        # runs what its parameters' defaults say as soon as it is made).
+        (
+            NAME + "def main(path):\n"
+            "    fields = [Name('a if 0 else ' + PAYLOAD)]\n"
+            "    X = dataclasses.make_dataclass('X', fields, init=False, repr=False)\n"
+            "    return X() == X()\n",
+            'dataclass field name "a if 0 else [c for c in',
+        ),
+        (
+            NAME + "def main(path):\n"
+            "    first = Name('a=' + PAYLOAD + ' and ' + '\"' * 3)\n"
+            "    second = Name('b=' + '\"' * 3 + ' or 0,*z')\n"
+            "    return dataclasses.dataclass(typing.TypedDict('T', {first: int, second: int}))\n",
+            "dataclass field name 'a=[c for c in",
+        ),
+        # A field of the user's own Field class, renamed after its class was made, for a
+        # subclass to inherit.
+        (
+            LOOSE_FIELD + "def main(path):\n"
+            "    @dataclasses.dataclass\n"
+            "    class Base:\n"
+            "        a: int = loose\n"
+            "    loose.name = 'a if 0 else ' + PAYLOAD\n"
+            "    @dataclasses.dataclass(init=False, repr=False)\n"
+            "    class Child(Base):\n"
+            "        pass\n"
+            "    return Child(1) == Child(1)\n",
+            "dataclass fields must be dataclasses.Field, not a Loose object",
+        ),
+        (
+            LOOSE_FIELD + "def main(path):\n"
+            "    Base = dataclasses.make_dataclass('Base', [('a', int, loose)])\n"
+            "    loose.name = 'a if 0 else ' + PAYLOAD\n"
+            "    options = {'bases': (Base,), 'init': False, 'repr': False}\n"
+            "    Child = dataclasses.make_dataclass('Child', [], **options)\n"
+            "    return Child(1) == Child(1)\n",
+            "dataclass fields must be dataclasses.Field, not a Loose object",
+        ),
+    ],
+)
+def test_cant_inject_code_into_what_dataclasses_generates(
+    attack: Attack, attack_source: str, refusal: str
+) -> None:
+    created = attack.secret_file.parent / "generated.txt"
+    source = f"import dataclasses, typing\nPAYLOAD = {creating(created)!r}\n{attack_source}"
+
+    execution = read_secret(attack, source)
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, "TypeError")
+    assert message.startswith(refusal)
+    assert not created.exists()
