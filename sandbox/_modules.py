@@ -8,6 +8,9 @@ value that attribute or item access (or a proxy) hands to user code passes
 
 - a module only as the proxy of a module the code could import itself;
 - never a frame, code object, traceback or cell (they lead to globals and builtins);
+- never a class that makes classes: ``type``, any metaclass, a class whose metaclass has
+  a ``__call__`` of its own (Enum's functional API); they would build a class from a
+  namespace of any names, dunder methods included;
 - a class or function only if the module it comes from is allowed (a C accelerator
   counts as its public module: ``_json`` as ``json``), it is the user's own, or it is
   one of the sandbox's builtins;
@@ -17,9 +20,10 @@ value that attribute or item access (or a proxy) hands to user code passes
 
 Code generators see names only under the rule of class bodies (``plain_name``): the
 ``dataclass`` and ``make_dataclass`` handed out instead of the real ones refuse other
-field names, and fields inherited from anything but a real ``dataclasses.Field`` (a
-subclass instance could change its name after the code was generated);
-``collections.namedtuple`` and the typing factories on it check their names themselves.
+field names, fields inherited from anything but a real ``dataclasses.Field`` (a subclass
+instance could change its name after the code was generated), and namespaces with keys
+a class body could not define; ``collections.namedtuple`` and the typing factories on it
+check their names themselves.
 """
 
 import dataclasses
@@ -40,6 +44,8 @@ from types import (
     TracebackType,
 )
 from typing import Any
+
+from RestrictedPython.transformer import ALLOWED_FUNC_NAMES
 
 from ._validate import import_problem
 
@@ -100,6 +106,25 @@ def plain_name(name: object) -> bool:
     )
 
 
+def check_namespace(
+    owner: str, namespace: Mapping[str, object], also: Collection[str] = ()
+) -> None:
+    """Refuse the keys of a class namespace that a restricted class body could not define.
+
+    A class built from a namespace with other keys gets dunder methods the interpreter
+    calls with what no guard checked (``__exit__`` gets a traceback) and attributes that
+    change what the guards and dataclasses believe (``__class__``,
+    ``__dataclass_fields__``).
+
+    Raises:
+        TypeError: A key is not a plain name, one of the special methods RestrictedPython
+            lets class bodies define (``__init__``, comparisons), nor one of ``also``.
+    """
+    for key in namespace:
+        if not (plain_name(key) or key in ALLOWED_FUNC_NAMES or key in also):
+            raise TypeError(f"{owner} can't define {key!r}: a class body could not")
+
+
 def _check_field_name(name: object) -> None:
     if not plain_name(name):
         raise TypeError(f"dataclass field name {name!r} is not a plain identifier")
@@ -158,16 +183,17 @@ def _make_dataclass(
     namespace: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> type:
-    """dataclasses.make_dataclass, under the rules of dataclass above.
+    """dataclasses.make_dataclass, under the rules of dataclass above and of class bodies.
 
-    The defaults of its fields, and its namespace, become attributes of the class that may
-    become its fields.
+    Its namespace and the defaults of its fields become attributes of the class: dunder
+    methods too, which the interpreter calls.
     """
     items = [item if isinstance(item, str) else tuple(item) for item in fields]
     names = [item if isinstance(item, str) else item[0] for item in items]
     for name in names:
         _check_field_name(name)
     namespace = dict(namespace or {})
+    check_namespace(f"dataclass {cls_name!r}", namespace)
     inherited = [cls for base in bases for cls in base.__mro__]
     _check_inherited_fields(inherited)
     _check_field_objects(
@@ -279,7 +305,7 @@ class Policy:
 
         Raises:
             ImportError: It is a module the code may not import, or comes from one, or
-                is denied.
+                is denied, or is a class that makes classes.
             AttributeError: It is a frame, code object, traceback or cell.
         """
         if type(value) in PLAIN_DATA:  # the hot path of every subscript in a loop
@@ -290,6 +316,8 @@ class Policy:
             return self.proxy(value)
         if isinstance(value, _INTERNALS):
             raise AttributeError(f"{type(value).__name__} objects are not accessible")
+        if isinstance(value, type) and _makes_classes(value):
+            raise ImportError(f"{_describe(value)} is not allowed in the sandbox: it makes classes")
         function = value.__func__ if isinstance(value, MethodType) else value
         for candidate in (value, function, type(value)):
             denied = self._denied.get(id(candidate))
@@ -362,6 +390,17 @@ class Policy:
         if top.startswith("_") and not top.startswith("__"):
             top = _ACCELERATORS.get(top, top[1:])
         return import_problem(top, 0, self.allowed_imports) is None
+
+
+def _makes_classes(cls: type) -> bool:
+    """Whether calling ``cls`` can build a class from a namespace of any names.
+
+    So it can if it is a metaclass, or if its metaclass's ``__call__`` is code of its
+    own instead of type's (EnumType's makes a class when called with names: Enum's
+    functional API) or a plain data type (TypedDict's is ``dict``).
+    """
+    call = type(cls).__call__
+    return issubclass(cls, type) or not (call is type.__call__ or call in PLAIN_DATA)
 
 
 def _describe(value: object) -> str:

@@ -150,7 +150,9 @@ def test_annotated_attributes_stay_forbidden() -> None:
         ("statistics.sys", ImportError, "import of 'sys' is not allowed"),
         ("dataclasses.FunctionType", ImportError, "comes from a module that is not allowed"),
         ("functools.recursive_repr", ImportError, "comes from a module that is not allowed"),
-        ("re.RegexFlag.mro()[1]", ImportError, "IntFlag comes from a module that is not allowed"),
+        ("typing.NamedTupleMeta", ImportError, "NamedTupleMeta is not allowed in the sandbox"),
+        ("fractions.Fraction.mro()[1]", ImportError, "Rational comes from a module that is not"),
+        ("re.RegexFlag", ImportError, "RegexFlag is not allowed in the sandbox: it makes classes"),
         ("operator.attrgetter", ImportError, "operator.attrgetter is not allowed"),
         ("operator.attrgetter.__call__", SyntaxError, ""),
         ("functools.singledispatchmethod", ImportError, "is not allowed in the sandbox"),
@@ -164,8 +166,8 @@ def test_annotated_attributes_stay_forbidden() -> None:
 )
 def test_the_guards_refuse(expression: str, error: type[Exception], message: str) -> None:
     source = (
-        "import collections, dataclasses, functools, json, operator, re, statistics, string\n"
-        "import typing, uuid\n"
+        "import collections, dataclasses, fractions, functools, json, operator, re, statistics\n"
+        "import string, typing, uuid\n"
         f"def main():\n    return {expression}\n"
     )
     if error is SyntaxError:
@@ -223,6 +225,83 @@ def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> N
     )
     compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
     assert compiled.code is None
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        "enum.Enum('E', {'A': 1, '_' + '_getattr__': hook})",
+        "enum.IntFlag('E', [('A', 1), ('_' + '_getattr__', hook)])",
+    ],
+)
+def test_cant_build_a_class_with_enums_functional_api(make: str) -> None:
+    source = f"""\
+        import enum
+
+        hooked = []
+
+        def hook(self, name):
+            hooked.append(name)
+
+        def main():
+            try:
+                E = {make}
+            except ImportError as exc:
+                return [str(exc), hooked]
+            return [E.A.anything, hooked]
+    """
+    refusal, hooked = run(source, (*DEFAULT_ALLOWED_IMPORTS, "enum"))
+
+    assert refusal.endswith("is not allowed in the sandbox: it makes classes")
+    assert hooked == []
+
+
+@pytest.mark.parametrize(
+    ("namespace", "refused"),
+    [
+        ({"__getattr__": lambda self, name: name}, "__getattr__"),
+        ({"__init_subclass__": classmethod(lambda cls: None)}, "__init_subclass__"),
+        ({"_guarded_writes": False}, "_guarded_writes"),
+        ({"__dataclass_fields__": {}}, "__dataclass_fields__"),
+    ],
+)
+def test_the_class_hook_refuses_what_a_class_body_could_not_define(
+    namespace: dict[str, object], refused: str
+) -> None:
+    user_class = restricted_globals(DEFAULT_ALLOWED_IMPORTS)["__metaclass__"]
+
+    with pytest.raises(TypeError, match=f"class X can't define '{refused}'"):
+        user_class("X", (), {"__module__": "function", **namespace})
+
+
+def test_class_bodies_keep_what_the_interpreter_and_the_compiler_let_them_define() -> None:
+    source = """\
+        import typing
+
+        T = typing.TypeVar("T")
+
+        class Base(typing.Generic[T]):
+            "A docstring."
+            size: int = 1
+            _ = 2
+
+            def __init__(self, value):
+                self.value = value
+
+            def __eq__(self, other):
+                return self.value == other.value
+
+            def doubled(self):
+                return 2 * self.value
+
+        class Child(Base[int]):
+            def doubled(self):
+                return super().doubled() + 1
+
+        def main():
+            return Child(1) == Base(1), Child(1).doubled(), Child.size
+    """
+    assert run(source) == (True, 3, 1)
 
 
 def test_dataclasses_work_as_usual_within_the_rules() -> None:
@@ -315,3 +394,28 @@ def test_dataclass_field_names_must_be_plain_identifiers(name: str) -> None:
 
     assert len(refused) == 2
     assert all(message.startswith("dataclass field name") for message in refused)
+
+
+def test_item_writes_to_an_object_that_claims_to_be_a_list_go_through_the_write_guard() -> None:
+    # Built outside: the sandbox refuses the namespace that would make one.
+    written: list[object] = []
+    liar = type(
+        "Liar",
+        (),
+        {
+            "__class__": property(lambda self: list),
+            "__setitem__": lambda self, key, value: written.append(value),
+        },
+    )()
+    source = """\
+        def main():
+            target = liar
+            try:
+                target[0] = 1
+            except TypeError as exc:
+                return isinstance(target, list), str(exc)
+    """
+    refusal = "object does not support item or slice assignment"
+
+    assert run(source, liar=liar) == (True, refusal)
+    assert written == []

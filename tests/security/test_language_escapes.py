@@ -379,17 +379,26 @@ def main(path):
     assert error(execution) == (ExecutionStatus.ERROR, "TypeError", message)
 
 
-def test_cant_reach_a_class_of_a_module_outside_the_allow_list(attack: Attack) -> None:
-    source = """\
-import re
+@pytest.mark.parametrize(
+    ("walk", "message"),
+    [
+        ("fractions.Fraction.mro()[1]", "Rational comes from a module that is not allowed"),
+        # An enum class: calling one makes a class from a namespace (Enum's functional API).
+        ("re.RegexFlag.mro()[1]", "RegexFlag is not allowed in the sandbox: it makes classes"),
+    ],
+)
+def test_cant_reach_a_class_of_a_module_outside_the_allow_list(
+    attack: Attack, walk: str, message: str
+) -> None:
+    source = f"""\
+import fractions, re
 
 def main(path):
-    enum_class = re.RegexFlag.mro()[1]
-    return enum_class
+    outside = {walk}
+    return outside
 """
     execution = read_secret(attack, source)
 
-    message = "IntFlag comes from a module that is not allowed"
     assert error(execution) == (ExecutionStatus.ERROR, "ImportError", message)
 
 
@@ -446,23 +455,25 @@ def test_cant_shadow_the_names_item_writes_compile_to(attack: Attack, binding: s
 def test_item_writes_to_what_only_claims_to_be_a_list_go_through_the_write_guard(
     attack: Attack,
 ) -> None:
+    # A class that claims to be a list can no longer be built here (its namespace is
+    # refused); tests/sandbox/test_guards.py gives the write guard one built outside.
     source = """\
 import collections, dataclasses, json
 
 written = []
-Liar = dataclasses.make_dataclass(
-    "Liar",
-    [],
-    namespace={
-        "_" + "_class__": property(lambda self: list),
-        "_" + "_setitem__": lambda self, key, value: written.append(value),
-    },
-)
 
 def main(path):
-    liar, queue, ordered = Liar(), collections.deque([0]), collections.OrderedDict(a=0)
     refused = []
-    for target in (liar, queue, ordered):
+    lie = {
+        "_" + "_class__": property(lambda self: list),
+        "_" + "_setitem__": lambda self, key, value: written.append(value),
+    }
+    try:
+        dataclasses.make_dataclass("Liar", [], namespace=lie)
+    except TypeError as exc:
+        refused.append(str(exc))
+    queue, ordered = collections.deque([0]), collections.OrderedDict(a=0)
+    for target in (queue, ordered):
         try:
             target[0] = path
         except TypeError as exc:
@@ -472,13 +483,14 @@ def main(path):
         proxy |= {"dumps": path}
     except TypeError:
         refused.append("json |=")
-    return [isinstance(liar, list), written, list(queue), dict(ordered), refused, json.dumps(1)]
+    return [written, list(queue), dict(ordered), refused, json.dumps(1)]
 """
     execution = read_secret(attack, source)
 
+    liar = "dataclass 'Liar' can't define '__class__': a class body could not"
     refusal = "object does not support item or slice assignment"
     assert execution.status is ExecutionStatus.OK, execution.error
-    assert execution.result == [True, [], [0], {"a": 0}, [refusal] * 3 + ["json |="], "1"]
+    assert execution.result == [[], [0], {"a": 0}, [liar, refusal, refusal, "json |="], "1"]
 
 
 def test_what_a_call_changes_in_allowed_modules_or_draws_is_its_own(attack: Attack) -> None:
@@ -520,6 +532,71 @@ OS_GLOBALS = (
 def creating(path: Path) -> str:
     """An expression that, run outside the restricted compiler, creates ``path``."""
     return f"{OS_GLOBALS}['open']({str(path)!r}, {os.O_CREAT | os.O_WRONLY})"
+
+
+HOOKED = """\
+import collections, dataclasses, typing
+
+hooked = []
+
+def hook(self, name):
+    hooked.append(name)
+    return name
+
+namespace = {"_" + "_getattr__": hook}
+
+def main(path):
+    try:
+        %s
+        return [X().anything, hooked]
+    except ImportError as exc:
+        return ["ImportError", str(exc), hooked]
+    except TypeError as exc:
+        return ["TypeError", str(exc), hooked]
+    except ValueError as exc:
+        return ["ValueError", str(exc), hooked]
+"""
+
+
+@pytest.mark.parametrize(
+    ("make", "refusal"),
+    [
+        # A metaclass of an allowed module, and one the code derives from type.
+        (
+            "X = typing.NamedTupleMeta('X', (), namespace)",
+            ["ImportError", "NamedTupleMeta is not allowed in the sandbox: it makes classes"],
+        ),
+        (
+            "class Meta(typing.Type[int]):\n            pass\n        X = Meta('X', (), namespace)",
+            ["TypeError", "class Meta can't derive from type: it makes classes"],
+        ),
+        # make_dataclass puts its namespace, and the defaults of its fields, in the class.
+        (
+            "X = dataclasses.make_dataclass('X', [], namespace=namespace)",
+            ["TypeError", "dataclass 'X' can't define '__getattr__': a class body could not"],
+        ),
+        (
+            "X = dataclasses.make_dataclass('X', [('_' + '_getattr__', object, hook)])",
+            ["TypeError", "dataclass field name '__getattr__' is not a plain identifier"],
+        ),
+        # namedtuple and the typing factories on it refuse such names themselves.
+        (
+            "X = collections.namedtuple('X', ['_' + '_getattr__'])",
+            ["ValueError", "Field names cannot start with an underscore: '__getattr__'"],
+        ),
+        (
+            "X = typing.NamedTuple('X', [('_' + '_getattr__', object)])",
+            ["ValueError", "Field names cannot start with an underscore: '__getattr__'"],
+        ),
+    ],
+)
+def test_cant_build_a_class_with_dunder_methods_from_a_namespace(
+    attack: Attack, make: str, refusal: list[str]
+) -> None:
+    execution = read_secret(attack, HOOKED % make)
+
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == [*refusal, []]
 
 
 NAME = """\
