@@ -7,9 +7,11 @@ list). Attribute access (compiled or through ``getattr``) refuses names starting
 and the frame, code, traceback and generator internals, and RestrictedPython's own
 guard refuses ``str.format``; whatever attribute or item access returns then passes the
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
-the allow-list, no class that makes classes). ``setattr`` and ``delattr`` follow the rules
-of ``obj.name = value``. Imports return module proxies. Iteration is not checked:
-``list()``, ``sorted()`` and the like iterate in C anyway.
+the allow-list, no class that makes classes), which hands out the functions and methods of
+modules as wrappers that check what they return. ``setattr`` and ``delattr`` follow the
+rules of ``obj.name = value``. Imports return module proxies. Iteration is not checked:
+``list()``, ``sorted()`` and the like iterate in C anyway; what module code returns was
+checked with all it contains.
 
 Class statements go through ``_user_class``, which refuses what the compiler would refuse
 in a class body had it been written there: keys starting with "_" beyond the special

@@ -1,9 +1,10 @@
 """What restricted code may hold: module proxies and the check every reached value passes.
 
 RestrictedPython stops attribute names that start with "_", but allowed modules still
-hold other modules (``json.codecs``, ``dataclasses.inspect``, ``typing.sys``) and public
-functions that reach around the guards. So imports hand out a ModuleProxy, and every
-value that attribute or item access (or a proxy) hands to user code passes
+hold other modules (``json.codecs``, ``dataclasses.inspect``, ``typing.sys``), public
+functions that reach around the guards, and functions that return what no guard saw
+(``typing.get_origin(typing.Type[int])`` is ``type``). So imports hand out a ModuleProxy,
+and every value that attribute or item access (or a proxy) hands to user code passes
 ``Policy.check``, which applies one structural rule:
 
 - a module only as the proxy of a module the code could import itself;
@@ -16,7 +17,14 @@ value that attribute or item access (or a proxy) hands to user code passes
   one of the sandbox's builtins;
 - an instance only if its class passes that rule or is a plain data type;
 - never a callable of ``DENIED``, and instead of those of ``REPLACED`` their safe
-  versions.
+  versions;
+- a function or method whose code comes from an allowed module (``json.dumps``,
+  ``re.Match.group``, ``Fraction.mro``) as a wrapper whose results pass the rule too,
+  containers with all they contain (``check_result``). The user's own functions, the
+  sandbox's builtins and the methods of plain data (``list.append``, ``str.upper``) are
+  handed out as they are: calling them runs no code of a module. Classes and callable
+  objects (``functools.partial``, typing's aliases) are not wrapped either: calling them
+  runs what they hold or makes an instance.
 
 Code generators see names only under the rule of class bodies (``plain_name``): the
 ``dataclass`` and ``make_dataclass`` handed out instead of the real ones refuse other
@@ -25,6 +33,8 @@ instance could change its name after the code was generated), and namespaces wit
 a class body could not define; ``collections.namedtuple`` and the typing factories on it
 check their names themselves.
 """
+
+from __future__ import annotations
 
 import dataclasses
 import functools
@@ -36,14 +46,18 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from types import (
     BuiltinFunctionType,
     CellType,
+    ClassMethodDescriptorType,
     CodeType,
     FrameType,
     FunctionType,
+    MethodDescriptorType,
     MethodType,
+    MethodWrapperType,
     ModuleType,
     TracebackType,
+    WrapperDescriptorType,
 )
-from typing import Any
+from typing import Any, TypeGuard
 
 from RestrictedPython.transformer import ALLOWED_FUNC_NAMES
 
@@ -256,8 +270,43 @@ PLAIN_DATA = frozenset(
         frozenset,
     }
 )
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_SCALARS = PLAIN_DATA - set(_CONTAINERS)
+# The C methods bound to these are those of plain data. Not None: a C type's static
+# methods (str.maketrans) are bound to nothing, and the type they were read from decides.
+_DATA_OWNERS = PLAIN_DATA - {type(None)}
 # Objects that lead to globals and builtins whatever their origin.
 _INTERNALS = (FrameType, CodeType, TracebackType, CellType)
+# The C methods of a class, read from the class (str.upper) or an instance (x.__eq__).
+_DESCRIPTORS = (
+    MethodDescriptorType,
+    WrapperDescriptorType,
+    ClassMethodDescriptorType,
+    MethodWrapperType,
+)
+
+
+def _checked_call(
+    function: Callable[..., Any], check: Callable[[object], object]
+) -> Callable[..., Any]:
+    """A function that calls ``function`` and returns what ``check`` makes of the result."""
+    scalars = _SCALARS
+
+    def call(*args: Any, **kwargs: Any) -> object:
+        result = function(*args, **kwargs)
+        # Most results are numbers and strings: they pass without two more calls.
+        return result if type(result) in scalars else check(result)
+
+    return call
+
+
+# The same, run in globals that name the user's module (and hold the one global it reads;
+# its annotations are strings). Module code that names its caller's module (namedtuple,
+# typing's NamedTuple, TypedDict and NewType) reads it from the calling frame, here the
+# wrapper's; and the wrapper, the user's own, is not wrapped again.
+_CHECKED_CALL: Callable[[Callable[..., Any], Callable[[object], object]], Callable[..., Any]] = (
+    FunctionType(_checked_call.__code__, {"__name__": USER_MODULE, "_SCALARS": _SCALARS})
+)
 
 
 class ModuleProxy(ModuleType):
@@ -285,6 +334,9 @@ class Policy:
         for path in DENIED:
             self._deny(path)
         self._proxies: dict[str, ModuleProxy] = {}
+        # Verdicts by module name and by class: the check of every method call asks.
+        self._allowed_modules: dict[str, bool] = {}
+        self._allowed_instances: dict[type, bool] = {}
         self._modules: dict[int, ModuleType] = {}
         policy = self
 
@@ -297,7 +349,10 @@ class Policy:
         self._proxy_class = Proxy
 
     def check(self, value: object, holder: object = None) -> object:
-        """Return ``value`` if user code may hold it, the proxy if it is a module.
+        """What user code may hold of ``value``, if anything.
+
+        That is ``value`` itself; or its proxy if it is a module; or, if calling it runs
+        code of a module, a wrapper that passes its results to check_result.
 
         Args:
             value: What user code is about to get.
@@ -308,8 +363,11 @@ class Policy:
                 is denied, or is a class that makes classes.
             AttributeError: It is a frame, code object, traceback or cell.
         """
-        if type(value) in PLAIN_DATA:  # the hot path of every subscript in a loop
+        kind = type(value)
+        if kind in PLAIN_DATA:  # the hot path of every subscript in a loop
             return value
+        if type(value) is BuiltinFunctionType and type(value.__self__) in _DATA_OWNERS:
+            return value  # list.append, "".join: the hot path of method calls
         if isinstance(value, ModuleProxy):
             return value
         if isinstance(value, ModuleType):
@@ -319,12 +377,30 @@ class Policy:
         if isinstance(value, type) and _makes_classes(value):
             raise ImportError(f"{_describe(value)} is not allowed in the sandbox: it makes classes")
         function = value.__func__ if isinstance(value, MethodType) else value
-        for candidate in (value, function, type(value)):
+        for candidate in (value, function, kind):
             denied = self._denied.get(id(candidate))
             if denied is not None:
                 raise ImportError(f"{denied} is not allowed in the sandbox")
         if not self._comes_from_allowed(value, holder):
             raise ImportError(f"{_describe(value)} comes from a module that is not allowed")
+        if self._runs_module_code(value, holder):
+            return _CHECKED_CALL(value, self.check_result)
+        return value
+
+    def check_result(self, value: object, holder: object = None) -> object:
+        """``check``, and for a container the same for everything in it.
+
+        For what module code returns: a list of classes would hand them to iteration and
+        unpacking, which no guard sees. What user code builds, or got checked, holds
+        nothing unchecked, so item access checks only the item.
+
+        Raises:
+            ImportError: As check, or the container holds a function or module, which can
+                only be handed out on its own (as a wrapper or proxy).
+        """
+        value = self.check(value, holder)
+        if isinstance(value, _CONTAINERS):
+            self._check_contents(value)
         return value
 
     def proxy(self, module: ModuleType) -> ModuleProxy:
@@ -347,7 +423,51 @@ class Policy:
         replacement = self._replaced.get(f"{module.__name__}.{name}")
         if replacement is not None:
             return replacement
-        return self.check(getattr(module, name), module)
+        return self.check_result(getattr(module, name), module)
+
+    def _check_contents(self, container: Collection[object]) -> None:
+        seen = {id(container)}
+        stack = [container]
+        while stack:
+            items = stack.pop()
+            parts = (dict.keys(items), dict.values(items)) if isinstance(items, dict) else (items,)
+            for part in parts:
+                if _SCALARS.issuperset(map(type, part)):  # in C: json.loads() returns many
+                    continue
+                for element in part:
+                    if type(element) in _SCALARS:
+                        continue
+                    if type(element) not in PLAIN_DATA and self.check(element) is not element:
+                        raise ImportError(
+                            f"{_describe(element)} is inside what a call returned: functions"
+                            " and modules are handed out only on their own"
+                        )
+                    if isinstance(element, _CONTAINERS) and id(element) not in seen:
+                        seen.add(id(element))
+                        stack.append(element)
+
+    def _runs_module_code(self, value: object, holder: object) -> TypeGuard[Callable[..., Any]]:
+        """Whether calling ``value`` (which passed the rule) runs code of a module."""
+        if type(value) is FunctionType:
+            # A function with __mro_entries__ stands in for a class (typing's NamedTuple
+            # and TypedDict), as a base too, where it must be itself: like a class, it is
+            # not wrapped.
+            return not (
+                value.__module__ == USER_MODULE
+                or id(value) in self._builtins
+                or "__mro_entries__" in value.__dict__
+            )
+        if type(value) is MethodType:
+            return self._runs_module_code(value.__func__, None)
+        if isinstance(value, BuiltinFunctionType):  # or its subclass, re.Pattern.match's
+            # Bound to a module, an object or a class; a C type's static method to nothing
+            # (str.maketrans), and the type it was read from is its owner.
+            owner = holder if value.__self__ is None else value.__self__
+            plain_class = type(owner) is type and owner in PLAIN_DATA
+            return not (plain_class or id(value) in self._builtins)
+        if isinstance(value, _DESCRIPTORS):
+            return value.__objclass__ not in PLAIN_DATA
+        return False
 
     def _deny(self, path: str) -> None:
         module_name, _, rest = path.partition(".")
@@ -377,19 +497,25 @@ class Policy:
         elif not isinstance(value, type | FunctionType):
             # An instance: its class decides, and the interpreter's own types are data.
             cls = type(value)
-            return cls.__module__ in _DATA_MODULES or self._comes_from_allowed(cls)
+            allowed = self._allowed_instances.get(cls)
+            if allowed is None:
+                allowed = cls.__module__ in _DATA_MODULES or self._comes_from_allowed(cls)
+                self._allowed_instances[cls] = allowed
+            return allowed
         if id(value) in self._builtins:
             return True
         module = getattr(value, "__module__", None)
-        return isinstance(module, str) and self._module_allowed(module)
+        return type(module) is str and self._module_allowed(module)
 
     def _module_allowed(self, module: str) -> bool:
-        top = module.partition(".")[0]
-        if top == USER_MODULE:
-            return True
-        if top.startswith("_") and not top.startswith("__"):
-            top = _ACCELERATORS.get(top, top[1:])
-        return import_problem(top, 0, self.allowed_imports) is None
+        allowed = self._allowed_modules.get(module)
+        if allowed is None:
+            top = module.partition(".")[0]
+            if top.startswith("_") and not top.startswith("__"):
+                top = _ACCELERATORS.get(top, top[1:])
+            allowed = top == USER_MODULE or import_problem(top, 0, self.allowed_imports) is None
+            self._allowed_modules[module] = allowed
+        return allowed
 
 
 def _makes_classes(cls: type) -> bool:

@@ -2,8 +2,10 @@
 
 import dataclasses
 import functools
+import json
 import os
 import re
+import types
 from pathlib import Path
 from textwrap import dedent
 from typing import Any
@@ -150,7 +152,11 @@ def test_annotated_attributes_stay_forbidden() -> None:
         ("statistics.sys", ImportError, "import of 'sys' is not allowed"),
         ("dataclasses.FunctionType", ImportError, "comes from a module that is not allowed"),
         ("functools.recursive_repr", ImportError, "comes from a module that is not allowed"),
+        ("typing.get_origin(typing.Type[int])", ImportError, "type is not allowed in the sandbox"),
         ("typing.NamedTupleMeta", ImportError, "NamedTupleMeta is not allowed in the sandbox"),
+        ("typing.get_origin(typing.ContextManager)", ImportError, "AbstractContextManager comes"),
+        ("next(iter(fractions.Fraction.mro()[1:]))", ImportError, "Rational comes from a module"),
+        ("min(fractions.Fraction.mro(), key=str)", ImportError, "Rational comes from a module"),
         ("fractions.Fraction.mro()[1]", ImportError, "Rational comes from a module that is not"),
         ("re.RegexFlag", ImportError, "RegexFlag is not allowed in the sandbox: it makes classes"),
         ("operator.attrgetter", ImportError, "operator.attrgetter is not allowed"),
@@ -225,6 +231,60 @@ def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> N
     )
     compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
     assert compiled.code is None
+
+
+def test_functions_and_methods_of_modules_come_wrapped_and_plain_data_methods_as_they_are() -> None:
+    source = """\
+        import collections, json, re
+
+        class Mine:
+            def method(self):
+                return 1
+
+        def mine():
+            pass
+
+        def main():
+            items, counter = [], collections.Counter("aab")
+            return (
+                json.dumps, counter.most_common, re.compile("a").match, collections.Counter.copy,
+                items.append, "".join, str.upper, dict.fromkeys, Mine().method, mine, len,
+                counter.most_common(1), json.dumps([1]),
+            )
+    """
+    *wrapped, append, join, upper, fromkeys, method, mine, length, common, dumped = run(source)
+
+    assert all(type(f) is types.FunctionType and f.__module__ == "function" for f in wrapped)
+    assert wrapped[0] is not json.dumps
+    assert (append.__self__, join.__self__, upper, fromkeys.__self__) == ([], "", str.upper, dict)
+    assert (method.__func__.__module__, mine.__module__, length) == ("function", "function", len)
+    assert (common, dumped) == ([("a", 2)], "[1]")
+
+
+def test_module_code_that_names_its_callers_module_still_sees_the_users() -> None:
+    source = """\
+        import collections, typing
+
+        def main():
+            return [
+                collections.namedtuple("A", "x"),
+                typing.NamedTuple("B", [("x", int)]),
+                typing.TypedDict("C", {"x": int}),
+                typing.NewType("D", int),
+            ]
+    """
+    assert [made.__module__ for made in run(source)] == ["function"] * 4
+
+
+def test_a_module_inside_what_a_call_returns_is_refused() -> None:
+    source = """\
+        import functools
+
+        def main():
+            return functools.reduce(lambda acc, module: acc + [module], [outside], [])
+    """
+    with pytest.raises(ImportError, match="import of 'os' is not allowed"):
+        run(source, outside=os)
 
 
 @pytest.mark.parametrize(

@@ -534,6 +534,51 @@ def creating(path: Path) -> str:
     return f"{OS_GLOBALS}['open']({str(path)!r}, {os.O_CREAT | os.O_WRONLY})"
 
 
+@pytest.mark.parametrize(
+    ("call", "refusal"),
+    [
+        # A function of an allowed module returns type itself, or a class of a module
+        # outside the allow-list.
+        (
+            "typing.get_origin(typing.Type[int])",
+            "type is not allowed in the sandbox: it makes classes",
+        ),
+        (
+            "typing.get_origin(typing.AsyncContextManager[int])",
+            "AbstractAsyncContextManager comes from a module that is not allowed",
+        ),
+        # A method of a class returns classes of a module outside the allow-list, inside a
+        # list: iteration and unpacking would hand them out past the item guard.
+        (
+            "next(iter(fractions.Fraction.mro()[1:]))",
+            "Rational comes from a module that is not allowed",
+        ),
+        # C code of an allowed module reads the item, past the item guard.
+        (
+            "functools.reduce(operator.getitem, [1], fractions.Fraction.mro())",
+            "Rational comes from a module that is not allowed",
+        ),
+    ],
+)
+def test_cant_get_past_the_policy_through_what_allowed_functions_return(
+    attack: Attack, call: str, refusal: str
+) -> None:
+    source = f"""\
+import fractions, functools, operator, typing
+
+def main(path):
+    try:
+        got = {call}
+    except ImportError as exc:
+        return str(exc)
+    return repr(got)
+"""
+    execution = read_secret(attack, source)
+
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == refusal
+
+
 HOOKED = """\
 import collections, dataclasses, typing
 
@@ -561,6 +606,11 @@ def main(path):
 @pytest.mark.parametrize(
     ("make", "refusal"),
     [
+        # type itself, from a function of an allowed module.
+        (
+            "X = typing.get_origin(typing.Type[int])('X', (), namespace)",
+            ["ImportError", "type is not allowed in the sandbox: it makes classes"],
+        ),
         # A metaclass of an allowed module, and one the code derives from type.
         (
             "X = typing.NamedTupleMeta('X', (), namespace)",
