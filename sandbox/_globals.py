@@ -7,9 +7,17 @@ list). Attribute access (compiled or through ``getattr``) refuses names starting
 and the frame, code, traceback and generator internals, and RestrictedPython's own
 guard refuses ``str.format``; whatever attribute or item access returns then passes the
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
-the allow-list). ``setattr`` and ``delattr`` follow the rules of ``obj.name = value``.
-Imports return module proxies. Iteration is not checked: ``list()``, ``sorted()`` and the
-like iterate in C anyway.
+the allow-list, no class that makes classes), which hands out the functions and methods of
+modules as wrappers that check what they return. ``setattr`` and ``delattr`` follow the
+rules of ``obj.name = value``. Imports return module proxies. Iteration is not checked:
+``list()``, ``sorted()`` and the like iterate in C anyway; what module code returns was
+checked with all it contains.
+
+Class statements go through ``_user_class``, which refuses what the compiler would refuse
+in a class body had it been written there: keys starting with "_" beyond the special
+methods RestrictedPython allows and what the interpreter adds, and metaclasses as bases.
+Dunder methods the interpreter calls with unchecked arguments, and attributes that change
+what the guards or dataclasses believe, stay out of user classes.
 """
 
 import builtins
@@ -29,7 +37,7 @@ from RestrictedPython.Guards import (
     safer_getattr,
 )
 
-from ._modules import PLAIN_DATA, USER_MODULE, ModuleProxy, Policy
+from ._modules import PLAIN_DATA, USER_MODULE, ModuleProxy, Policy, check_namespace
 from ._validate import import_problem
 
 # Builtins RestrictedPython leaves out. It drops sorted, zip, tuple and the like because
@@ -173,12 +181,40 @@ def _check_written_name(name: object) -> None:
         raise AttributeError(f'"{name}" is an invalid attribute name because it starts with "_"')
 
 
+# What the interpreter puts in the namespace of a class body, besides what the body
+# defines: its module, name and docstring, annotations, the cell of super(), the bases
+# before __mro_entries__, and from 3.12 and 3.13 type parameters, its first line and the
+# attributes its methods assign.
+_CLASS_BODY_KEYS = frozenset(
+    {
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "__annotations__",
+        "__classcell__",
+        "__orig_bases__",
+        "__type_params__",
+        "__firstlineno__",
+        "__static_attributes__",
+    }
+)
+
+
 def _user_class(name: str, bases: tuple[type, ...], namespace: dict[str, Any], **kw: Any) -> type:
     """Create a class defined in user code, whose instances the code may then write to.
 
     full_write_guard lets writes through to objects marked ``_guarded_writes``; without
     the mark even ``self.x = x`` in the user's own ``__init__`` would fail.
+
+    Raises:
+        TypeError: A base is a metaclass (``class Meta(typing.Type[int])`` derives from
+            ``type``): the class would make classes from a namespace of any names. Or the
+            namespace has a key the compiler refuses in a class body.
     """
+    for base in bases:
+        if isinstance(base, type) and issubclass(base, type):
+            raise TypeError(f"class {name} can't derive from {base.__qualname__}: it makes classes")
+    check_namespace(f"class {name}", namespace, _CLASS_BODY_KEYS)
     cls = type(name, bases, namespace, **kw)
     cls._guarded_writes = True  # type: ignore[attr-defined]
     return cls

@@ -1,7 +1,12 @@
 """The restricted runtime in-process: guards, module proxies and the value policy."""
 
+import dataclasses
 import functools
+import json
+import os
 import re
+import types
+from pathlib import Path
 from textwrap import dedent
 from typing import Any
 
@@ -14,10 +19,12 @@ from toolvault.sandbox._modules import ModuleProxy
 from toolvault.sandbox._validate import RestrictingPolicy
 
 
-def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS) -> Any:
+def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS, **names: Any) -> Any:
+    """Run ``source``'s main() in restricted globals, with ``names`` made outside the sandbox."""
     compiled = compile_restricted_exec(dedent(source), "<test>", policy=RestrictingPolicy)
     assert compiled.code is not None, compiled.errors
     namespace = restricted_globals(allowed)
+    namespace.update(names)
     exec(compiled.code, namespace)
     return namespace["main"]()
 
@@ -145,7 +152,13 @@ def test_annotated_attributes_stay_forbidden() -> None:
         ("statistics.sys", ImportError, "import of 'sys' is not allowed"),
         ("dataclasses.FunctionType", ImportError, "comes from a module that is not allowed"),
         ("functools.recursive_repr", ImportError, "comes from a module that is not allowed"),
-        ("re.RegexFlag.mro()[1]", ImportError, "IntFlag comes from a module that is not allowed"),
+        ("typing.get_origin(typing.Type[int])", ImportError, "type is not allowed in the sandbox"),
+        ("typing.NamedTupleMeta", ImportError, "NamedTupleMeta is not allowed in the sandbox"),
+        ("typing.get_origin(typing.ContextManager)", ImportError, "AbstractContextManager comes"),
+        ("next(iter(fractions.Fraction.mro()[1:]))", ImportError, "Rational comes from a module"),
+        ("min(fractions.Fraction.mro(), key=str)", ImportError, "Rational comes from a module"),
+        ("fractions.Fraction.mro()[1]", ImportError, "Rational comes from a module that is not"),
+        ("re.RegexFlag", ImportError, "RegexFlag is not allowed in the sandbox: it makes classes"),
         ("operator.attrgetter", ImportError, "operator.attrgetter is not allowed"),
         ("operator.attrgetter.__call__", SyntaxError, ""),
         ("functools.singledispatchmethod", ImportError, "is not allowed in the sandbox"),
@@ -159,8 +172,8 @@ def test_annotated_attributes_stay_forbidden() -> None:
 )
 def test_the_guards_refuse(expression: str, error: type[Exception], message: str) -> None:
     source = (
-        "import collections, dataclasses, functools, json, operator, re, statistics, string\n"
-        "import typing, uuid\n"
+        "import collections, dataclasses, fractions, functools, json, operator, re, statistics\n"
+        "import string, typing, uuid\n"
         f"def main():\n    return {expression}\n"
     )
     if error is SyntaxError:
@@ -218,3 +231,251 @@ def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> N
     )
     compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
     assert compiled.code is None
+
+
+def test_functions_and_methods_of_modules_come_wrapped_and_plain_data_methods_as_they_are() -> None:
+    source = """\
+        import collections, json, re
+
+        class Mine:
+            def method(self):
+                return 1
+
+        def mine():
+            pass
+
+        def main():
+            items, counter = [], collections.Counter("aab")
+            return (
+                json.dumps, counter.most_common, re.compile("a").match, collections.Counter.copy,
+                items.append, "".join, str.upper, dict.fromkeys, Mine().method, mine, len,
+                counter.most_common(1), json.dumps([1]),
+            )
+    """
+    *wrapped, append, join, upper, fromkeys, method, mine, length, common, dumped = run(source)
+
+    assert all(type(f) is types.FunctionType and f.__module__ == "function" for f in wrapped)
+    assert wrapped[0] is not json.dumps
+    assert (append.__self__, join.__self__, upper, fromkeys.__self__) == ([], "", str.upper, dict)
+    assert (method.__func__.__module__, mine.__module__, length) == ("function", "function", len)
+    assert (common, dumped) == ([("a", 2)], "[1]")
+
+
+def test_module_code_that_names_its_callers_module_still_sees_the_users() -> None:
+    source = """\
+        import collections, typing
+
+        def main():
+            return [
+                collections.namedtuple("A", "x"),
+                typing.NamedTuple("B", [("x", int)]),
+                typing.TypedDict("C", {"x": int}),
+                typing.NewType("D", int),
+            ]
+    """
+    assert [made.__module__ for made in run(source)] == ["function"] * 4
+
+
+def test_a_module_inside_what_a_call_returns_is_refused() -> None:
+    source = """\
+        import functools
+
+        def main():
+            return functools.reduce(lambda acc, module: acc + [module], [outside], [])
+    """
+    with pytest.raises(ImportError, match="import of 'os' is not allowed"):
+        run(source, outside=os)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        "enum.Enum('E', {'A': 1, '_' + '_getattr__': hook})",
+        "enum.IntFlag('E', [('A', 1), ('_' + '_getattr__', hook)])",
+    ],
+)
+def test_cant_build_a_class_with_enums_functional_api(make: str) -> None:
+    source = f"""\
+        import enum
+
+        hooked = []
+
+        def hook(self, name):
+            hooked.append(name)
+
+        def main():
+            try:
+                E = {make}
+            except ImportError as exc:
+                return [str(exc), hooked]
+            return [E.A.anything, hooked]
+    """
+    refusal, hooked = run(source, (*DEFAULT_ALLOWED_IMPORTS, "enum"))
+
+    assert refusal.endswith("is not allowed in the sandbox: it makes classes")
+    assert hooked == []
+
+
+@pytest.mark.parametrize(
+    ("namespace", "refused"),
+    [
+        ({"__getattr__": lambda self, name: name}, "__getattr__"),
+        ({"__init_subclass__": classmethod(lambda cls: None)}, "__init_subclass__"),
+        ({"_guarded_writes": False}, "_guarded_writes"),
+        ({"__dataclass_fields__": {}}, "__dataclass_fields__"),
+    ],
+)
+def test_the_class_hook_refuses_what_a_class_body_could_not_define(
+    namespace: dict[str, object], refused: str
+) -> None:
+    user_class = restricted_globals(DEFAULT_ALLOWED_IMPORTS)["__metaclass__"]
+
+    with pytest.raises(TypeError, match=f"class X can't define '{refused}'"):
+        user_class("X", (), {"__module__": "function", **namespace})
+
+
+def test_class_bodies_keep_what_the_interpreter_and_the_compiler_let_them_define() -> None:
+    source = """\
+        import typing
+
+        T = typing.TypeVar("T")
+
+        class Base(typing.Generic[T]):
+            "A docstring."
+            size: int = 1
+            _ = 2
+
+            def __init__(self, value):
+                self.value = value
+
+            def __eq__(self, other):
+                return self.value == other.value
+
+            def doubled(self):
+                return 2 * self.value
+
+        class Child(Base[int]):
+            def doubled(self):
+                return super().doubled() + 1
+
+        def main():
+            return Child(1) == Base(1), Child(1).doubled(), Child.size
+    """
+    assert run(source) == (True, 3, 1)
+
+
+def test_dataclasses_work_as_usual_within_the_rules() -> None:
+    source = """\
+        import dataclasses
+        from dataclasses import KW_ONLY
+
+        @dataclasses.dataclass(frozen=True)
+        class Base:
+            x: int
+            tags: list = dataclasses.field(default_factory=list)
+
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class Child(Base):
+            _: KW_ONLY
+            y: int = 0
+
+        def twice(self):
+            return 2 * self.x
+
+        Made = dataclasses.make_dataclass(
+            "Made",
+            [("z", int, 0), ("y", int, dataclasses.field(default=3))],
+            bases=(Base,),
+            namespace={"twice": twice},
+            frozen=True,
+        )
+
+        def main():
+            made = Made(1, [], 5)
+            return repr(Child(1, y=2)), dataclasses.asdict(made), made.twice(), Made(1, [], 5, 3)
+    """
+    child, fields, twice, made = run(source)
+
+    assert (child, fields, twice) == (
+        "Child(x=1, tags=[], y=2)",
+        {"x": 1, "tags": [], "z": 5, "y": 3},
+        2,
+    )
+    assert type(made).__module__ == "function"
+
+
+def test_cant_inherit_a_field_whose_name_was_changed_after_its_class_was_made(
+    tmp_path: Path,
+) -> None:
+    created = tmp_path / "created"
+    escape = (
+        "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+        f".__init__.__globals__['open']({str(created)!r}, {os.O_CREAT | os.O_WRONLY})"
+    )
+
+    @dataclasses.dataclass
+    class Base:
+        a: int
+
+    dataclasses.fields(Base)[0].name = f"a if 0 else {escape}"
+    source = """\
+        import dataclasses
+
+        def main():
+            @dataclasses.dataclass(init=False, repr=False)
+            class Child(Base):
+                pass
+
+            return Child(1) == Child(1)
+    """
+    with pytest.raises(TypeError, match='dataclass field name "a if 0 else'):
+        run(source, Base=Base)
+    assert not created.exists()
+
+
+@pytest.mark.parametrize("name", ["'_' + '_class__'", "'_hidden'", "'def'", "'\\uff41'", "'a b'"])
+def test_dataclass_field_names_must_be_plain_identifiers(name: str) -> None:
+    source = f"""\
+        import dataclasses, typing
+
+        def main():
+            refused = []
+            for make in (
+                lambda: dataclasses.dataclass(typing.TypedDict("T", {{{name}: int}})),
+                lambda: dataclasses.make_dataclass("M", [{name}]),
+            ):
+                try:
+                    make()
+                except TypeError as exc:
+                    refused.append(str(exc))
+            return refused
+    """
+    refused = run(source)
+
+    assert len(refused) == 2
+    assert all(message.startswith("dataclass field name") for message in refused)
+
+
+def test_item_writes_to_an_object_that_claims_to_be_a_list_go_through_the_write_guard() -> None:
+    # Built outside: the sandbox refuses the namespace that would make one.
+    written: list[object] = []
+    liar = type(
+        "Liar",
+        (),
+        {
+            "__class__": property(lambda self: list),
+            "__setitem__": lambda self, key, value: written.append(value),
+        },
+    )()
+    source = """\
+        def main():
+            target = liar
+            try:
+                target[0] = 1
+            except TypeError as exc:
+                return isinstance(target, list), str(exc)
+    """
+    refusal = "object does not support item or slice assignment"
+
+    assert run(source, liar=liar) == (True, refusal)
+    assert written == []

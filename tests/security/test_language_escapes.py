@@ -9,6 +9,9 @@ survived and the server still answers.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from tests.security.conftest import Attack
@@ -376,17 +379,26 @@ def main(path):
     assert error(execution) == (ExecutionStatus.ERROR, "TypeError", message)
 
 
-def test_cant_reach_a_class_of_a_module_outside_the_allow_list(attack: Attack) -> None:
-    source = """\
-import re
+@pytest.mark.parametrize(
+    ("walk", "message"),
+    [
+        ("fractions.Fraction.mro()[1]", "Rational comes from a module that is not allowed"),
+        # An enum class: calling one makes a class from a namespace (Enum's functional API).
+        ("re.RegexFlag.mro()[1]", "RegexFlag is not allowed in the sandbox: it makes classes"),
+    ],
+)
+def test_cant_reach_a_class_of_a_module_outside_the_allow_list(
+    attack: Attack, walk: str, message: str
+) -> None:
+    source = f"""\
+import fractions, re
 
 def main(path):
-    enum_class = re.RegexFlag.mro()[1]
-    return enum_class
+    outside = {walk}
+    return outside
 """
     execution = read_secret(attack, source)
 
-    message = "IntFlag comes from a module that is not allowed"
     assert error(execution) == (ExecutionStatus.ERROR, "ImportError", message)
 
 
@@ -443,23 +455,25 @@ def test_cant_shadow_the_names_item_writes_compile_to(attack: Attack, binding: s
 def test_item_writes_to_what_only_claims_to_be_a_list_go_through_the_write_guard(
     attack: Attack,
 ) -> None:
+    # A class that claims to be a list can no longer be built here (its namespace is
+    # refused); tests/sandbox/test_guards.py gives the write guard one built outside.
     source = """\
 import collections, dataclasses, json
 
 written = []
-Liar = dataclasses.make_dataclass(
-    "Liar",
-    [],
-    namespace={
-        "_" + "_class__": property(lambda self: list),
-        "_" + "_setitem__": lambda self, key, value: written.append(value),
-    },
-)
 
 def main(path):
-    liar, queue, ordered = Liar(), collections.deque([0]), collections.OrderedDict(a=0)
     refused = []
-    for target in (liar, queue, ordered):
+    lie = {
+        "_" + "_class__": property(lambda self: list),
+        "_" + "_setitem__": lambda self, key, value: written.append(value),
+    }
+    try:
+        dataclasses.make_dataclass("Liar", [], namespace=lie)
+    except TypeError as exc:
+        refused.append(str(exc))
+    queue, ordered = collections.deque([0]), collections.OrderedDict(a=0)
+    for target in (queue, ordered):
         try:
             target[0] = path
         except TypeError as exc:
@@ -469,13 +483,14 @@ def main(path):
         proxy |= {"dumps": path}
     except TypeError:
         refused.append("json |=")
-    return [isinstance(liar, list), written, list(queue), dict(ordered), refused, json.dumps(1)]
+    return [written, list(queue), dict(ordered), refused, json.dumps(1)]
 """
     execution = read_secret(attack, source)
 
+    liar = "dataclass 'Liar' can't define '__class__': a class body could not"
     refusal = "object does not support item or slice assignment"
     assert execution.status is ExecutionStatus.OK, execution.error
-    assert execution.result == [True, [], [0], {"a": 0}, [refusal] * 3 + ["json |="], "1"]
+    assert execution.result == [[], [0], {"a": 0}, [liar, refusal, refusal, "json |="], "1"]
 
 
 def test_what_a_call_changes_in_allowed_modules_or_draws_is_its_own(attack: Attack) -> None:
@@ -503,3 +518,204 @@ def main(change):
     assert changed[1:] == ["changed", "changed"] and changed[0] == before[0] + 1
     assert seen == before
     assert not set(first_draws) & set(second_draws)
+
+
+# The classes of escape of issue 12, each through several routes. Source that runs
+# outside the restricted compiler (what dataclasses generates and execs) reaches os from
+# any object: a payload pasted into it needs only an expression.
+OS_GLOBALS = (
+    "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+    ".__init__.__globals__"
+)
+
+
+def creating(path: Path) -> str:
+    """An expression that, run outside the restricted compiler, creates ``path``."""
+    return f"{OS_GLOBALS}['open']({str(path)!r}, {os.O_CREAT | os.O_WRONLY})"
+
+
+@pytest.mark.parametrize(
+    ("call", "refusal"),
+    [
+        # A function of an allowed module returns type itself, or a class of a module
+        # outside the allow-list.
+        (
+            "typing.get_origin(typing.Type[int])",
+            "type is not allowed in the sandbox: it makes classes",
+        ),
+        (
+            "typing.get_origin(typing.AsyncContextManager[int])",
+            "AbstractAsyncContextManager comes from a module that is not allowed",
+        ),
+        # A method of a class returns classes of a module outside the allow-list, inside a
+        # list: iteration and unpacking would hand them out past the item guard.
+        (
+            "next(iter(fractions.Fraction.mro()[1:]))",
+            "Rational comes from a module that is not allowed",
+        ),
+        # C code of an allowed module reads the item, past the item guard.
+        (
+            "functools.reduce(operator.getitem, [1], fractions.Fraction.mro())",
+            "Rational comes from a module that is not allowed",
+        ),
+    ],
+)
+def test_cant_get_past_the_policy_through_what_allowed_functions_return(
+    attack: Attack, call: str, refusal: str
+) -> None:
+    source = f"""\
+import fractions, functools, operator, typing
+
+def main(path):
+    try:
+        got = {call}
+    except ImportError as exc:
+        return str(exc)
+    return repr(got)
+"""
+    execution = read_secret(attack, source)
+
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == refusal
+
+
+HOOKED = """\
+import collections, dataclasses, typing
+
+hooked = []
+
+def hook(self, name):
+    hooked.append(name)
+    return name
+
+namespace = {"_" + "_getattr__": hook}
+
+def main(path):
+    try:
+        %s
+        return [X().anything, hooked]
+    except ImportError as exc:
+        return ["ImportError", str(exc), hooked]
+    except TypeError as exc:
+        return ["TypeError", str(exc), hooked]
+    except ValueError as exc:
+        return ["ValueError", str(exc), hooked]
+"""
+
+
+@pytest.mark.parametrize(
+    ("make", "refusal"),
+    [
+        # type itself, from a function of an allowed module.
+        (
+            "X = typing.get_origin(typing.Type[int])('X', (), namespace)",
+            ["ImportError", "type is not allowed in the sandbox: it makes classes"],
+        ),
+        # A metaclass of an allowed module, and one the code derives from type.
+        (
+            "X = typing.NamedTupleMeta('X', (), namespace)",
+            ["ImportError", "NamedTupleMeta is not allowed in the sandbox: it makes classes"],
+        ),
+        (
+            "class Meta(typing.Type[int]):\n            pass\n        X = Meta('X', (), namespace)",
+            ["TypeError", "class Meta can't derive from type: it makes classes"],
+        ),
+        # make_dataclass puts its namespace, and the defaults of its fields, in the class.
+        (
+            "X = dataclasses.make_dataclass('X', [], namespace=namespace)",
+            ["TypeError", "dataclass 'X' can't define '__getattr__': a class body could not"],
+        ),
+        (
+            "X = dataclasses.make_dataclass('X', [('_' + '_getattr__', object, hook)])",
+            ["TypeError", "dataclass field name '__getattr__' is not a plain identifier"],
+        ),
+        # namedtuple and the typing factories on it refuse such names themselves.
+        (
+            "X = collections.namedtuple('X', ['_' + '_getattr__'])",
+            ["ValueError", "Field names cannot start with an underscore: '__getattr__'"],
+        ),
+        (
+            "X = typing.NamedTuple('X', [('_' + '_getattr__', object)])",
+            ["ValueError", "Field names cannot start with an underscore: '__getattr__'"],
+        ),
+    ],
+)
+def test_cant_build_a_class_with_dunder_methods_from_a_namespace(
+    attack: Attack, make: str, refusal: list[str]
+) -> None:
+    execution = read_secret(attack, HOOKED % make)
+
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == [*refusal, []]
+
+
+NAME = """\
+class Name(str):
+    def isidentifier(self):
+        return True
+"""
+LOOSE_FIELD = """\
+class Loose(dataclasses.Field):
+    pass
+
+loose = Loose(dataclasses.MISSING, dataclasses.MISSING, True, True, None, True, None, False)
+"""
+
+
+@pytest.mark.parametrize(
+    ("attack_source", "refusal"),
+    [
+        # A str that claims to be an identifier, as a field name of make_dataclass (pasted
+        # into __eq__) and as a key of a TypedDict's annotations (into __init__, which
+        # runs what its parameters' defaults say as soon as it is made).
+        (
+            NAME + "def main(path):\n"
+            "    fields = [Name('a if 0 else ' + PAYLOAD)]\n"
+            "    X = dataclasses.make_dataclass('X', fields, init=False, repr=False)\n"
+            "    return X() == X()\n",
+            'dataclass field name "a if 0 else [c for c in',
+        ),
+        (
+            NAME + "def main(path):\n"
+            "    first = Name('a=' + PAYLOAD + ' and ' + '\"' * 3)\n"
+            "    second = Name('b=' + '\"' * 3 + ' or 0,*z')\n"
+            "    return dataclasses.dataclass(typing.TypedDict('T', {first: int, second: int}))\n",
+            "dataclass field name 'a=[c for c in",
+        ),
+        # A field of the user's own Field class, renamed after its class was made, for a
+        # subclass to inherit.
+        (
+            LOOSE_FIELD + "def main(path):\n"
+            "    @dataclasses.dataclass\n"
+            "    class Base:\n"
+            "        a: int = loose\n"
+            "    loose.name = 'a if 0 else ' + PAYLOAD\n"
+            "    @dataclasses.dataclass(init=False, repr=False)\n"
+            "    class Child(Base):\n"
+            "        pass\n"
+            "    return Child(1) == Child(1)\n",
+            "dataclass fields must be dataclasses.Field, not a Loose object",
+        ),
+        (
+            LOOSE_FIELD + "def main(path):\n"
+            "    Base = dataclasses.make_dataclass('Base', [('a', int, loose)])\n"
+            "    loose.name = 'a if 0 else ' + PAYLOAD\n"
+            "    options = {'bases': (Base,), 'init': False, 'repr': False}\n"
+            "    Child = dataclasses.make_dataclass('Child', [], **options)\n"
+            "    return Child(1) == Child(1)\n",
+            "dataclass fields must be dataclasses.Field, not a Loose object",
+        ),
+    ],
+)
+def test_cant_inject_code_into_what_dataclasses_generates(
+    attack: Attack, attack_source: str, refusal: str
+) -> None:
+    created = attack.secret_file.parent / "generated.txt"
+    source = f"import dataclasses, typing\nPAYLOAD = {creating(created)!r}\n{attack_source}"
+
+    execution = read_secret(attack, source)
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, "TypeError")
+    assert message.startswith(refusal)
+    assert not created.exists()
