@@ -123,7 +123,20 @@ class ExecutionFilter:
 
 
 class Invocations:
-    """Runs functions in sandboxes, bounded in parallelism and queue length."""
+    """Runs functions in sandboxes, bounded in parallelism and queue length.
+
+    Args:
+        db: Where the history and the idempotency keys live.
+        functions: Resolves the references that calls name.
+        settings: Concurrency, queue, cache and argument limits, and the allow-list the
+            default sandbox host preloads.
+        plugins: Told of each call and of each recorded run.
+        tracer: Makes the spans of each run.
+        sandbox_host: The host to run the calls in; by default one built from
+            ``settings``. The seam the test suite uses to run code that escaped the
+            language layer (a host with ``language_layer=False``); nothing in the server
+            passes one, so no setting or request chooses the host.
+    """
 
     def __init__(
         self,
@@ -133,6 +146,7 @@ class Invocations:
         *,
         plugins: Plugins | None = None,
         tracer: trace.Tracer | None = None,
+        sandbox_host: sandbox.SandboxHost | None = None,
     ) -> None:
         self._db = db
         self._functions = functions
@@ -154,9 +168,11 @@ class Invocations:
         self._history = History(db)
         self._writer = HistoryWriter(db)
         # Started by start_sandbox (or the first run), and again whenever it dies.
-        self._sandbox = sandbox.SandboxHost(
-            preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
-        )
+        if sandbox_host is None:
+            sandbox_host = sandbox.SandboxHost(
+                preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
+            )
+        self._sandbox = sandbox_host
         metrics.QUEUED.set_function(lambda: self._waiting)
         metrics.IN_FLIGHT.set_function(lambda: self._running)
 
