@@ -63,6 +63,9 @@ HISTORY_TEXT_BYTES = 64 * 1024
 HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
 STATUSES = (*(s.name for s in sandbox.RunStatus), CANCELLED, OUTPUT_SCHEMA_MISMATCH)
 _MAX_REPORTED_PROBLEMS = 20
+# jsonschema quotes the failing value whole: a megabyte quoted twenty times made a 20 MB
+# message, which overflowed a status's metadata and, in a few history rows, a page.
+_MAX_PROBLEM_CHARS = 500
 _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
 # A duplicate call polls its idempotency key this often while the first call runs.
 _KEY_POLL_S = 0.1
@@ -694,6 +697,8 @@ def problems(schema_json: str, instance: Any) -> str:
     A schema that cannot be evaluated (a $ref it cannot resolve, or one that refers to
     itself without end) is a problem too: a schema is checked only as JSON Schema when
     it is stored, and may never match anything.
+
+    Each problem is cut to ``_MAX_PROBLEM_CHARS`` characters, ending in "…" when cut.
     """
     try:
         errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
@@ -701,7 +706,13 @@ def problems(schema_json: str, instance: Any) -> str:
         return f"$: the schema's $ref {e.ref!r} cannot be resolved (only refs within it can)"
     except RecursionError:
         return "$: the schema's $refs refer to each other without end"
-    return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])
+    return "; ".join(_brief(f"{e.json_path}: {e.message}") for e in errors[:_MAX_REPORTED_PROBLEMS])
+
+
+def _brief(problem: str) -> str:
+    if len(problem) <= _MAX_PROBLEM_CHARS:
+        return problem
+    return problem[: _MAX_PROBLEM_CHARS - 1] + "\u2026"
 
 
 def _output_bytes(info: ExecutionInfo) -> int:
