@@ -82,13 +82,15 @@ def _tls_credentials(settings: Settings) -> grpc.ServerCredentials:
 def _check_isolation(layers: Sequence[sandbox.Layer], required: Sequence[str]) -> None:
     """Refuse to start when a sandbox layer the operator requires is not in effect."""
     found = {layer.name: layer for layer in layers}
-    wanted = list(found) if "all" in required else list(required)
-    unknown = [name for name in wanted if name not in found]
+    # Checked before "all" widens the list: a misspelt name beside it is still a mistake.
+    unknown = [name for name in required if name != "all" and name not in found]
     if unknown:
         raise StartupError(
             f"TOOLVAULT_REQUIRE_ISOLATION names unknown layers {unknown}; the layers are "
             f"{', '.join(found)} (or all)"
         )
+    # A layer listed twice is named once.
+    wanted = list(found) if "all" in required else list(dict.fromkeys(required))
     missing = [f"{name} ({found[name].detail})" for name in wanted if not found[name].active]
     if missing:
         raise StartupError(

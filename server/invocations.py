@@ -63,6 +63,9 @@ HISTORY_TEXT_BYTES = 64 * 1024
 HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
 STATUSES = (*(s.name for s in sandbox.RunStatus), CANCELLED, OUTPUT_SCHEMA_MISMATCH)
 _MAX_REPORTED_PROBLEMS = 20
+# jsonschema quotes the failing value whole: a megabyte quoted twenty times made a 20 MB
+# message, which overflowed a status's metadata and, in a few history rows, a page.
+_MAX_PROBLEM_CHARS = 500
 _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
 # A duplicate call polls its idempotency key this often while the first call runs.
 _KEY_POLL_S = 0.1
@@ -123,7 +126,20 @@ class ExecutionFilter:
 
 
 class Invocations:
-    """Runs functions in sandboxes, bounded in parallelism and queue length."""
+    """Runs functions in sandboxes, bounded in parallelism and queue length.
+
+    Args:
+        db: Where the history and the idempotency keys live.
+        functions: Resolves the references that calls name.
+        settings: Concurrency, queue, cache and argument limits, and the allow-list the
+            default sandbox host preloads.
+        plugins: Told of each call and of each recorded run.
+        tracer: Makes the spans of each run.
+        sandbox_host: The host to run the calls in; by default one built from
+            ``settings``. The seam the test suite uses to run code that escaped the
+            language layer (a host with ``language_layer=False``); nothing in the server
+            passes one, so no setting or request chooses the host.
+    """
 
     def __init__(
         self,
@@ -133,6 +149,7 @@ class Invocations:
         *,
         plugins: Plugins | None = None,
         tracer: trace.Tracer | None = None,
+        sandbox_host: sandbox.SandboxHost | None = None,
     ) -> None:
         self._db = db
         self._functions = functions
@@ -154,9 +171,11 @@ class Invocations:
         self._history = History(db)
         self._writer = HistoryWriter(db)
         # Started by start_sandbox (or the first run), and again whenever it dies.
-        self._sandbox = sandbox.SandboxHost(
-            preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
-        )
+        if sandbox_host is None:
+            sandbox_host = sandbox.SandboxHost(
+                preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
+            )
+        self._sandbox = sandbox_host
         metrics.QUEUED.set_function(lambda: self._waiting)
         metrics.IN_FLIGHT.set_function(lambda: self._running)
 
@@ -678,6 +697,8 @@ def problems(schema_json: str, instance: Any) -> str:
     A schema that cannot be evaluated (a $ref it cannot resolve, or one that refers to
     itself without end) is a problem too: a schema is checked only as JSON Schema when
     it is stored, and may never match anything.
+
+    Each problem is cut to ``_MAX_PROBLEM_CHARS`` characters, ending in "…" when cut.
     """
     try:
         errors = sorted(_validator(schema_json).iter_errors(instance), key=lambda e: e.path)
@@ -685,7 +706,13 @@ def problems(schema_json: str, instance: Any) -> str:
         return f"$: the schema's $ref {e.ref!r} cannot be resolved (only refs within it can)"
     except RecursionError:
         return "$: the schema's $refs refer to each other without end"
-    return "; ".join(f"{e.json_path}: {e.message}" for e in errors[:_MAX_REPORTED_PROBLEMS])
+    return "; ".join(_brief(f"{e.json_path}: {e.message}") for e in errors[:_MAX_REPORTED_PROBLEMS])
+
+
+def _brief(problem: str) -> str:
+    if len(problem) <= _MAX_PROBLEM_CHARS:
+        return problem
+    return problem[: _MAX_PROBLEM_CHARS - 1] + "\u2026"
 
 
 def _output_bytes(info: ExecutionInfo) -> int:

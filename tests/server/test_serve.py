@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOOLVAULT, ServerProcess
+from toolvault.server.config import Settings
+
+README = Path(__file__).parents[2] / "README.md"
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -53,6 +57,13 @@ def test_environment_variables_configure_the_server_and_flags_win(tmp_path: Path
         assert (tmp_path / "env" / "toolvault.db").is_file()
     finally:
         server.stop()
+
+
+def test_the_readmes_configuration_table_lists_every_setting_and_only_settings() -> None:
+    section = README.read_text().split("## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    rows = "\n".join(line for line in section.splitlines() if line.startswith("| "))
+    documented = set(re.findall(r"`TOOLVAULT_([A-Z_]+)`", rows))
+    assert documented == {name.upper() for name in Settings.model_fields}
 
 
 def test_a_bad_setting_is_named_and_exits_2(tmp_path: Path) -> None:

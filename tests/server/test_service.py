@@ -143,6 +143,42 @@ def test_arguments_are_checked_against_the_input_schema(stubs: Stubs) -> None:
     assert json.loads(stubs.invoke("sq", {"n": 12}).result_json) == 144
 
 
+def test_schema_problems_quote_a_large_value_briefly_so_replies_and_the_history_stay_small(
+    stubs: Stubs,
+) -> None:
+    # Each of twenty problems used to quote the whole megabyte: a 20 MB message per row,
+    # three rows overflowed ListExecutions' reply, and the refusal of bad arguments
+    # overflowed the status's metadata limit (the client saw RESOURCE_EXHAUSTED).
+    twenty_times = {"allOf": [{"type": "number"}] * 20}
+    stubs.functions.PublishFunction(
+        function_pb2.PublishFunctionRequest(
+            name="big",
+            source="def main(x=0):\n    return 'x' * 1_000_000\n",
+            output_schema_json=json.dumps(twenty_times),
+            input_schema_json=json.dumps({"properties": {"x": twenty_times}}),
+        )
+    )
+    quoted = "$: '" + "x" * 1_000_000 + "' is not of type 'number'"
+    brief = quoted[:499] + "\u2026"
+    for _ in range(3):
+        execution = stubs.invoke("big")
+        assert execution.status == Status.EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH
+        assert execution.error.message == (
+            "the result does not match the output schema: " + "; ".join([brief] * 20)
+        )
+    assert [e.error.message for e in stubs.executions()] == [execution.error.message] * 3
+    error = rpc_error(lambda: stubs.invoke("big", {"x": "y" * 1_000_000}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    argument = "$.x: '" + "y" * 1_000_000 + "' is not of type 'number'"
+    assert (
+        error.details()
+        == (  # type: ignore[attr-defined]
+            "args_json does not match the input schema: "
+            + "; ".join([argument[:499] + "\u2026"] * 20)
+        )
+    )
+
+
 def test_limits_end_runs_and_the_server_keeps_serving(stubs: Stubs) -> None:
     stubs.publish("spin", "def main():\n    while True:\n        pass\n", timeout_ms=1000)
     stubs.publish(
