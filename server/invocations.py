@@ -65,7 +65,8 @@ STATUSES = (*(s.name for s in sandbox.RunStatus), CANCELLED, OUTPUT_SCHEMA_MISMA
 _MAX_REPORTED_PROBLEMS = 20
 # jsonschema quotes the failing value whole: a megabyte quoted twenty times made a 20 MB
 # message, which overflowed a status's metadata and, in a few history rows, a page.
-_MAX_PROBLEM_CHARS = 500
+# Twenty problems of this size stay within gRPC's 8 KiB soft limit on a status's metadata.
+_MAX_PROBLEM_CHARS = 200
 _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
 # A duplicate call polls its idempotency key this often while the first call runs.
 _KEY_POLL_S = 0.1

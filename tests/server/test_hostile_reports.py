@@ -12,8 +12,8 @@ its test seam: plain Python with the real builtins under every kernel layer, as 
 RestrictedPython had fallen. It is published through FunctionStore like any function, so
 it passes the publish-time check: no import, no name with an underscore; ``open(3)``
 reaches the report pipe (the sandbox process's fd 3) with the real ``open``. Closing it
-makes the payload the whole report (the sandbox process's own report then finds no fd 3
-to write to); keeping it open lets the real report follow the payload.
+and putting /dev/null in its place makes the payload the whole report; keeping it open
+lets the real report follow the payload.
 """
 
 from __future__ import annotations
@@ -47,13 +47,17 @@ SERVER = Path(__file__).parents[2] / "server"
 CALLER = CallContext(caller="attacker")
 MALFORMED = "the sandbox process sent a malformed report: "
 
-# Writes PAYLOAD (bytes) as the whole report: once fd 3 is closed, the sandbox process's
-# own report fails to open it, and the process exits with its traceback on stderr.
+# Writes PAYLOAD (bytes) as the whole report, then opens /dev/null until it gets fd 3
+# again, so that the sandbox process's own report goes nowhere and it exits 0 as after
+# an honest report (a report counts only from a process that exits 0).
 WHOLE_REPORT = """\
+SINKS = []
 def main():
     report = open(3, "wb")
     report.write(PAYLOAD)
     report.close()
+    while not SINKS or SINKS[-1].fileno() != 3:
+        SINKS.append(open("/dev/null", "wb"))
     return "the real result"
 """
 # Writes PAYLOAD ahead of the real report, which the sandbox process appends.

@@ -159,7 +159,7 @@ def test_schema_problems_quote_a_large_value_briefly_so_replies_and_the_history_
         )
     )
     quoted = "$: '" + "x" * 1_000_000 + "' is not of type 'number'"
-    brief = quoted[:499] + "\u2026"
+    brief = quoted[:199] + "\u2026"
     for _ in range(3):
         execution = stubs.invoke("big")
         assert execution.status == Status.EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH
@@ -174,7 +174,7 @@ def test_schema_problems_quote_a_large_value_briefly_so_replies_and_the_history_
         error.details()
         == (  # type: ignore[attr-defined]
             "args_json does not match the input schema: "
-            + "; ".join([argument[:499] + "\u2026"] * 20)
+            + "; ".join([argument[:199] + "\u2026"] * 20)
         )
     )
 
