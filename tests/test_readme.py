@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 # A file's block follows a line that names it, e.g. "and `div.py`, which fails for ...:".
@@ -102,3 +104,13 @@ def test_the_readme_examples_run_as_written_in_order(server: str, tmp_path: Path
             timeout=60,
         )
         assert ran.returncode == 0, f"{program}\n{ran.stderr}"
+
+
+@pytest.mark.parametrize("line", ["pip install 'toolvault[", "pip install toolvault gives"])
+def test_the_readme_installs_from_the_checkout(line: str) -> None:
+    # A newcomer reads the README in a clone, where the package is the current directory.
+    assert line not in README
+
+
+def test_the_readme_says_how_grpcurl_sends_a_key() -> None:
+    assert 'grpcurl -plaintext -H "authorization: Bearer $TOOLVAULT_API_KEY"' in README
