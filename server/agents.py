@@ -500,4 +500,3 @@ def _in_scope(query: Select[Agent], scope: Scope) -> Select[Agent]:
     if scope.namespaces is None:
         return query
     return query.where(Agent.namespace.in_(scope.namespaces))
-
