@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime as dt
-import functools
 import json
 import re
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from toolvault.server.names import EVERYWHERE, Scope
 from toolvault.server.paging import decode_token, encode_token, page_size
 from toolvault.server.plugins import Plugins
 from toolvault.server.store import VersionInfo
-from toolvault.server.toolspec import derive_input_schema
+from toolvault.server.toolspec import derived_schema_json
 
 AGENT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
 AGENT_NAME_RULE = "1 to 64 of a-z, 0-9, _ and -, starting with a letter"
@@ -373,7 +372,7 @@ class Agents:
                 f"agent {definition.name!r}'s tool {ref!r} no longer resolves: {e}"
             ) from e
         content = version.content
-        schema = content.input_schema or _derived_schema(content.source, content.entrypoint)
+        schema = content.input_schema or derived_schema_json(content.source, content.entrypoint)
         return ToolInfo(
             name=_tool_name(version.name),
             description=content.description,
@@ -501,9 +500,3 @@ def _in_scope(query: Select[Agent], scope: Scope) -> Select[Agent]:
     if scope.namespaces is None:
         return query
     return query.where(Agent.namespace.in_(scope.namespaces))
-
-
-@functools.lru_cache(maxsize=1024)
-def _derived_schema(source: str, entrypoint: str) -> str:
-    # Versions are immutable, so a schema derived once holds for good.
-    return json.dumps(derive_input_schema(source, entrypoint), sort_keys=True)

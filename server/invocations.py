@@ -53,6 +53,7 @@ from toolvault.server.names import EVERYWHERE, Scope, namespace_of
 from toolvault.server.paging import decode_token, encode_token, page_size
 from toolvault.server.plugins import Call, Plugins
 from toolvault.server.store import VersionInfo
+from toolvault.server.toolspec import derived_schema_json
 from toolvault.server.tracing import trace_id
 
 log = logging.getLogger("toolvault.server")
@@ -234,11 +235,14 @@ class Invocations:
         self, ref: str, args_json: str, context: CallContext, idempotency_key: str
     ) -> ExecutionInfo:
         version = await asyncio.to_thread(self._functions.resolve, ref)
+        content = version.content
+        # Without a schema of its own, a version's arguments are checked against the one
+        # derived from its type hints: the same rule as for an agent's tool calls.
         return await self.run(
             version,
             args_json,
             context,
-            version.content.input_schema,
+            content.input_schema or derived_schema_json(content.source, content.entrypoint),
             args_field="args_json",
             idempotency_key=idempotency_key,
         )

@@ -1,6 +1,7 @@
 """JSON Schemas for a function's arguments, read from its signature without running it.
 
-Used for tool specs when a version was published without an input schema. Annotations
+Used for tool specs, and to check the arguments of every call (invoke, tool calls, MCP),
+when a version was published without an input schema. Annotations
 map as a model would expect: ``int`` -> integer, ``float`` -> number, ``str``, ``bool``,
 ``None``, ``list[T]``, ``dict[str, T]``, ``Optional``/``Union``/``X | Y`` -> anyOf,
 ``Literal[...]`` -> enum; anything else, or no annotation, accepts any JSON value.
@@ -11,6 +12,8 @@ docstring gives each parameter its description.
 from __future__ import annotations
 
 import ast
+import functools
+import json
 import re
 from typing import Any
 
@@ -62,6 +65,13 @@ def derive_input_schema(source: str, entrypoint: str) -> dict[str, Any]:
     if args.kwarg is None:
         result["additionalProperties"] = False
     return result
+
+
+@functools.lru_cache(maxsize=1024)
+def derived_schema_json(source: str, entrypoint: str) -> str:
+    """``derive_input_schema`` as canonical JSON text, computed once per version."""
+    # Versions are immutable, so a schema derived once holds for good.
+    return json.dumps(derive_input_schema(source, entrypoint), sort_keys=True)
 
 
 def _schema(annotation: ast.expr | None) -> dict[str, Any]:

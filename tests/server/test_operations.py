@@ -90,7 +90,7 @@ def test_metrics_and_json_request_logs_describe_the_calls(tmp_path: Path) -> Non
         with Client(server.address) as client:
             client.publish("add", "def main(a, b):\n    return a + b\n")
             assert client.invoke("add", {"a": 1, "b": 2}).result == 3
-            assert client.invoke("add", {"a": 1}).status == "ERROR"
+            assert client.invoke("add", {"a": 1, "b": "x"}).status == "ERROR"
             spin = "def main():\n    x = 0\n    for i in range(20000000):\n        x += i\n"
             client.publish("nap", spin, timeout_ms=60000)
             napping = threading.Thread(target=client.invoke, args=("nap",))

@@ -179,6 +179,15 @@ def test_schema_problems_quote_a_large_value_briefly_so_replies_and_the_history_
     )
 
 
+def test_invoke_checks_the_schema_derived_from_type_hints_like_a_tool_call(stubs: Stubs) -> None:
+    stubs.publish("double", "def main(n: int) -> int:\n    return n * 2\n")
+    error = rpc_error(lambda: stubs.invoke("double", {"n": "abc"}))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "$.n: 'abc' is not of type 'integer'" in error.details()  # type: ignore[attr-defined]
+    assert stubs.executions() == []  # refused before it ran
+    assert json.loads(stubs.invoke("double", {"n": 21}).result_json) == 42
+
+
 def test_limits_end_runs_and_the_server_keeps_serving(stubs: Stubs) -> None:
     stubs.publish("spin", "def main():\n    while True:\n        pass\n", timeout_ms=1000)
     stubs.publish(
