@@ -70,12 +70,25 @@ class _UsageError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default: `sys.argv[1:]`) and return its exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`toolvault ... | head`): stop quietly, as Unix tools do,
+        # with stdout on /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: Sequence[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.local is not None:
-            return int(args.local(args))
-        with Client(args.server, api_key=args.api_key, tls=_tls(args)) as client:
-            return int(args.call(client, args))
+            code = int(args.local(args))
+        else:
+            with Client(args.server, api_key=args.api_key, tls=_tls(args)) as client:
+                code = int(args.call(client, args))
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart
+        return code
     except _UsageError as error:
         return _fail(str(error), 2)
     except Unavailable as error:

@@ -3,6 +3,7 @@ with the documented exit codes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import types
@@ -170,3 +171,18 @@ def test_the_cli_runs_as_an_executable_and_as_python_dash_m(closed_address: str)
         )
         assert result.returncode == 3, result.stderr
         assert result.stderr.startswith("error: cannot reach the server at ")
+
+
+@pytest.mark.parametrize("command", [["keys", "generate"], ["--help"]])
+def test_output_into_a_closed_pipe_exits_quietly(command: list[str]) -> None:
+    # As `toolvault ... | head` once head has gone: the reading end is closed first, so
+    # every write fails with EPIPE.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [TOOLVAULT, *command], stdout=write_end, stderr=subprocess.PIPE, timeout=30
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (0, b"")
