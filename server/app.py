@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,6 +99,23 @@ def _check_isolation(layers: Sequence[sandbox.Layer], required: Sequence[str]) -
             "refusing to start: sandbox layers required by TOOLVAULT_REQUIRE_ISOLATION are "
             f"not in effect on this host: {'; '.join(missing)}"
         )
+
+
+def _in_use(listen: str) -> bool:
+    """Whether binding ``listen`` (HOST:PORT) fails because something holds the port."""
+    host, _, port = listen.rpartition(":")
+    try:
+        infos = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return False
+    for family, kind, _, _, address in infos:
+        with socket.socket(family, kind) as probe:
+            try:
+                probe.bind(address)
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def _transport(settings: Settings) -> str:
@@ -195,7 +214,12 @@ async def serve(settings: Settings) -> None:
         else:
             port = server.add_secure_port(settings.listen, _tls_credentials(settings))
     except RuntimeError as e:
-        raise StartupError(f"cannot listen on {settings.listen}: {e}") from e
+        # gRPC's own text points at its debug log; the usual cause is worth naming.
+        why = "the port is in use" if _in_use(settings.listen) else str(e)
+        raise StartupError(
+            f"cannot listen on {settings.listen}: {why}; choose another address with "
+            "--listen (TOOLVAULT_LISTEN), and point clients at it with --server"
+        ) from e
     await server.start()
     try:
         await asyncio.to_thread(db.upgrade)

@@ -82,7 +82,10 @@ def test_a_bad_setting_is_named_and_exits_2(tmp_path: Path) -> None:
 def test_a_port_in_use_is_reported_and_exits_1(tmp_path: Path, busy_port: int) -> None:
     result = run_cli("serve", "--listen", f"127.0.0.1:{busy_port}", "--data-dir", str(tmp_path))
     assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{busy_port}" in result.stderr
+    assert (
+        f"cannot listen on 127.0.0.1:{busy_port}: the port is in use; choose another address "
+        "with --listen (TOOLVAULT_LISTEN), and point clients at it with --server"
+    ) in result.stderr
 
 
 def test_db_upgrade_creates_the_schema_and_is_repeatable(db_url: str) -> None:
