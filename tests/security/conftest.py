@@ -82,7 +82,7 @@ def _namespace_depth(pid: int) -> int:
 
 @dataclass
 class Listener:
-    """A TCP listener on loopback that counts the connections it accepts."""
+    """A listening socket (TCP on loopback, or Unix) that counts the connections it accepts."""
 
     sock: socket.socket
     connections: int = 0

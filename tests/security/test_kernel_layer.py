@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from tests.security.conftest import Listener
 from toolvault.sandbox import _seccomp
 from toolvault.sandbox._isolation import PRIVATE_WORKDIR, runtime_paths
 
@@ -60,23 +61,6 @@ def attempt(action):
 
 
 @dataclass
-class Counter:
-    """A listening socket that counts the connections it accepts."""
-
-    sock: socket.socket
-    connections: int = 0
-
-    def serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-
-@dataclass
 class Host:
     """The unrestricted sandbox host, the secrets planted around it and the listeners."""
 
@@ -84,7 +68,7 @@ class Host:
     layers: dict[str, bool]
     base: Path
     planted: list[Path]
-    listeners: dict[str, Counter]
+    listeners: dict[str, Listener]
     unix_path: str
     abstract_name: str
     tcp_ports: dict[str, int] = field(default_factory=dict)
@@ -145,7 +129,7 @@ def unrestricted_host(*options: str) -> Iterator[Host]:
     for path, mode in ((private, 0o600), (public, 0o644)):
         path.write_text(SECRET)
         path.chmod(mode)
-    listeners: dict[str, Counter] = {}
+    listeners: dict[str, Listener] = {}
     unix_path = str(base / "listener.sock")
     abstract_name = f"\0toolvault-kernel-{secrets.token_hex(8)}"
     sockets = {
@@ -161,7 +145,7 @@ def unrestricted_host(*options: str) -> Iterator[Host]:
         sock.listen()
         if family != socket.AF_UNIX:
             ports[name] = sock.getsockname()[1]
-        listeners[name] = Counter(sock)
+        listeners[name] = Listener(sock)
         threading.Thread(target=listeners[name].serve, daemon=True).start()
     os.chmod(unix_path, 0o777)
     command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child"]
