@@ -23,8 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from toolvault.client import AgentSpec, Client, ToolvaultError
-from toolvault.client.agents import (
+from toolvault.agent import (
     ChatModelError,
     ChatReply,
     ScriptedModel,
@@ -32,6 +31,7 @@ from toolvault.client.agents import (
     ToolCall,
     run_agent,
 )
+from toolvault.client import AgentSpec, Client, ToolvaultError
 
 HERE = Path(__file__).parent
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from toolvault.client.cli import main
+from toolvault.cli import main
 
 
 @pytest.fixture

@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from toolvault.client import AgentSpec, Client
-from toolvault.client.agents import (
+from toolvault.agent import (
     AgentRun,
     ChatModelError,
     ChatReply,
@@ -26,6 +25,7 @@ from toolvault.client.agents import (
     iter_agent,
     run_agent,
 )
+from toolvault.client import AgentSpec, Client
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 

@@ -66,7 +66,7 @@ def test_mcp_hands_the_server_address_key_and_agent_to_the_bridge(
     cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, str, str | None]] = []
-    bridge = types.ModuleType("toolvault.client._mcp")
+    bridge = types.ModuleType("toolvault.agent.mcp")
 
     def serve_mcp(target: str, agent: str, *, api_key: str | None, tls: object) -> int:
         assert tls is None
@@ -74,7 +74,7 @@ def test_mcp_hands_the_server_address_key_and_agent_to_the_bridge(
         return 0
 
     bridge.serve_mcp = serve_mcp  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "toolvault.client._mcp", bridge)
+    monkeypatch.setitem(sys.modules, "toolvault.agent.mcp", bridge)
     assert cli("--server", "10.0.0.1:7", "--api-key", "k", "mcp", "--agent", "calc") == (0, "", "")
     assert calls == [("10.0.0.1:7", "calc", "k")]
 
@@ -84,7 +84,7 @@ def test_mcp_without_the_mcp_package_exits_2_saying_how_to_install_it(
 ) -> None:
     # None in sys.modules makes the import fail as if the package were not installed.
     monkeypatch.setitem(sys.modules, "mcp", None)
-    monkeypatch.delitem(sys.modules, "toolvault.client._mcp", raising=False)
+    monkeypatch.delitem(sys.modules, "toolvault.agent.mcp", raising=False)
     code, out, err = cli("mcp", "--agent", "calc")
     assert (code, out) == (2, "")
     assert err.startswith("error: the MCP bridge is not installed: pip install 'toolvault[mcp]' (")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ServerProcess
+from toolvault.client import Client
 
 RunCli = Callable[..., tuple[int, str, str]]
 
@@ -79,7 +80,21 @@ def test_without_a_key_the_cli_says_how_to_send_one(
     assert cli("--server", auth_server.address, "health")[0] == 0
 
 
-def test_keys_generate_prints_a_key_the_server_accepts(cli: RunCli) -> None:
+def test_keys_generate_prints_a_key_the_server_accepts(cli: RunCli, tmp_path: Path) -> None:
     code, out, _ = cli("keys", "generate")
     assert code == 0 and re.fullmatch(r"tvk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}\n", out)
     assert cli("keys", "generate")[1] != out
+    key = out.strip()
+    server = ServerProcess(
+        db=f"sqlite:///{tmp_path / 'db'}",
+        data_dir=tmp_path,
+        extra_args=["--auth", "required"],
+        env={"TOOLVAULT_ADMIN_KEY": key},
+    )
+    server.start()
+    try:
+        assert cli("--server", server.address, "--api-key", key, "keys", "list")[0] == 0
+        with Client(server.address, api_key=key, retries=False) as client:
+            assert [(k.prefix, k.role) for k in client.keys()] == [(key[:16], "admin")]
+    finally:
+        server.stop()

@@ -4,6 +4,7 @@ with the documented exit codes."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import types
@@ -161,8 +162,18 @@ def test_server_commands_without_the_server_installed_exit_2_saying_how_to_insta
     assert err.startswith("error: the server is not installed: pip install 'toolvault[server]'")
 
 
+def test_keys_generate_needs_no_server_installed(
+    cli: RunCli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "toolvault.server", None)
+    monkeypatch.setitem(sys.modules, "toolvault.server.cli", None)
+    code, out, err = cli("keys", "generate")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"tvk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}\n", out)
+
+
 def test_the_cli_runs_as_an_executable_and_as_python_dash_m(closed_address: str) -> None:
-    for command in ([TOOLVAULT], [sys.executable, "-m", "toolvault.client"]):
+    for command in ([TOOLVAULT], [sys.executable, "-m", "toolvault.cli"]):
         result = subprocess.run(
             [*command, "--server", closed_address, "get", "add"],
             capture_output=True,

@@ -11,7 +11,7 @@
 Everything public is re-exported here; the modules starting with "_" are private.
 """
 
-from toolvault.client._access_models import ApiKey, AuditEvent, Role
+from toolvault.client._access_models import ApiKey, AuditEvent, Role, generate_key
 from toolvault.client._agent_models import (
     Agent,
     AgentSpec,
@@ -21,7 +21,7 @@ from toolvault.client._agent_models import (
     ToolResult,
     ToolSpec,
 )
-from toolvault.client._client import DEFAULT_TARGET, TLS, Client
+from toolvault.client._client import DEFAULT_TARGET, TLS, Client, check_health
 from toolvault.client._models import (
     Execution,
     ExecutionError,
@@ -81,4 +81,6 @@ __all__ = [
     "ToolvaultError",
     "Unauthenticated",
     "Unavailable",
+    "check_health",
+    "generate_key",
 ]

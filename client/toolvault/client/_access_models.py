@@ -1,16 +1,21 @@
-"""Frozen values for API keys and audit events, built from the `toolvault.v1` access messages."""
+"""API keys and audit events: frozen values built from the `toolvault.v1` access messages.
+
+`generate_key` makes a key in the server's format without a server, for example to give a
+new server its first admin key (TOOLVAULT_ADMIN_KEY).
+"""
 
 from __future__ import annotations
 
 import enum
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from toolvault.v1 import access_pb2
 
-__all__ = ["ApiKey", "AuditEvent", "Role"]
+__all__ = ["ApiKey", "AuditEvent", "Role", "generate_key"]
 
 _ROLE_PREFIX = "ROLE_"
 
@@ -31,6 +36,15 @@ class Role(enum.StrEnum):
     def to_proto(self) -> access_pb2.Role.ValueType:
         """Return the `toolvault.v1.Role` value of this role."""
         return access_pb2.Role.Value(_ROLE_PREFIX + self.name)
+
+
+def generate_key() -> str:
+    """Return a new random API key, for example for a server's TOOLVAULT_ADMIN_KEY (offline).
+
+    The format is the one the server issues and accepts: `tvk_`, 12 hex digits (the public
+    prefix a listing shows), `_`, then 43 URL-safe characters (256 random bits).
+    """
+    return f"tvk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The synchronous client: one method per operation, on top of the generated stubs.
 
-`Client` builds request messages, sends them through `_call` (the only place that catches
-`grpc.RpcError`, turning it into the SDK's exceptions), follows page tokens for lists, and
-returns the frozen models of `_models` and `_agent_models`.
+`Client` builds request messages, sends them through `_call` (which, with `check_health`,
+is the only place that catches `grpc.RpcError`, turning it into the SDK's exceptions),
+follows page tokens for lists, and returns the frozen models of `_models` and
+`_agent_models`. `check_health` probes a server the way an orchestrator does.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from toolvault.client._access_models import ApiKey, AuditEvent, Role
 from toolvault.client._agent_models import (
@@ -50,7 +52,7 @@ from toolvault.v1 import (
     invocation_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_TARGET", "TLS", "Client", "open_channel"]
+__all__ = ["DEFAULT_TARGET", "TLS", "Client", "check_health"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
@@ -109,7 +111,7 @@ class TLS:
         return cls(*(Path(p).read_bytes() if p else None for p in (ca, cert, key)))
 
 
-def open_channel(
+def _open_channel(
     target: str, *, tls: TLS | None = None, options: Sequence[tuple[str, Any]] = ()
 ) -> grpc.Channel:
     """A channel to ``target``, over TLS when ``tls`` is given."""
@@ -119,6 +121,40 @@ def open_channel(
         tls.root_certificates, tls.private_key, tls.certificate_chain
     )
     return grpc.secure_channel(target, credentials, options=options)
+
+
+def check_health(
+    target: str = DEFAULT_TARGET,
+    *,
+    service: str = "",
+    tls: TLS | None = None,
+    timeout: float | None = None,
+) -> str:
+    """Ask a server's gRPC health service how it is: "SERVING", "NOT_SERVING", ...
+
+    A probe, as an orchestrator's: no API key (health needs none), no retry policy, and
+    one address of the target (gRPC's default, pick_first), unlike `Client`'s calls.
+
+    Args:
+        target: The server's address, "host:port", or any gRPC target.
+        service: A service's full name, e.g. "toolvault.v1.InvocationService"; "" for
+            the server as a whole.
+        tls: Connect over TLS; None connects in plaintext.
+        timeout: Seconds to wait for the answer; None waits without limit.
+
+    Raises:
+        Unavailable: The server cannot be reached.
+        NotFound: The server has no such service.
+    """
+    request = health_pb2.HealthCheckRequest(service=service)
+    try:
+        with _open_channel(target, tls=tls) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=timeout)
+    except grpc.RpcError as error:
+        raise from_rpc_error(error) from error
+    # The stubs type the enum wrapper's Name() as Any.
+    status: str = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return status
 
 
 # The stubs make the interceptor generic; at run time it is a plain class.
@@ -202,7 +238,7 @@ class Client:
         if retries:
             service_config["methodConfig"] = _RETRY_POLICY
         options.append(("grpc.service_config", json.dumps(service_config)))
-        self._channel = open_channel(target, tls=tls, options=options)
+        self._channel = _open_channel(target, tls=tls, options=options)
         if api_key is not None:
             self._channel = grpc.intercept_channel(self._channel, _Bearer(api_key))
         self._timeout = timeout

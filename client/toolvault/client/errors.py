@@ -144,9 +144,3 @@ def from_rpc_error(error: grpc.RpcError) -> ToolvaultError:
             if key == "retry-after" and isinstance(value, str):
                 result.retry_after = float(value)
     return result
-
-
-# A tool call refused for what the model asked (a tool it may not use, bad arguments, a
-# chain too deep, a tool gone): the agent loop and the MCP bridge hand these back to the
-# model as text it can act on, rather than failing the run.
-MODEL_READABLE = (PermissionDenied, InvalidArgument, FailedPrecondition, NotFound)

@@ -29,7 +29,7 @@ class AgentServiceStub:
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """
@@ -91,7 +91,7 @@ class AgentServiceServicer:
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """
@@ -226,7 +226,7 @@ class AgentService:
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """

@@ -30,7 +30,7 @@ class AgentServiceStub:
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """
@@ -74,7 +74,7 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """
@@ -114,7 +114,7 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """Agent definitions, their tools as specs a model can read, tool calls and delegation.
 
     An agent does not run on the server: the caller's agent loop (for example the Python
-    SDK's toolvault.client.agents) talks to the model and sends the model's tool calls
+    package toolvault.agent) talks to the model and sends the model's tool calls
     here. The server keeps the definitions, runs the tools in sandboxes, and enforces who
     may call what and how deep delegation may go.
     """

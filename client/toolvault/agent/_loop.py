@@ -1,12 +1,4 @@
-"""Run an agent: its model talks, its tool calls run on toolvault, until it answers.
-
-    from toolvault.client import Client
-    from toolvault.client.agents import OpenAIChatModel, run_agent
-
-    with Client("127.0.0.1:50051") as client:
-        model = OpenAIChatModel("http://127.0.0.1:11434/v1", "qwen2.5:7b")
-        run = run_agent(client, "calculator", "What is 2 ** 10?", model=model)
-        print(run.final)
+"""The agent loop: the model talks, its tool calls run on toolvault, until it answers.
 
 The agent's definition lives on the server; the loop runs here. The model gets the
 agent's system prompt, the user's message and the agent's tools as chat-completions
@@ -26,33 +18,26 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from toolvault.client import Agent, ChainContext, Client, ToolResult
-from toolvault.client._chat import (
-    ChatModel,
-    ChatModelError,
-    ChatReply,
-    OpenAIChatModel,
-    ScriptedModel,
-    ToolCall,
+from toolvault.agent._chat import ChatModel, ChatReply, OpenAIChatModel, ToolCall
+from toolvault.client import (
+    Agent,
+    ChainContext,
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ToolResult,
 )
-from toolvault.client.errors import MODEL_READABLE
 
-__all__ = [
-    "AgentRun",
-    "ChatModel",
-    "ChatModelError",
-    "ChatReply",
-    "OpenAIChatModel",
-    "ScriptedModel",
-    "Step",
-    "ToolCall",
-    "iter_agent",
-    "run_agent",
-]
+__all__ = ["MODEL_READABLE", "AgentRun", "Step", "iter_agent", "run_agent"]
 
-# Refusals caused by what the model asked for (a tool not on the agent's list, arguments
-# that do not match the schema): the model can read them and try again. Other errors
-# (server unreachable, agent disabled or deleted) end the run.
+# A tool call refused for what the model asked (a tool it may not use, bad arguments, a
+# chain too deep, a tool gone): the agent loop and the MCP bridge hand these back to the
+# model as text it can act on, rather than failing the run. Other errors (the server
+# unreachable, or failing) end the run.
+MODEL_READABLE = (PermissionDenied, InvalidArgument, FailedPrecondition, NotFound)
+
 # model_settings keys the loop uses to build a model; the others become request fields.
 _CONNECTION_KEYS = ("base_url", "model", "api_key_env")
 

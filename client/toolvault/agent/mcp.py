@@ -26,8 +26,8 @@ from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
+from toolvault.agent._loop import MODEL_READABLE
 from toolvault.client import TLS, Client, ToolResult
-from toolvault.client.errors import MODEL_READABLE
 
 __all__ = ["serve_mcp"]
 

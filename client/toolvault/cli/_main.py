@@ -1,0 +1,130 @@
+"""The entry point: the global options, the command groups, errors and exit codes.
+
+Exit codes:
+  0  success
+  1  the function failed (its status is not OK), a tool call's result is an error, or
+     the server failed the request
+     (INTERNAL, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...)
+  2  usage error (bad options, unreadable file, --args not a JSON object), or the
+     request was rejected (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
+     FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED)
+  3  the server cannot be reached (UNAVAILABLE)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from toolvault.cli import _access, _agents, _functions, _runs, _server
+from toolvault.cli._input import UsageError, tls
+from toolvault.client import (
+    DEFAULT_TARGET,
+    AlreadyExists,
+    Client,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ToolvaultError,
+    Unauthenticated,
+    Unavailable,
+)
+
+__all__ = ["main"]
+
+_REJECTED = (
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    PermissionDenied,
+    Unauthenticated,
+)
+_EXIT_CODES = "exit codes:" + (__doc__ or "").partition("Exit codes:")[2]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line `argv` (default: `sys.argv[1:]`) and return its exit code."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader went away (`toolvault ... | head`): stop quietly, as Unix tools do,
+        # with stdout on /dev/null so that the interpreter's last flush fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.local is not None:
+            code = int(args.local(args))
+        else:
+            with Client(args.server, api_key=args.api_key, tls=tls(args)) as client:
+                code = int(args.call(client, args))
+        sys.stdout.flush()  # here, where a closed pipe can still be told apart
+        return code
+    except UsageError as error:
+        return _fail(str(error), 2)
+    except Unavailable as error:
+        return _fail(f"cannot reach the server at {args.server}: {error}", 3)
+    except ToolvaultError as error:
+        return _fail(str(error), 2 if isinstance(error, _REJECTED) else 1)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="toolvault",
+        description="Publish, run and inspect sandboxed Python functions on a toolvault server.",
+        epilog=_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        default=os.environ.get("TOOLVAULT_SERVER", DEFAULT_TARGET),
+        help=f"the server to talk to (env TOOLVAULT_SERVER, default {DEFAULT_TARGET})",
+    )
+    parser.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("TOOLVAULT_API_KEY"),
+        help="the API key to send, for a server with --auth required (env TOOLVAULT_API_KEY)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        default=bool(os.environ.get("TOOLVAULT_TLS")),
+        help="connect over TLS, trusting the system's roots (env TOOLVAULT_TLS=1)",
+    )
+    for option, what in (
+        ("ca-cert", "the CA certificate that signed the server's; implies --tls"),
+        ("client-cert", "a client certificate, for mutual TLS; implies --tls"),
+        ("client-key", "the client certificate's key"),
+    ):
+        env = "TOOLVAULT_" + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{option}",
+            metavar="PEM",
+            default=os.environ.get(env),
+            help=f"{what} (env {env})",
+        )
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.set_defaults(local=None)
+    commands = parser.add_subparsers(metavar="COMMAND", required=True)
+    # In this order in --help: running things first, then functions, runs, agents, access.
+    _server.add_commands(commands)
+    _functions.add_commands(commands)
+    _runs.add_commands(commands)
+    _agents.add_commands(commands)
+    _access.add_commands(commands)
+    _server.add_mcp_command(commands)
+    return parser
