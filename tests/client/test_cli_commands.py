@@ -163,3 +163,14 @@ def test_the_cli_json_output_uses_the_sdk_field_names(
     assert run("alias", "add", "prod", "1")[1]["aliases"] == {"prod": 1}
     assert run("unalias", "add", "prod") == (0, {"name": "add", "alias": "prod"})
     assert run("delete", "add") == (0, {"name": "add", "deleted_versions": 1})
+
+
+def test_json_may_follow_the_command_and_a_rejection_is_json_on_stderr(
+    server: str, cli: RunCli
+) -> None:
+    assert cli("--server", server, "functions", "--json") == (0, "[]\n", "")
+    assert cli("--server", server, "get", "nope", "--json") == (
+        2,
+        "",
+        '{"error": "function \'nope\' not found", "code": "NOT_FOUND"}\n',
+    )

@@ -3,6 +3,7 @@ with the documented exit codes."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -109,7 +110,35 @@ def test_the_server_address_comes_from_the_environment(
     monkeypatch.setenv("TOOLVAULT_SERVER", closed_address)
     code, _, err = cli("--json", "history")
     assert code == 3
-    assert err.startswith(f"error: cannot reach the server at {closed_address}: ")
+    assert json.loads(err)["error"].startswith(f"cannot reach the server at {closed_address}: ")
+
+
+def test_json_after_the_command_is_accepted_and_errors_are_json_on_stderr(
+    cli: RunCli, closed_address: str
+) -> None:
+    code, out, err = cli("--server", closed_address, "functions", "--json")
+    assert (code, out) == (3, "")
+    error = json.loads(err)
+    assert error["code"] == "UNAVAILABLE"
+    assert error["error"].startswith(f"cannot reach the server at {closed_address}: ")
+    assert cli("invoke", "--json", "add", "--args", "[1]") == (
+        2,
+        "",
+        '{"error": "--args must be a JSON object, not list", "code": "USAGE"}\n',
+    )
+    code, out, err = cli("--json", "history", "--limit", "0")
+    assert (code, out) == (2, "")
+    assert json.loads(err) == {
+        "error": "argument --limit: must be a positive integer: 0",
+        "code": "USAGE",
+    }
+
+
+def test_without_json_a_bad_command_line_shows_the_usage_of_its_command(cli: RunCli) -> None:
+    code, out, err = cli("history", "--limit", "0")
+    assert (code, out) == (2, "")
+    assert err.startswith("usage: toolvault history [-h]")
+    assert err.endswith("history: error: argument --limit: must be a positive integer: 0\n")
 
 
 def fake_server_cli(calls: list[tuple[str, dict[str, object]]]) -> types.ModuleType:

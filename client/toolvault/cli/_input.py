@@ -1,7 +1,7 @@
-"""What the commands read: option values, files, `--args`, the TLS options.
+"""What the commands read: the command line, option values, files, `--args`, TLS options.
 
-Every problem found here is a `UsageError`, which the CLI reports with exit code 2 before
-(or without) talking to a server.
+Every problem found here is a `UsageError`, or a `BadCommandLine` from the parser, which
+the CLI reports with exit code 2 before (or without) talking to a server.
 """
 
 from __future__ import annotations
@@ -11,12 +11,14 @@ import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, NoReturn, TypeAlias
 
 from toolvault.client import TLS, ExecutionStatus
 
 __all__ = [
+    "BadCommandLine",
     "Commands",
+    "Parser",
     "UsageError",
     "arguments",
     "execution_status",
@@ -27,13 +29,31 @@ __all__ = [
     "tls",
 ]
 
-# What `add_subparsers` returns, which each command group adds its commands to; a string,
-# because argparse's class is generic only in its type stubs.
-Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-
 
 class UsageError(Exception):
     """A problem with the command line or its files, found before or without the server."""
+
+
+class BadCommandLine(Exception):
+    """argparse refused the command line; raised so that --json can shape the report."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str) -> None:
+        super().__init__(message)
+        self.parser = parser
+        self.message = message
+
+
+class Parser(argparse.ArgumentParser):
+    """A parser, and each of its commands' parsers, raising errors instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise `BadCommandLine` (argparse's own version prints the usage and exits 2)."""
+        raise BadCommandLine(self, message)
+
+
+# What `add_subparsers` returns, which each command group adds its commands to; a string,
+# because argparse's class is generic only in its type stubs.
+Commands: TypeAlias = "argparse._SubParsersAction[Parser]"
 
 
 def positive_int(text: str) -> int:

@@ -9,17 +9,22 @@ Exit codes:
      request was rejected (INVALID_ARGUMENT, NOT_FOUND, ALREADY_EXISTS,
      FAILED_PRECONDITION, PERMISSION_DENIED, UNAUTHENTICATED)
   3  the server cannot be reached (UNAVAILABLE)
+
+With --json (before or after the command), an error is one JSON object on stderr:
+{"error": MESSAGE, "code": CODE}, CODE being the gRPC status code's name (NOT_FOUND,
+UNAVAILABLE, ...) or USAGE for a problem with the command line or its files.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 
 from toolvault.cli import _access, _agents, _functions, _runs, _server
-from toolvault.cli._input import UsageError, tls
+from toolvault.cli._input import BadCommandLine, Parser, UsageError, tls
 from toolvault.client import (
     DEFAULT_TARGET,
     AlreadyExists,
@@ -44,6 +49,9 @@ _REJECTED = (
     Unauthenticated,
 )
 _EXIT_CODES = "exit codes:" + (__doc__ or "").partition("Exit codes:")[2]
+# The "code" of an error under --json that no server reported: the command line is wrong.
+_USAGE = "USAGE"
+_JSON_HELP = "print machine-readable JSON"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -58,30 +66,44 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        args = _parser().parse_args(argv)
+    except BadCommandLine as error:
+        # Without a parsed command line, only the words themselves say if JSON was asked for.
+        if "--json" in argv:
+            return _fail(error.message, 2, _USAGE, as_json=True)
+        error.parser.print_usage(sys.stderr)
+        print(f"{error.parser.prog}: error: {error.message}", file=sys.stderr)
+        return 2
     try:
         if args.local is not None:
-            code = int(args.local(args))
+            exit_code = int(args.local(args))
         else:
             with Client(args.server, api_key=args.api_key, tls=tls(args)) as client:
-                code = int(args.call(client, args))
+                exit_code = int(args.call(client, args))
         sys.stdout.flush()  # here, where a closed pipe can still be told apart
-        return code
+        return exit_code
     except UsageError as error:
-        return _fail(str(error), 2)
+        return _fail(str(error), 2, _USAGE, as_json=args.json)
     except Unavailable as error:
-        return _fail(f"cannot reach the server at {args.server}: {error}", 3)
+        message = f"cannot reach the server at {args.server}: {error}"
+        return _fail(message, 3, error.code.name, as_json=args.json)
     except ToolvaultError as error:
-        return _fail(str(error), 2 if isinstance(error, _REJECTED) else 1)
+        exit_code = 2 if isinstance(error, _REJECTED) else 1
+        return _fail(str(error), exit_code, error.code.name, as_json=args.json)
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return code
+def _fail(message: str, exit_code: int, code: str, *, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"error": message, "code": code}, ensure_ascii=False), file=sys.stderr)
+    else:
+        print(f"error: {message}", file=sys.stderr)
+    return exit_code
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="toolvault",
         description="Publish, run and inspect sandboxed Python functions on a toolvault server.",
         epilog=_EXIT_CODES,
@@ -117,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get(env),
             help=f"{what} (env {env})",
         )
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(local=None)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)
     # In this order in --help: running things first, then functions, runs, agents, access.
@@ -127,4 +149,17 @@ def _parser() -> argparse.ArgumentParser:
     _agents.add_commands(commands)
     _access.add_commands(commands)
     _server.add_mcp_command(commands)
+    _accept_json_after(parser)
     return parser
+
+
+def _accept_json_after(parser: argparse.ArgumentParser) -> None:
+    """Let every command take `--json` too, as in `toolvault invoke --json add`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                # SUPPRESS: left out, it does not reset a --json given before the command.
+                command.add_argument(
+                    "--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP
+                )
+                _accept_json_after(command)
