@@ -87,4 +87,7 @@ def test_mcp_without_the_mcp_package_exits_2_saying_how_to_install_it(
     monkeypatch.delitem(sys.modules, "toolvault.agent.mcp", raising=False)
     code, out, err = cli("mcp", "--agent", "calc")
     assert (code, out) == (2, "")
-    assert err.startswith("error: the MCP bridge is not installed: pip install 'toolvault[mcp]' (")
+    assert err.startswith(
+        "error: the MCP bridge is not installed: pip install '.[mcp]' from a checkout, "
+        "or 'toolvault[mcp]' from a package index ("
+    )

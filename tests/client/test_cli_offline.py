@@ -104,6 +104,14 @@ def test_an_unreachable_server_exits_3(cli: RunCli, closed_address: str) -> None
     assert "failed to connect" in err.lower()
 
 
+def test_health_of_an_unreachable_server_exits_3_as_every_command_does(
+    cli: RunCli, closed_address: str
+) -> None:
+    code, out, err = cli("--server", closed_address, "health", "--timeout", "5")
+    assert (code, err) == (3, "")
+    assert out.startswith("UNREACHABLE (UNAVAILABLE: ")
+
+
 def test_the_server_address_comes_from_the_environment(
     cli: RunCli, closed_address: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,7 +196,10 @@ def test_server_commands_without_the_server_installed_exit_2_saying_how_to_insta
     monkeypatch.setitem(sys.modules, "toolvault.server.cli", None)
     code, _, err = cli(*command)
     assert code == 2
-    assert err.startswith("error: the server is not installed: pip install 'toolvault[server]'")
+    assert err.startswith(
+        "error: the server is not installed: pip install '.[server]' from a checkout, "
+        "or 'toolvault[server]' from a package index ("
+    )
 
 
 def test_keys_generate_needs_no_server_installed(

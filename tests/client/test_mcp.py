@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import anyio
-from mcp import ClientSession
+import pytest
+from mcp import ClientSession, MCPError
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.types import CallToolResult, TextContent
+from mcp.types import INVALID_PARAMS, CallToolResult, TextContent
 
 from toolvault.client import AgentSpec, Client
 
@@ -69,9 +70,12 @@ def test_an_mcp_client_lists_and_calls_an_agents_tools(server: str) -> None:
             assert failed and text.startswith("ERROR: ZeroDivisionError: division by zero\n")
             failed, text = text_of(await mcp.call_tool("divide", {"y": 0}))
             assert failed and text.startswith("error: ") and "'x' is a required property" in text
-            assert text_of(await mcp.call_tool("secret", {"x": 1})) == (
-                True,
-                "error: agent 'math' may not call 'secret' (its tools: stats, divide)",
+            # A tool the agent does not offer is a protocol error, as the MCP spec says.
+            with pytest.raises(MCPError) as unknown:
+                await mcp.call_tool("secret", {"x": 1})
+            assert (unknown.value.code, unknown.value.message) == (
+                INVALID_PARAMS,
+                "agent 'math' may not call 'secret' (its tools: stats, divide)",
             )
 
     anyio.run(session)

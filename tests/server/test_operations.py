@@ -37,7 +37,7 @@ def test_the_health_command_exits_zero_only_for_a_serving_server(server: str) ->
             capture_output=True,
             text=True,
         )
-    assert down.returncode == 1 and down.stdout.startswith("UNREACHABLE (")
+    assert down.returncode == 3 and down.stdout.startswith("UNREACHABLE (")
 
 
 def test_health_and_reflection_answer_for_every_service(server: str) -> None:

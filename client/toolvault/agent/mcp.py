@@ -5,7 +5,8 @@ subprocess. `tools/list` answers with the agent's tool specs and `tools/call` go
 `Client.call_tool`, so toolvault enforces the agent's tool list and schemas, runs the tool
 in a sandbox and records the call under the agent, like any other agent call. A failing
 tool, and a call toolvault refuses, come back as results with isError set and the reason
-as text, which is how MCP lets the model see what went wrong.
+as text, which is how MCP lets the model see what went wrong; only a tool the agent does
+not offer is a JSON-RPC error (-32602, invalid params), as the MCP spec says.
 
 Built on the low-level `mcp.server.lowlevel.Server` rather than `MCPServer`, whose tools
 are Python functions with signatures: here the tools and their schemas are data known only
@@ -22,12 +23,13 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import mcp.types as types
+from mcp import MCPError
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from toolvault.agent._loop import MODEL_READABLE
-from toolvault.client import TLS, Client, ToolResult
+from toolvault.client import TLS, Client, PermissionDenied, ToolResult
 
 __all__ = ["serve_mcp"]
 
@@ -79,6 +81,10 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
         specs = await anyio.to_thread.run_sync(client.agent_tools, agent)
         return types.ListToolsResult(tools=[types.Tool.model_validate(s.to_mcp()) for s in specs])
 
+    async def offered(tool: str) -> bool:
+        specs = await anyio.to_thread.run_sync(client.agent_tools, agent)
+        return any(spec.name == tool for spec in specs)
+
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
@@ -90,6 +96,9 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
         try:
             result = await anyio.to_thread.run_sync(call)
         except MODEL_READABLE as refusal:
+            if isinstance(refusal, PermissionDenied) and not await offered(params.name):
+                # MCP makes a tool that tools/list does not offer a protocol error.
+                raise MCPError(types.INVALID_PARAMS, str(refusal)) from refusal
             text = types.TextContent(text=f"error: {refusal}")
             return types.CallToolResult(content=[text], is_error=True)
         structured = result.execution.result

@@ -12,7 +12,7 @@ import argparse
 
 from toolvault.cli._input import Commands, UsageError, tls
 from toolvault.cli._output import print_json
-from toolvault.client import ToolvaultError, check_health
+from toolvault.client import ToolvaultError, Unavailable, check_health
 
 __all__ = ["add_commands", "add_mcp_command"]
 
@@ -50,7 +50,8 @@ def add_commands(commands: Commands) -> None:
     cmd.set_defaults(local=_serve)
 
     cmd = commands.add_parser(
-        "health", help="probe the server's gRPC health service; exit 0 if SERVING, else 1"
+        "health",
+        help="probe the server's gRPC health service; exit 0 if SERVING, 3 if unreachable, else 1",
     )
     cmd.add_argument("--service", default="", help="a service name; default: the server")
     cmd.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS")
@@ -99,18 +100,22 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    # Exit 0 or 1 only, whatever the failure: orchestrators' probes read nothing else.
+    # Every failure is a status on stdout, not an error: probes read the exit code only, and
+    # any but 0 fails them; 3 for an unreachable server, as every other command says it.
+    exit_code = 1
     try:
         status = check_health(
             args.server, service=args.service, tls=tls(args), timeout=args.timeout
         )
     except ToolvaultError as error:
         status = f"UNREACHABLE ({error.code.name}: {error.details})"
+        if isinstance(error, Unavailable):
+            exit_code = 3
     if args.json:
         print_json({"service": args.service, "status": status})
     else:
         print(status)
-    return 0 if status == "SERVING" else 1
+    return 0 if status == "SERVING" else exit_code
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:
@@ -130,14 +135,20 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _server_missing(error: ModuleNotFoundError) -> UsageError:
-    return UsageError(f"the server is not installed: pip install 'toolvault[server]' ({error})")
+    return _missing("the server", "server", error)
+
+
+def _missing(what: str, extra: str, error: ModuleNotFoundError) -> UsageError:
+    # Both forms, as the README gives them: a newcomer often runs from a clone.
+    return UsageError(
+        f"{what} is not installed: pip install '.[{extra}]' from a checkout, or "
+        f"'toolvault[{extra}]' from a package index ({error})"
+    )
 
 
 def _mcp(args: argparse.Namespace) -> int:
     try:
         from toolvault.agent.mcp import serve_mcp
     except ModuleNotFoundError as error:
-        raise UsageError(
-            f"the MCP bridge is not installed: pip install 'toolvault[mcp]' ({error})"
-        ) from error
+        raise _missing("the MCP bridge", "mcp", error) from error
     return serve_mcp(args.server, args.agent, api_key=args.api_key, tls=tls(args))
