@@ -24,8 +24,9 @@ import sys
 from collections.abc import Sequence
 
 from toolvault.cli import _access, _agents, _functions, _runs, _server
-from toolvault.cli._input import BadCommandLine, Parser, UsageError, tls
+from toolvault.cli._input import BadCommandLine, Parser, UsageError, positive_int, tls
 from toolvault.client import (
+    DEFAULT_MAX_ARGS_BYTES,
     DEFAULT_TARGET,
     AlreadyExists,
     Client,
@@ -80,7 +81,13 @@ def _run(argv: Sequence[str] | None) -> int:
         if args.local is not None:
             exit_code = int(args.local(args))
         else:
-            with Client(args.server, api_key=args.api_key, tls=tls(args)) as client:
+            client = Client(
+                args.server,
+                api_key=args.api_key,
+                tls=tls(args),
+                max_args_bytes=args.max_args_bytes,
+            )
+            with client:
                 exit_code = int(args.call(client, args))
         sys.stdout.flush()  # here, where a closed pipe can still be told apart
         return exit_code
@@ -139,6 +146,16 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get(env),
             help=f"{what} (env {env})",
         )
+    parser.add_argument(
+        "--max-args-bytes",
+        type=positive_int,
+        metavar="N",
+        # A string default goes through `type` too, so a bad variable is a usage error.
+        default=os.environ.get("TOOLVAULT_MAX_ARGS_BYTES", str(DEFAULT_MAX_ARGS_BYTES)),
+        help="refuse larger --args before sending, as the server would; set the server's "
+        f"limit if it is not the default (env TOOLVAULT_MAX_ARGS_BYTES, default "
+        f"{DEFAULT_MAX_ARGS_BYTES})",
+    )
     parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(local=None)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)

@@ -21,7 +21,13 @@ from toolvault.client._agent_models import (
     ToolResult,
     ToolSpec,
 )
-from toolvault.client._client import DEFAULT_TARGET, TLS, Client, check_health
+from toolvault.client._client import (
+    DEFAULT_MAX_ARGS_BYTES,
+    DEFAULT_TARGET,
+    TLS,
+    Client,
+    check_health,
+)
 from toolvault.client._models import (
     Execution,
     ExecutionError,
@@ -48,6 +54,7 @@ from toolvault.client.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_ARGS_BYTES",
     "DEFAULT_TARGET",
     "TLS",
     "Agent",

@@ -37,7 +37,7 @@ from toolvault.client._models import (
     FunctionStats,
     FunctionVersion,
 )
-from toolvault.client.errors import from_rpc_error
+from toolvault.client.errors import InvalidArgument, from_rpc_error
 from toolvault.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -52,12 +52,16 @@ from toolvault.v1 import (
     invocation_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_TARGET", "TLS", "Client", "check_health"]
+__all__ = ["DEFAULT_MAX_ARGS_BYTES", "DEFAULT_TARGET", "TLS", "Client", "check_health"]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
 _MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The server's default TOOLVAULT_MAX_ARGS_BYTES: larger arguments are refused before they
+# are sent, with the server's own message, instead of by the server's transport, whose
+# message limit they can pass.
+DEFAULT_MAX_ARGS_BYTES = 1024 * 1024
 # A target that resolves to several addresses (replicas behind a headless Service, or
 # "ipv4:HOST:PORT,HOST:PORT") spreads calls over all of them; gRPC's default, pick_first,
 # would send every call to one.
@@ -209,6 +213,7 @@ class Client:
         tls: TLS | None = None,
         timeout: float | None = None,
         retries: bool = True,
+        max_args_bytes: int | None = DEFAULT_MAX_ARGS_BYTES,
     ) -> None:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
@@ -227,6 +232,11 @@ class Client:
                 from 0.1 s to 2 s with jitter. An invoke that the server may have
                 started before the connection broke is retried too; pass an
                 `idempotency_key` to make sure such a call runs once.
+            max_args_bytes: The largest arguments (JSON-encoded) of `invoke` and
+                `call_tool` sent; larger ones raise `InvalidArgument` with the message
+                the server would give. The default is the server's default limit; set
+                the server's TOOLVAULT_MAX_ARGS_BYTES when it differs, or None to leave
+                the check to the server.
         """
         # An Invoke reply can carry up to three times the server's output cap (stdout,
         # stderr, result); gRPC's default 4 MiB receive limit would refuse it.
@@ -242,6 +252,7 @@ class Client:
         if api_key is not None:
             self._channel = grpc.intercept_channel(self._channel, _Bearer(api_key))
         self._timeout = timeout
+        self._max_args_bytes = max_args_bytes
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
         self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
@@ -353,13 +364,16 @@ class Client:
 
         Raises:
             NotFound: The reference names no version.
-            InvalidArgument: The arguments do not match the input schema.
+            InvalidArgument: The arguments do not match the input schema, or are larger
+                than `max_args_bytes` (checked before sending).
             ResourceExhausted: The server or the function is at its concurrency limit.
             FailedPrecondition: The idempotency key was used for a different request.
             DeadlineExceeded: The timeout passed.
         """
         request = invocation_pb2.InvokeRequest(
-            ref=ref, args_json=json.dumps(args or {}), idempotency_key=idempotency_key or ""
+            ref=ref,
+            args_json=self._arguments(args, "args_json"),
+            idempotency_key=idempotency_key or "",
         )
         response = self._call(self._invocations.Invoke, request, timeout)
         return Execution.from_proto(response.execution)
@@ -587,14 +601,15 @@ class Client:
 
         Raises:
             PermissionDenied: The tool is not on the agent's list.
-            InvalidArgument: The arguments do not match the tool's input schema.
+            InvalidArgument: The arguments do not match the tool's input schema, or are
+                larger than `max_args_bytes` (checked before sending).
             FailedPrecondition: The agent is disabled or the chain is too deep.
             NotFound: The agent does not exist.
         """
         request = agent_pb2.CallToolRequest(
             agent=agent,
             tool=tool,
-            arguments_json=json.dumps(arguments or {}),
+            arguments_json=self._arguments(arguments, "arguments_json"),
             conversation_id=conversation_id,
             chain=chain.to_proto() if chain is not None else None,
         )
@@ -714,6 +729,17 @@ class Client:
             request.start_time_to.FromDatetime(until)
         events = self._pages(self._audit.ListAuditEvents, request, "events")
         return [AuditEvent.from_proto(e) for e in itertools.islice(events, limit)]
+
+    def _arguments(self, arguments: Mapping[str, Any] | None, field: str) -> str:
+        """Encode arguments as the request's `field`, refusing them as the server would."""
+        text = json.dumps(arguments or {})
+        size = len(text.encode())
+        if self._max_args_bytes is not None and size > self._max_args_bytes:
+            raise InvalidArgument(
+                f"{field} is {size} bytes, more than the limit of {self._max_args_bytes}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        return text
 
     def _call(
         self,
