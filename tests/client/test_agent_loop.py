@@ -218,6 +218,8 @@ def test_refusals_reach_the_model_as_tool_messages_and_the_step_limit_ends_a_run
         "error: agent 'calc' may not call 'secret' (its tools: add, divide)"
     )
     assert results["bad_args"].startswith("error: ") and "$.a" in results["bad_args"]
+    # The model wrote the call's "arguments": the refusal names them so, not by the wire's field.
+    assert results["bad_args"].startswith("error: arguments does not match the input schema: ")
     assert results["broken_json"] == "error: the arguments are not a JSON object: '{\"a\": 1,'"
     # (tool failed, call refused) for each call: refusals carry no result, only an error.
     assert [

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from toolvault.client import Execution, Function, FunctionVersion
+from toolvault.client import AgentSpec, Client, Execution, Function, FunctionVersion
 
 # The `cli` fixture (conftest.py): runs the CLI in-process, returns (exit code, out, err).
 RunCli = Callable[..., tuple[int, str, str]]
@@ -174,3 +174,28 @@ def test_json_may_follow_the_command_and_a_rejection_is_json_on_stderr(
         "",
         '{"error": "function \'nope\' not found", "code": "NOT_FOUND"}\n',
     )
+
+
+def test_refused_arguments_are_named_as_the_user_gave_them_not_by_the_wire_field(
+    server: str, cli: RunCli, sources: Path
+) -> None:
+    def run(*args: str) -> tuple[int, str, str]:
+        return cli("--server", server, *args)
+
+    schema = sources / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"a": {"type": "integer"}}}')
+    assert run("publish", "add", str(sources / "add.py"), "--input-schema", str(schema))[0] == 0
+    with Client(server) as client:
+        client.create_agent(AgentSpec(name="calc", tools=("add",)))
+    for command in (("invoke", "add"), ("agents", "call", "calc", "add")):
+        code, out, err = run(*command, "--args", '{"a": "one", "b": 2}')
+        assert (code, out) == (2, "")
+        assert err.startswith("error: --args does not match the input schema: $.a: 'one' is not")
+        code, _, err = run(*command, "--args", '{"a": ' * 70 + "1" + "}" * 70)
+        assert (code, err.startswith("error: --args is nested more than 64 levels")) == (2, True)
+
+    code, out, _ = run("--json", "invoke", "add", "--args", '{"a": 1, "b": 2}')
+    code, out, _ = run("execution", json.loads(out)["execution_id"])
+    assert ["arguments:", '{"a":', "1,", '"b":', "2}"] in words(out)
+    assert ["arguments_truncated:", "False"] in words(out)
+    assert "args" not in out

@@ -70,6 +70,7 @@ def test_an_mcp_client_lists_and_calls_an_agents_tools(server: str) -> None:
             assert failed and text.startswith("ERROR: ZeroDivisionError: division by zero\n")
             failed, text = text_of(await mcp.call_tool("divide", {"y": 0}))
             assert failed and text.startswith("error: ") and "'x' is a required property" in text
+            assert text.startswith("error: arguments does not match the input schema: ")
             # A tool the agent does not offer is a protocol error, as the MCP spec says.
             with pytest.raises(MCPError) as unknown:
                 await mcp.call_tool("secret", {"x": 1})

@@ -61,7 +61,7 @@ def test_the_cli_refuses_large_arguments_from_a_file_before_sending(
     assert cli(*command) == (
         2,
         "",
-        "error: args_json is 10000009 bytes, more than the limit of 1048576\n",
+        "error: --args is 10000009 bytes, more than the limit of 1048576\n",
     )
     # A server with a larger limit: the client is told the same limit.
     monkeypatch.setenv("TOOLVAULT_MAX_ARGS_BYTES", str(20_000_000))

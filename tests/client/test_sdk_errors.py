@@ -125,3 +125,20 @@ def test_an_unknown_status_filter_raises_value_error_before_any_call(closed_addr
         "OK, ERROR, TIMEOUT, MEMORY_LIMIT, OUTPUT_LIMIT, CRASHED, CANCELLED, "
         "OUTPUT_SCHEMA_MISMATCH"
     )
+
+
+@pytest.mark.parametrize(
+    ("details", "name", "message"),
+    [
+        ("args_json does not match the input schema: $.a", "--args", "--args does not match"),
+        ("arguments_json is 3009 bytes, more than the limit", "arguments", "arguments is 3009"),
+        ("function 'args_json' not found", "--args", "function 'args_json' not found"),
+        ("args_jsonx is odd", "--args", "args_jsonx is odd"),
+    ],
+)
+def test_a_message_can_name_the_arguments_as_the_user_gave_them(
+    details: str, name: str, message: str
+) -> None:
+    error = InvalidArgument(details, grpc.StatusCode.INVALID_ARGUMENT)
+    assert error.naming_arguments(name).startswith(message)
+    assert str(error) == details

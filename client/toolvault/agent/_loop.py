@@ -227,7 +227,8 @@ def _call_tool(
             agent, call.name, arguments, conversation_id=conversation_id, chain=chain
         )
     except MODEL_READABLE as refusal:
-        return Step(index, "tool", call=call, error=refusal.details, output=f"error: {refusal}")
+        reason = refusal.naming_arguments()  # what the model wrote: the call's "arguments"
+        return Step(index, "tool", call=call, error=reason, output=f"error: {reason}")
     # A failed tool's text already starts with its status, e.g. "ERROR: ValueError: ...".
     return Step(index, "tool", call=call, result=result, output=result.text)
 

@@ -99,7 +99,8 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
             if isinstance(refusal, PermissionDenied) and not await offered(params.name):
                 # MCP makes a tool that tools/list does not offer a protocol error.
                 raise MCPError(types.INVALID_PARAMS, str(refusal)) from refusal
-            text = types.TextContent(text=f"error: {refusal}")
+            # The MCP client sent the call's "arguments", whatever the field toolvault names.
+            text = types.TextContent(text=f"error: {refusal.naming_arguments()}")
             return types.CallToolResult(content=[text], is_error=True)
         structured = result.execution.result
         return types.CallToolResult(

@@ -98,7 +98,9 @@ def _run(argv: Sequence[str] | None) -> int:
         return _fail(message, 3, error.code.name, as_json=args.json)
     except ToolvaultError as error:
         exit_code = 2 if isinstance(error, _REJECTED) else 1
-        return _fail(str(error), exit_code, error.code.name, as_json=args.json)
+        # The arguments were given as --args, whatever the request field that carried them.
+        message = error.naming_arguments("--args")
+        return _fail(message, exit_code, error.code.name, as_json=args.json)
 
 
 def _fail(message: str, exit_code: int, code: str, *, as_json: bool) -> int:

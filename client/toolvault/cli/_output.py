@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import fields, is_dataclass
 from datetime import datetime
 from typing import TextIO
@@ -38,9 +38,15 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
-def print_object(obj: object, hide: Collection[str] = ()) -> None:
-    """Print a model's fields as "key: value" lines; nested models get dotted keys."""
-    print_pairs([(key, value) for key, value in _flatten(obj) if key not in hide])
+def print_object(
+    obj: object, hide: Collection[str] = (), rename: Mapping[str, str] | None = None
+) -> None:
+    """Print a model's fields as "key: value" lines; nested models get dotted keys.
+
+    Fields in `hide` are left out; those in `rename` are shown under the name it gives.
+    """
+    names = rename or {}
+    print_pairs([(names.get(key, key), value) for key, value in _flatten(obj) if key not in hide])
 
 
 def _flatten(obj: object, prefix: str = "") -> Iterator[tuple[str, object]]:

@@ -24,6 +24,8 @@ from toolvault.client import Client
 
 __all__ = ["add_commands"]
 
+_USER_NAMES = {"args_json": "arguments", "args_truncated": "arguments_truncated"}
+
 
 def add_commands(commands: Commands) -> None:
     """Add the commands on recorded runs to the command line."""
@@ -140,6 +142,7 @@ def _execution(client: Client, args: argparse.Namespace) -> int:
     if args.json:
         print_json(execution)
     else:
-        # The JSON texts show exactly what was recorded, even when cut to fit the history.
-        print_object(execution, hide={"result", "args"})
+        # The JSON texts show exactly what was recorded, even when cut to fit the history;
+        # the arguments under the name --args gives them, not the wire's.
+        print_object(execution, hide={"result", "args"}, rename=_USER_NAMES)
     return 0

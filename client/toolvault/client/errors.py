@@ -55,6 +55,22 @@ class ToolvaultError(Exception):
         self.code = code
         self.details = details
 
+    def naming_arguments(self, name: str = "arguments") -> str:
+        """Return the message with the arguments called `name`, not by their wire field.
+
+        The server names the arguments it refuses by their request field, `args_json` in
+        Invoke and `arguments_json` in CallTool; a person or a model gave them as the CLI's
+        `--args` or MCP's and the SDK's `arguments`, which is what they should read.
+        """
+        for field in _ARGUMENT_FIELDS:
+            if self.details.startswith(f"{field} "):
+                return name + self.details.removeprefix(field)
+        return self.details
+
+
+# The request fields that carry a call's arguments, as the server's messages name them.
+_ARGUMENT_FIELDS = ("args_json", "arguments_json")
+
 
 class InvalidArgument(ToolvaultError):
     """The server rejected the request's content (a name, the source, a schema, the args)."""
