@@ -59,19 +59,19 @@ def timed(call: Callable[[], object]) -> float:
 class Server:
     """A `toolvault serve` process on a free loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, toolvault: str = TOOLVAULT) -> None:
         with socket.socket() as probe:  # a free port; the server logs nothing below WARNING
             probe.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{probe.getsockname()[1]}"
         self.process = subprocess.Popen(
-            [TOOLVAULT, "serve", "--listen", self.address, "--data-dir", str(data_dir)],
+            [toolvault, "serve", "--listen", self.address, "--data-dir", str(data_dir)],
             env={
                 **os.environ,
                 "TOOLVAULT_LOG_LEVEL": "WARNING",
                 "TOOLVAULT_MAX_QUEUED_RUNS": "10000",
             },
         )
-        health = [TOOLVAULT, "--server", self.address, "health", "--timeout", "1"]
+        health = [toolvault, "--server", self.address, "health", "--timeout", "1"]
         deadline = time.monotonic() + 60
         while subprocess.run(health, capture_output=True).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
