@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import NOOP, Server, throughput, timed
+from run import NOOP, Server, latency, throughput, toolvault_caller
 
 from toolvault.client import Client
 
@@ -62,17 +62,12 @@ def main() -> None:
             for server in servers.values():
                 with Client(server.address, timeout=120) as client:
                     client.publish("noop", NOOP)
-                    for _ in range(50):
-                        client.invoke("noop")
             for round_ in range(rounds):
                 # Each goes first in every other round: what runs first finds the caches colder.
                 for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
-                    server = servers[name]
-                    with Client(server.address, timeout=120) as client:
-                        latencies[name] += [
-                            timed(lambda: client.invoke("noop")) for _ in range(calls)
-                        ]
-                    rates[name].append(throughput(server.address, 4, seconds)[0])
+                    caller = toolvault_caller(servers[name].address)
+                    latencies[name] += latency(caller, calls)
+                    rates[name].append(throughput(caller, 4, seconds)[0])
         finally:
             for server in servers.values():
                 server.stop()
