@@ -43,7 +43,7 @@ from ._models import (
     job_fields,
 )
 from ._modules import USER_MODULE
-from ._validate import RestrictingPolicy, source_lines
+from ._validate import RestrictingTransformer, source_lines
 
 # Imported on first use by allowed modules (datetime.strptime); after the switch to an
 # unprivileged uid the interpreter's files may not be readable any more.
@@ -80,7 +80,7 @@ def compile_job(source: str, filename: str, *, restricted: bool = True) -> Progr
     try:
         if not restricted:
             return Program(marshal.dumps(compile(source, filename, "exec")), "", "")
-        compiled = compile_restricted_exec(source, filename, policy=RestrictingPolicy)
+        compiled = compile_restricted_exec(source, filename, policy=RestrictingTransformer)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         return Program(b"", type(exc).__name__, str(exc))
     if compiled.code is None:
