@@ -9,10 +9,11 @@ measured in the same run as its baseline, because this machine is noisy.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -20,9 +21,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+import grpc
+from echo import METHOD
 
 from toolvault.client import Client
 
@@ -38,6 +43,7 @@ SIEVE = """def main(n):
                 flags[j] = False
     return sum(flags)
 """
+ECHO_PAYLOAD = b"\n\x04noop\x12\x02{}"  # about the size of an InvokeRequest for noop
 SPIN = "def main(n):\n    total = 0\n    for i in range(n):\n        total += i\n    return total\n"
 
 
@@ -57,19 +63,19 @@ def timed(call: Callable[[], object]) -> float:
 class Server:
     """A `toolvault serve` process on a free loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, toolvault: str = TOOLVAULT) -> None:
         with socket.socket() as probe:  # a free port; the server logs nothing below WARNING
             probe.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{probe.getsockname()[1]}"
         self.process = subprocess.Popen(
-            [TOOLVAULT, "serve", "--listen", self.address, "--data-dir", str(data_dir)],
+            [toolvault, "serve", "--listen", self.address, "--data-dir", str(data_dir)],
             env={
                 **os.environ,
                 "TOOLVAULT_LOG_LEVEL": "WARNING",
                 "TOOLVAULT_MAX_QUEUED_RUNS": "10000",
             },
         )
-        health = [TOOLVAULT, "--server", self.address, "health", "--timeout", "1"]
+        health = [toolvault, "--server", self.address, "health", "--timeout", "1"]
         deadline = time.monotonic() + 60
         while subprocess.run(health, capture_output=True).returncode != 0:
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -79,6 +85,21 @@ class Server:
     def rss_bytes(self) -> int:
         """Resident memory of the server and every process below it."""
         return sum(_rss(pid) for pid in [self.process.pid, *_descendants(self.process.pid)])
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(60)
+
+
+class EchoServer:
+    """bench/echo.py in a process of its own, on a free loopback port."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, str(ROOT / "echo.py")], stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None
+        self.address = f"127.0.0.1:{int(self.process.stdout.readline())}"
 
     def stop(self) -> None:
         self.process.terminate()
@@ -112,70 +133,99 @@ def _rss(pid: int) -> int:
     return 0
 
 
-def spawn_per_call(job: bytes, plan: str, workdir: str) -> None:
-    """One call the way a spawn-per-call sandbox runs it: a fresh interpreter, same limits."""
-    ends = [os.pipe() for _ in range(4)]  # stdin, stdout, stderr, report
-    pid = os.posix_spawn(
-        sys.executable,
-        [sys.executable, "-I", "-m", "toolvault.sandbox._child", workdir, plan],
-        {},
-        file_actions=[
-            (os.POSIX_SPAWN_DUP2, ends[0][0], 0),
-            *((os.POSIX_SPAWN_DUP2, ends[fd][1], fd) for fd in (1, 2, 3)),
-        ],
-        setsid=True,
-    )
-    os.close(ends[0][0])
-    for fd in (1, 2, 3):
-        os.close(ends[fd][1])
-    with os.fdopen(ends[0][1], "wb") as stdin:
-        stdin.write(job)
-    outputs = []
-    for fd in (1, 2, 3):
-        with os.fdopen(ends[fd][0], "rb") as pipe:
-            outputs.append(pipe.read())
-    os.waitpid(pid, 0)
-    assert json.loads(outputs[2])["status"] == "ok", outputs
+Caller = Callable[[], AbstractContextManager[Callable[[], None]]]
 
 
-def latency(client: Client, calls: int) -> dict[str, float]:
-    """Sequential end-to-end invoke latency of a trivial function, and the spawn baseline."""
-    from toolvault.sandbox import Job, Limits, detect
-    from toolvault.sandbox._child import compile_job, encode_job
+def toolvault_caller(address: str) -> Caller:
+    """Callers that each open a channel and invoke the trivial function."""
 
-    for _ in range(50):
-        client.invoke("noop")
-    times = [timed(lambda: client.invoke("noop")) for _ in range(calls)]
-    noop = Job(NOOP, "main", "{}", (), Limits(5000, 256, 1 << 20), filename="noop@1")
-    job = encode_job(noop, compile_job(noop.source, noop.filename))
-    plan = detect().plan.to_json()
-    spawned = []
-    for _ in range(max(10, calls // 20)):
-        with tempfile.TemporaryDirectory() as workdir:
-            spawned.append(timed(lambda: spawn_per_call(job, plan, workdir)))
-    return {
-        "p50": statistics.median(times),
-        "p99": percentile(times, 99),
-        "spawn_p50": statistics.median(spawned),
-        "spawn_p99": percentile(spawned, 99),
-    }
+    @contextlib.contextmanager
+    def open_caller() -> Iterator[Callable[[], None]]:
+        with Client(address) as client:
+            yield lambda: _check(client.invoke("noop").ok)
+
+    return open_caller
 
 
-def throughput(address: str, clients: int, seconds: float) -> tuple[float, int]:
-    """Invocations per second with ``clients`` concurrent callers, and how many ran."""
+def echo_caller(address: str) -> Caller:
+    """Callers that each open a channel and call the bare echo server."""
+
+    @contextlib.contextmanager
+    def open_caller() -> Iterator[Callable[[], None]]:
+        with grpc.insecure_channel(address) as channel:
+            echo = channel.unary_unary(METHOD)
+            yield lambda: _check(echo(ECHO_PAYLOAD) == ECHO_PAYLOAD)
+
+    return open_caller
+
+
+def _check(ok: bool) -> None:
+    assert ok
+
+
+def latency(open_caller: Caller, calls: int) -> list[float]:
+    """Milliseconds each of ``calls`` sequential calls took, after 50 to warm up."""
+    with open_caller() as call:
+        for _ in range(50):
+            call()
+        return [timed(call) for _ in range(calls)]
+
+
+def spawn_per_call(calls: int) -> list[float]:
+    """The floor of spawning per call: a fresh interpreter that does nothing (``-I -c pass``)."""
+    command = [sys.executable, "-I", "-c", "pass"]
+    return [timed(lambda: subprocess.run(command, check=True)) for _ in range(calls)]
+
+
+def throughput(open_caller: Caller, clients: int, seconds: float) -> tuple[float, int]:
+    """Calls per second with ``clients`` concurrent callers, and how many were made."""
     deadline = time.monotonic() + seconds
     done = [0] * clients
 
     def caller(index: int) -> None:
-        with Client(address) as client:
+        with open_caller() as call:
             while time.monotonic() < deadline:
-                assert client.invoke("noop").ok
+                call()
                 done[index] += 1
 
     started = time.monotonic()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(caller, range(clients)))
     return sum(done) / (time.monotonic() - started), sum(done)
+
+
+def cpu_per_call(
+    server: Server, open_caller: Caller, clients: int, seconds: float
+) -> dict[str, float]:
+    """CPU milliseconds per call of each side, under ``clients`` concurrent callers."""
+    tree = [server.process.pid, *_descendants(server.process.pid)]
+    before = {pid: _cpu_seconds(pid) for pid in tree}
+    client_before = resource.getrusage(resource.RUSAGE_SELF)
+    _, calls = throughput(open_caller, clients, seconds)
+    client_after = resource.getrusage(resource.RUSAGE_SELF)
+    # A process that started meanwhile (a sandbox still running) counts from zero.
+    used = {
+        pid: _cpu_seconds(pid) - before.get(pid, 0.0)
+        for pid in [*tree, *_descendants(server.process.pid)]
+    }
+    client = (client_after.ru_utime + client_after.ru_stime) - (
+        client_before.ru_utime + client_before.ru_stime
+    )
+    return {
+        "server": used.pop(server.process.pid) * 1000 / calls,
+        "sandboxes": sum(used.values()) * 1000 / calls,
+        "client": client * 1000 / calls,
+    }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time of ``pid`` and of its children it has reaped (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of proc_pid_stat(5), after pid and comm.
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def compute(client: Client, n: int, runs: int) -> dict[str, float]:
@@ -252,20 +302,26 @@ def main() -> None:
     options = parser.parse_args()
     calls, seconds, runs = (200, 2.0, 3) if options.quick else (1000, 5.0, 7)
     with tempfile.TemporaryDirectory() as data:
-        server = Server(Path(data))
+        server, echo = Server(Path(data)), EchoServer()
         try:
             with Client(server.address, timeout=120) as client:
                 client.publish("noop", NOOP)
                 client.publish("sieve", SIEVE)
                 client.publish("spin", SPIN, timeout_ms=60_000)
-                lat = latency(client, calls)
-                rates = {c: throughput(server.address, c, seconds) for c in (1, 4, 16)}
+                ours, floor = toolvault_caller(server.address), echo_caller(echo.address)
+                times, echo_times = latency(ours, calls), latency(floor, calls)
+                spawned = spawn_per_call(max(10, calls // 20))
+                rates = {c: throughput(ours, c, seconds) for c in (1, 4, 16)}
+                invoked = 50 + calls + sum(count for _, count in rates.values())
                 recorded = len(client.history("noop", limit=None))
+                echo_rates = {c: throughput(floor, c, seconds)[0] for c in (1, 4, 16)}
+                cpu = cpu_per_call(server, ours, 16, seconds)
                 work = compute(client, 100_000, runs)
                 idle, loaded = memory(server, client, server.address)
         finally:
             server.stop()
-    invoked = 50 + calls + sum(count for _, count in rates.values())
+            echo.stop()
+    p50, echo_p50, spawn_p50 = (statistics.median(t) for t in (times, echo_times, spawned))
     mib = 1024 * 1024
     report = (
         f"""# Benchmark results
@@ -275,23 +331,30 @@ on {machine()}. Medians unless marked; every ratio compares figures taken in the
 
 ## 1. Invoke latency, sequential (trivial function)
 
-| path | p50 | p99 |
-| --- | --- | --- |
-| toolvault: SDK -> gRPC on loopback -> warm sandbox host -> history row | {lat["p50"]:.2f} ms | {lat["p99"]:.2f} ms |
-| baseline: spawn a fresh sandboxed interpreter per call (same limits; no gRPC, no history) | {lat["spawn_p50"]:.1f} ms | {lat["spawn_p99"]:.1f} ms |
+| path | p50 | p99 | p50 vs the echo |
+| --- | --- | --- | --- |
+| toolvault: SDK -> gRPC on loopback -> warm sandbox host -> history row | {p50:.2f} ms | {percentile(times, 99):.2f} ms | {p50 / echo_p50:.1f}x |
+| floor: a bare gRPC unary echo server (bench/echo.py; same grpcio, loopback, client library) | {echo_p50:.2f} ms | {percentile(echo_times, 99):.2f} ms | 1.0x |
+| floor of spawning per call: a fresh interpreter that does nothing (`python -I -c pass`) | {spawn_p50:.1f} ms | {percentile(spawned, 99):.1f} ms | {spawn_p50 / echo_p50:.0f}x |
 
-toolvault is **{lat["spawn_p50"] / lat["p50"]:.1f}x** faster at the median than spawning per call
-({calls} toolvault calls after 50 warm-up calls).
+toolvault is **{spawn_p50 / p50:.1f}x** faster at the median than spawning an interpreter per
+call ({calls} calls of each after 50 warm-up calls; {len(spawned)} spawns).
 
 ## 2. Throughput (trivial function, {seconds:.0f} s per row)
 
-| concurrent clients | invocations/s |
-| --- | --- |
+| concurrent clients | toolvault calls/s | echo calls/s | toolvault vs the echo |
+| --- | --- | --- | --- |
 """
-        + "".join(f"| {c} | {rate:.0f} |\n" for c, (rate, _) in rates.items())
+        + "".join(
+            f"| {c} | {rate:.0f} | {echo_rates[c]:.0f} | {rate / echo_rates[c]:.0%} |\n"
+            for c, (rate, _) in rates.items()
+        )
         + f"""
 The history holds {recorded} rows for the {invoked} calls made: {"every call was recorded" if recorded == invoked else "MISMATCH"}.
 Clients and server share the machine's {os.cpu_count()} cores.
+
+CPU per call with 16 clients: server process {cpu["server"]:.2f} ms, sandbox host and
+sandboxes {cpu["sandboxes"]:.2f} ms, client (SDK) {cpu["client"]:.2f} ms.
 
 ## 3. Compute-bound: prime sieve up to 100,000
 

@@ -12,12 +12,14 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import TOOLVAULT, ServerProcess
+from toolvault.client import Client
 
 NODE_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "node"
 
@@ -82,6 +84,38 @@ def test_node_client_passes_its_tests_against_a_real_server(tmp_path: Path) -> N
     # Tests ran, and none was skipped for want of the server's address.
     assert re.search(r"^# pass [1-9]", done.stdout, re.M), output
     assert "\n# skipped 0\n" in done.stdout, output
+
+
+@pytest.mark.timeout(300)
+def test_both_command_lines_exit_with_the_same_codes(tmp_path: Path) -> None:
+    node = _node()
+    server = ServerProcess(db=f"sqlite:///{tmp_path / 'toolvault.db'}", data_dir=tmp_path / "data")
+    address = server.start()
+    with socket.socket() as unused:  # a loopback port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        nowhere = f"127.0.0.1:{unused.getsockname()[1]}"
+    try:
+        with Client(address) as client:
+            client.publish("double", "def main(x: int) -> int:\n    return 2 * x\n")
+            client.publish("broken", "def main():\n    raise ValueError('no')\n")
+        cases = {  # (server, ref, arguments): the exit code both must give
+            (address, "double", '{"x": 2}'): 0,
+            (address, "broken", "{}"): 1,  # the function failed
+            (address, "missing", "{}"): 2,  # NOT_FOUND
+            (address, "double", '{"x": "two"}'): 2,  # INVALID_ARGUMENT
+            (nowhere, "double", '{"x": 2}'): 3,  # UNAVAILABLE
+        }
+        codes = {}
+        for (target, ref, arguments), expected in cases.items():
+            python = [TOOLVAULT, "--server", target, "invoke", ref, "--args", arguments]
+            nodejs = [node, "bin/toolvault-node.js", "--server", target, "invoke", ref, arguments]
+            codes[(target, ref, arguments)] = tuple(
+                subprocess.run(cmd, cwd=NODE_CLIENT, capture_output=True, timeout=60).returncode
+                for cmd in (python, nodejs)
+            )
+            assert codes[(target, ref, arguments)] == (expected, expected), codes
+    finally:
+        server.stop()
 
 
 def test_node_client_type_checks_from_its_jsdoc() -> None:

@@ -81,3 +81,20 @@ def test_a_breaking_change_is_detected(
     assert re.fullmatch(
         rf"proto/toolvault/v1/function\.proto:\d+:\d+:{re.escape(complaint)}\n", done.stdout
     ), done.stdout
+
+
+def test_every_file_names_its_go_package() -> None:
+    # Go code generates without `M` flags; the Python modules carry the same options.
+    from toolvault.v1 import (
+        access_pb2,
+        agent_pb2,
+        execution_pb2,
+        function_pb2,
+        history_pb2,
+        invocation_pb2,
+    )
+
+    modules = [access_pb2, agent_pb2, execution_pb2, function_pb2, history_pb2, invocation_pb2]
+    assert len(modules) == len(list((ROOT / "proto" / "toolvault" / "v1").glob("*.proto")))
+    packages = {module.DESCRIPTOR.GetOptions().go_package for module in modules}
+    assert packages == {"github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1"}

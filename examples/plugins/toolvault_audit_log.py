@@ -16,10 +16,10 @@ import sys
 import threading
 from typing import Any
 
-from toolvault.server.agents import AgentInfo
-from toolvault.server.invocations import ExecutionInfo
-from toolvault.server.plugins import AgentChange, Call, hookimpl
-from toolvault.server.store import VersionInfo
+from toolvault.server.domain.agents import AgentInfo
+from toolvault.server.domain.executions import ExecutionInfo
+from toolvault.server.domain.functions import VersionInfo
+from toolvault.server.services.plugins import AgentChange, Call, hookimpl
 
 
 class AuditLog:

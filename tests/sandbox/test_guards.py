@@ -16,12 +16,12 @@ from RestrictedPython.compile import compile_restricted_exec
 from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
 from toolvault.sandbox._globals import restricted_globals
 from toolvault.sandbox._modules import ModuleProxy
-from toolvault.sandbox._validate import RestrictingPolicy
+from toolvault.sandbox._validate import RestrictingTransformer
 
 
 def run(source: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED_IMPORTS, **names: Any) -> Any:
     """Run ``source``'s main() in restricted globals, with ``names`` made outside the sandbox."""
-    compiled = compile_restricted_exec(dedent(source), "<test>", policy=RestrictingPolicy)
+    compiled = compile_restricted_exec(dedent(source), "<test>", policy=RestrictingTransformer)
     assert compiled.code is not None, compiled.errors
     namespace = restricted_globals(allowed)
     namespace.update(names)
@@ -128,7 +128,7 @@ def test_user_classes_dataclasses_closures_and_wraps_work() -> None:
 
 
 def test_f_strings_cant_read_private_attributes() -> None:
-    compiled = compile_restricted_exec('f"{x.__class__}"', policy=RestrictingPolicy)
+    compiled = compile_restricted_exec('f"{x.__class__}"', policy=RestrictingTransformer)
 
     assert compiled.errors == (
         'Line 1: "__class__" is an invalid attribute name because it starts with "_".',
@@ -136,7 +136,7 @@ def test_f_strings_cant_read_private_attributes() -> None:
 
 
 def test_annotated_attributes_stay_forbidden() -> None:
-    compiled = compile_restricted_exec("self.x: int = 1", policy=RestrictingPolicy)
+    compiled = compile_restricted_exec("self.x: int = 1", policy=RestrictingTransformer)
 
     assert compiled.errors == ("Line 1: annotated assignments are allowed to plain names only",)
 
@@ -177,7 +177,7 @@ def test_the_guards_refuse(expression: str, error: type[Exception], message: str
         f"def main():\n    return {expression}\n"
     )
     if error is SyntaxError:
-        assert compile_restricted_exec(source, policy=RestrictingPolicy).code is None
+        assert compile_restricted_exec(source, policy=RestrictingTransformer).code is None
         return
     with pytest.raises(error, match=re.escape(message)):
         run(source)
@@ -225,11 +225,11 @@ def test_item_writes_reach_lists_dicts_and_user_objects_only() -> None:
 
 def test_augmented_assignment_of_names_works_and_of_items_stays_forbidden() -> None:
     assert run("def main():\n    n = 1\n    n += 2\n    n *= 5\n    n //= 2\n    return n") == 7
-    compiled = compile_restricted_exec("x = [1]\nx[0] += 1", policy=RestrictingPolicy)
+    compiled = compile_restricted_exec("x = [1]\nx[0] += 1", policy=RestrictingTransformer)
     assert compiled.errors == (
         "Line 2: Augmented assignment of object items and slices is not allowed.",
     )
-    compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingPolicy)
+    compiled = compile_restricted_exec("_n = 1\n_n += 1", policy=RestrictingTransformer)
     assert compiled.code is None
 
 

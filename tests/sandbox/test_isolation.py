@@ -2,10 +2,10 @@
 
 RestrictedPython refuses ``import os`` at publish time, so attacks on the lower layers
 cannot be expressed through the API. Here trusted probe code runs with full Python in a
-process confined exactly as a sandbox process confines itself (``isolate`` then
-``set_limits``), inside a throw-away PID namespace so that a failing layer can at worst
-hit that namespace. Other tests look at a real sandbox process from outside, through
-/proc, while ``run`` runs it.
+process confined exactly as a sandbox process confines itself (``enter_host``,
+``confine`` and ``set_limits``), inside a throw-away PID namespace so that a failing
+layer can at worst hit that namespace. Other tests look at a real sandbox process from
+outside, through /proc, while ``run`` runs it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ NAMESPACES = ("net", "pid", "mnt", "ipc", "uts")
 # Trusted part, before the layers: note what a layer must hide, then confine this process.
 _PROBE = """\
 import ctypes, errno, json, os, resource, signal, socket, sys, threading
-from toolvault.sandbox._isolation import Plan, isolate, set_limits
+from toolvault.sandbox._isolation import Plan, confine, enter_host, set_limits
 from toolvault.sandbox._models import Limits
 
 plan, workdir, listener_port, secret_file, hidden = sys.argv[1:]
@@ -48,7 +48,8 @@ outside = {n: os.stat(f"/proc/self/ns/{n}").st_ino for n in %r}
 extra_fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]
 for fd in extra_fds:
     os.set_inheritable(fd, True)
-isolate(Plan.from_json(plan), workdir, [hidden])
+plan = Plan.from_json(plan)
+confine(plan, enter_host(plan, workdir, [hidden]), 0)
 set_limits(Limits(timeout_ms=2000, memory_mb=256, max_output_bytes=1024))
 result = {}
 

@@ -8,8 +8,8 @@ import pytest
 from tests.conftest import ServerProcess
 from toolvault.client import Client
 from toolvault.server.config import Settings
-from toolvault.server.db import Database
-from toolvault.server.functions import FunctionStore
+from toolvault.server.db.engine import Database
+from toolvault.server.services.functions import FunctionStore
 
 
 @pytest.fixture

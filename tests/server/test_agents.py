@@ -11,18 +11,21 @@ from dataclasses import replace
 import pytest
 
 from tests.server import ACTOR
-from toolvault.server.agents import AgentDefinition, Agents, Chain
 from toolvault.server.config import Settings
-from toolvault.server.db import Database
-from toolvault.server.errors import (
+from toolvault.server.db.engine import Database
+from toolvault.server.domain.agents import AgentDefinition, Chain
+from toolvault.server.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
 )
-from toolvault.server.functions import FunctionStore, PublishRequest
-from toolvault.server.invocations import ExecutionFilter, History, Invocations
+from toolvault.server.domain.executions import ExecutionFilter
+from toolvault.server.services.agents import Agents
+from toolvault.server.services.functions import FunctionStore, PublishRequest
+from toolvault.server.services.history import History
+from toolvault.server.services.invocations import Invocations
 
 WORDS = '''def main(text: str, top: int = 3) -> list:
     """Count words.

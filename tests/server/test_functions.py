@@ -10,10 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from tests.server import ACTOR
-from toolvault.server.db import Database
-from toolvault.server.errors import InvalidArgument, NotFound
-from toolvault.server.functions import FunctionStore, PublishRequest, parse_ref
-from toolvault.server.models import FunctionVersion
+from toolvault.server.db.engine import Database
+from toolvault.server.db.tables import FunctionVersion
+from toolvault.server.domain.errors import InvalidArgument, NotFound
+from toolvault.server.domain.names import parse_ref
+from toolvault.server.services.functions import FunctionStore, PublishRequest
 
 ADD = 'def main(a, b):\n    """Add two numbers."""\n    return a + b\n'
 

@@ -9,16 +9,11 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
-from toolvault.server.db import Database
-from toolvault.server.invocations import (
-    CallContext,
-    ExecutionFilter,
-    ExecutionInfo,
-    History,
-    HistoryWriter,
-    history_row,
-)
-from toolvault.server.models import utcnow
+from toolvault.server.db.engine import Database
+from toolvault.server.db.executions import history_row
+from toolvault.server.db.tables import utcnow
+from toolvault.server.domain.executions import CallContext, ExecutionFilter, ExecutionInfo
+from toolvault.server.services.history import History, HistoryWriter
 
 
 def execution(execution_id: uuid.UUID | None = None) -> ExecutionInfo:

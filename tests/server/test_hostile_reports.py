@@ -29,18 +29,15 @@ import pytest
 
 from tests.server import ACTOR
 from toolvault import sandbox
-from toolvault.server import api
 from toolvault.server.config import Settings
-from toolvault.server.db import Database
-from toolvault.server.functions import FunctionStore, PublishRequest
-from toolvault.server.invocations import (
-    CallContext,
-    ExecutionFilter,
-    ExecutionInfo,
-    History,
-    Invocations,
-)
-from toolvault.server.stats import FunctionStatistics, StatsQuery
+from toolvault.server.db.engine import Database
+from toolvault.server.domain.executions import CallContext, ExecutionFilter, ExecutionInfo
+from toolvault.server.domain.stats import StatsQuery
+from toolvault.server.rpc import convert
+from toolvault.server.services.functions import FunctionStore, PublishRequest
+from toolvault.server.services.history import History
+from toolvault.server.services.invocations import Invocations
+from toolvault.server.services.stats import FunctionStatistics
 from toolvault.v1 import execution_pb2, invocation_pb2
 
 SERVER = Path(__file__).parents[2] / "server"
@@ -162,7 +159,7 @@ def invoke(invocations: Invocations, *refs: str) -> list[ExecutionInfo]:
 
     executions = asyncio.run(calls())
     for execution in executions:
-        reply = invocation_pb2.InvokeResponse(execution=api._execution_pb(execution))
+        reply = invocation_pb2.InvokeResponse(execution=convert.execution_pb(execution))
         assert invocation_pb2.InvokeResponse.FromString(reply.SerializeToString()) == reply
     return executions
 
@@ -181,7 +178,7 @@ def history(database: Database, **where: str) -> list[ExecutionInfo]:
 def read_back(database: Database, execution: ExecutionInfo) -> execution_pb2.Execution:
     """``execution`` as GetExecution returns it, through the wire format and back."""
     row = History(database).get(str(execution.id))
-    wire = api._execution_pb(row).SerializeToString()
+    wire = convert.execution_pb(row).SerializeToString()
     return execution_pb2.Execution.FromString(wire)
 
 
@@ -339,14 +336,14 @@ def test_every_row_of_a_hostile_history_lists_converts_and_counts(
     assert {r.id: r.error_message for r in rows if r.status == "CRASHED"} == {
         e.id: e.error_message for e in executions[:-1]
     }
-    wire = [api._execution_pb(row).SerializeToString() for row in rows]
+    wire = [convert.execution_pb(row).SerializeToString() for row in rows]
     assert [uuid.UUID(execution_pb2.Execution.FromString(w).id) for w in wire] == [
         r.id for r in rows
     ]
     statistics = FunctionStatistics(database)
     for execution in executions:
         stats = statistics.stats(StatsQuery(name=execution.function_name, failure_limit=5))
-        api._stats_pb(stats).SerializeToString()
+        convert.stats_pb(stats).SerializeToString()
         failed = execution.status != "OK"
         assert (stats.calls, stats.success_rate) == (1, 0.0 if failed else 1.0)
         assert [f.id for f in stats.recent_failures] == ([execution.id] if failed else [])

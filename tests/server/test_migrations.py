@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from tests.conftest import TOOLVAULT
-from toolvault.server.db import Database
-from toolvault.server.models import Base
+from toolvault.server.db.engine import Database
+from toolvault.server.db.tables import Base
 
 
 def test_migrations_create_the_schema_of_the_models(db_url: str) -> None:

@@ -51,7 +51,7 @@ def plugin_dir(tmp_path: Path) -> Path:
     (directory / "refusing.py").write_text(
         textwrap.dedent(
             """
-            from toolvault.server.plugins import Refusal, hookimpl
+            from toolvault.server.services.plugins import Refusal, hookimpl
 
             class Quota:
                 @hookimpl
@@ -71,7 +71,7 @@ def plugin_dir(tmp_path: Path) -> Path:
     (directory / "boom.py").write_text(
         textwrap.dedent(
             """
-            from toolvault.server.plugins import hookimpl
+            from toolvault.server.services.plugins import hookimpl
 
             class Boom:
                 @hookimpl

@@ -10,20 +10,16 @@ from pathlib import Path
 import pytest
 
 from tests.server import ACTOR
-from toolvault.server import metrics
 from toolvault.server.config import Settings
-from toolvault.server.db import Database
-from toolvault.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from toolvault.server.functions import FunctionStore, PublishRequest
-from toolvault.server.idempotency import IdempotencyKeys, fingerprint
-from toolvault.server.invocations import (
-    CallContext,
-    ExecutionFilter,
-    ExecutionInfo,
-    History,
-    Invocations,
-)
-from toolvault.server.store import VersionContent
+from toolvault.server.db.engine import Database
+from toolvault.server.domain.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from toolvault.server.domain.executions import CallContext, ExecutionFilter, ExecutionInfo
+from toolvault.server.domain.functions import VersionContent
+from toolvault.server.services.functions import FunctionStore, PublishRequest
+from toolvault.server.services.history import History
+from toolvault.server.services.idempotency import IdempotencyKeys, fingerprint
+from toolvault.server.services.invocations import Invocations
+from toolvault.server.telemetry import metrics
 
 # Each run returns a fresh random number: two equal results mean one run.
 RANDOM = "import random\n\ndef main(x):\n    print('ran')\n    return [x, random.random()]\n"

@@ -1,11 +1,32 @@
 #!/usr/bin/env node
 // A small command line on ToolvaultClient: publish a file, invoke a ref, list the history.
-// Prints JSON; a failed RPC prints "CODE: message" on stderr and exits with 1.
+// Prints JSON; a failed RPC prints "CODE: message" on stderr. Exit codes are the Python
+// CLI's: 1 the function failed or the server failed the request, 2 usage error or the
+// request was rejected, 3 the server cannot be reached.
 
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 
 import { ToolvaultClient, ToolvaultError } from "../src/index.js";
+
+/** The refusals that mean "the request is wrong", as opposed to "the server failed". */
+const REJECTED = new Set([
+  "INVALID_ARGUMENT",
+  "NOT_FOUND",
+  "ALREADY_EXISTS",
+  "FAILED_PRECONDITION",
+  "PERMISSION_DENIED",
+  "UNAUTHENTICATED",
+]);
+
+/**
+ * @param {ToolvaultError} error
+ * @returns {number}
+ */
+function exitCode(error) {
+  if (error.codeName === "UNAVAILABLE") return 3;
+  return REJECTED.has(error.codeName) ? 2 : 1;
+}
 
 const USAGE = `usage: toolvault-node [--server HOST:PORT] COMMAND
   publish NAME FILE        store FILE's Python source as a new version of NAME
@@ -37,11 +58,14 @@ if (values.help || !known || rest.length < commands[command].length - 1) {
 
 const client = new ToolvaultClient(values.server, { apiKey: process.env.TOOLVAULT_API_KEY });
 try {
-  console.log(JSON.stringify(await commands[command](client, ...rest), null, 2));
+  const result = await commands[command](client, ...rest);
+  console.log(JSON.stringify(result, null, 2));
+  const execution = /** @type {{ status?: string }} */ (result);
+  if (command === "invoke" && execution.status !== "EXECUTION_STATUS_OK") process.exitCode = 1;
 } catch (error) {
   if (!(error instanceof ToolvaultError)) throw error;
   console.error(error.message);
-  process.exitCode = 1;
+  process.exitCode = exitCode(error);
 } finally {
   client.close();
 }

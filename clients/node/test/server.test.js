@@ -105,7 +105,7 @@ describe(
       await assert.rejects(
         run(process.execPath, [CLI, "invoke", `${name}_nope`], { env }),
         (error) => {
-          assert.equal(/** @type {any} */ (error).code, 1);
+          assert.equal(/** @type {any} */ (error).code, 2); // rejected, as the Python CLI says
           assert.match(/** @type {any} */ (error).stderr, /^NOT_FOUND: /);
           return true;
         },

@@ -1,16 +1,11 @@
 """The sandbox process: run one job under its limits and report on fd 3.
 
-run_job runs in a process that is already confined (``_isolation``): the process a
-sandbox host forks per call, or one spawned per call, which main() confines first. It
-reads its job from fd 0 (encode_job: the arguments, the source for tracebacks and the
-code the server compiled, marshalled), so that no job ever passes through the host's
-memory, which every later sandbox is forked from. What comes before the confinement is
-trusted bootstrap: importing the modules the code may use (preload) and building its
-globals; a sandbox host does that ahead of the fork.
-
-``python -I -m toolvault.sandbox._child WORKDIR PLAN [HIDDEN...]`` is the sandbox
-spawned per call, kept as the benchmark's baseline: the job on stdin as for a forked
-sandbox, stdout and stderr on fds 1 and 2, the report pipe on fd 3.
+run_job runs in the process a sandbox host forks per call, already confined
+(``_isolation``). It reads its job from fd 0 (encode_job: the arguments, the source for
+tracebacks and the code the server compiled, marshalled), so that no job ever passes
+through the host's memory, which every later sandbox is forked from. What comes before
+the confinement is trusted bootstrap: importing the modules the code may use (preload)
+and building its globals; the host does that ahead of the fork.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
 "memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
@@ -37,8 +32,7 @@ from typing import Any, NoReturn, cast
 
 from RestrictedPython.compile import compile_restricted_exec
 
-from ._globals import restricted_module
-from ._isolation import Plan, isolate, seal, set_limits
+from ._isolation import Plan, seal, set_limits
 from ._models import (
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
@@ -49,7 +43,7 @@ from ._models import (
     job_fields,
 )
 from ._modules import USER_MODULE
-from ._validate import RestrictingPolicy, source_lines
+from ._validate import RestrictingTransformer, source_lines
 
 # Imported on first use by allowed modules (datetime.strptime); after the switch to an
 # unprivileged uid the interpreter's files may not be readable any more.
@@ -75,17 +69,6 @@ class Program:
     error_message: str
 
 
-def main() -> NoReturn:
-    """Read the job from stdin, confine this process as the command line says, run it."""
-    workdir, plan, *hidden = sys.argv[1:]
-    job, program = read_job(JOB_FD)
-    preload(job.allowed_imports)
-    module = restricted_module(job.allowed_imports)
-    confinement = Plan.from_json(plan)
-    isolate(confinement, workdir, hidden)
-    run_job(job, program, module, confinement)
-
-
 def compile_job(source: str, filename: str, *, restricted: bool = True) -> Program:
     """Compile ``source`` as the sandbox runs it; a failure is a value.
 
@@ -97,7 +80,7 @@ def compile_job(source: str, filename: str, *, restricted: bool = True) -> Progr
     try:
         if not restricted:
             return Program(marshal.dumps(compile(source, filename, "exec")), "", "")
-        compiled = compile_restricted_exec(source, filename, policy=RestrictingPolicy)
+        compiled = compile_restricted_exec(source, filename, policy=RestrictingTransformer)
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         return Program(b"", type(exc).__name__, str(exc))
     if compiled.code is None:
@@ -268,7 +251,3 @@ def _report(
 def _encode(report: Mapping[str, str | int]) -> bytes:
     # Messages may hold lone surrogates; the result cannot (_call checked it).
     return json.dumps(report, ensure_ascii=False).encode("utf-8", "replace")
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """The globals user code runs with: safe builtins, RestrictedPython's guards, a guarded import.
 
 RestrictedPython compiles attribute access, item access, iteration, unpacking, ``print``
-and class statements into calls of the underscore names defined here (RestrictingPolicy
+and class statements into calls of the underscore names defined here (RestrictingTransformer
 keeps augmented assignment of names as it is, and skips the write guard's call for a
 list). Attribute access (compiled or through ``getattr``) refuses names starting with "_"
 and the frame, code, traceback and generator internals, and RestrictedPython's own
@@ -148,7 +148,7 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
             "_unpack_sequence_": guarded_unpack_sequence,
             "_write_": full_write_guard,
-            # The policy's fast path for writes to a list (RestrictingPolicy.visit_Subscript).
+            # The policy's fast path for writes to a list (RestrictingTransformer.visit_Subscript).
             "_type_": type,
             "_list_": list,
             "_apply_": _apply,

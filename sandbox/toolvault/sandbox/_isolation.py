@@ -12,8 +12,7 @@ process then calls confine(): its own mount namespace with a private tmpfs as wo
 directory and a /proc that shows only itself, its own IPC namespace, an unprivileged uid
 of its own (one per concurrent call) without capabilities, and no_new_privs;
 set_limits() then sets the rlimits and closes inherited fds, and seal() installs the
-system-call filter (``_seccomp``) as the very last step before user code. isolate() does all of it
-in one process, for a sandbox spawned per call (``python -m toolvault.sandbox._child``).
+system-call filter (``_seccomp``) as the very last step before user code.
 
 The first process in a new PID namespace is its init: signals it has no handler for are
 ignored when sent from inside, and its death kills everything in the namespace. So
@@ -148,15 +147,6 @@ class Isolation:
 
     plan: Plan
     layers: tuple[Layer, ...]
-
-
-def isolate(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> None:
-    """Confine this process by ``plan`` as a sandbox spawned for one call; trusted bootstrap.
-
-    enter_host() then confine() in slot 0: with namespaces this process forks, and only
-    the child returns (see the module's docstring).
-    """
-    confine(plan, enter_host(plan, workdir, hidden), 0)
 
 
 def enter_host(plan: Plan, workdir: str, hidden: Sequence[str] = ()) -> str:

@@ -48,7 +48,7 @@ class CheckedSource:
         return not self.issues
 
 
-class RestrictingPolicy(RestrictingNodeTransformer):
+class RestrictingTransformer(RestrictingNodeTransformer):
     """RestrictedPython's policy, allowing async functions and annotated names.
 
     RestrictedPython forbids ``async def``, ``await`` and annotated assignments only
@@ -185,7 +185,7 @@ def check_source(
         # Compiling catches what parsing lets through, such as "return" outside a function.
         compile(source, filename, "exec", dont_inherit=True)
         tree = ast.parse(source, filename)
-        policy = RestrictingPolicy()
+        policy = RestrictingTransformer()
         policy.visit(ast.parse(source, filename))
     except SyntaxError as exc:
         issue = SourceIssue(f"{type(exc).__name__}: {exc.msg}", exc.lineno, exc.offset)

@@ -1,4 +1,4 @@
-"""Assembles the server: database, domain services, gRPC servicers, graceful shutdown."""
+"""Assembles the server: database, services, gRPC servicers, start-up and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import logging
 import signal
 import socket
 from collections.abc import Sequence
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -17,25 +16,25 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
 from toolvault import sandbox
-from toolvault.server import metrics, tracing
-from toolvault.server.agents import Agents
-from toolvault.server.api import (
-    AgentServicer,
-    AuditServicer,
-    FunctionServicer,
-    HistoryServicer,
-    InvocationServicer,
-    KeyServicer,
-)
-from toolvault.server.audit import AuditLog
-from toolvault.server.auth import KEY, Authorizer, Keys, RateLimiter
 from toolvault.server.config import MiB, Settings
-from toolvault.server.db import Database
-from toolvault.server.functions import FunctionStore
-from toolvault.server.interceptors import MalformedRequests, ReadinessGate, RequestLog
-from toolvault.server.invocations import History, Invocations
-from toolvault.server.plugins import Plugins
-from toolvault.server.stats import FunctionStatistics
+from toolvault.server.db.engine import Database
+from toolvault.server.domain.access import KEY
+from toolvault.server.rpc.agents import AgentServicer
+from toolvault.server.rpc.audit import AuditServicer
+from toolvault.server.rpc.functions import FunctionServicer
+from toolvault.server.rpc.history import HistoryServicer
+from toolvault.server.rpc.interceptors import ReadinessGate, interceptors
+from toolvault.server.rpc.invocations import InvocationServicer
+from toolvault.server.rpc.keys import KeyServicer
+from toolvault.server.services.agents import Agents
+from toolvault.server.services.audit import AuditLog
+from toolvault.server.services.functions import FunctionStore
+from toolvault.server.services.history import History
+from toolvault.server.services.invocations import Invocations
+from toolvault.server.services.keys import Keys
+from toolvault.server.services.plugins import Plugins
+from toolvault.server.services.stats import FunctionStatistics
+from toolvault.server.telemetry import metrics, tracing
 from toolvault.v1 import (
     access_pb2,
     access_pb2_grpc,
@@ -160,16 +159,10 @@ async def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     keys = Keys(db)
-    interceptors: list[grpc.aio.ServerInterceptor[Any, Any]] = [RequestLog(tracer), gate]
-    if settings.auth == "required":
-        limit = settings.rate_limit_per_s
-        limiter = RateLimiter(limit, settings.rate_limit_burst) if limit > 0 else None
-        interceptors.append(Authorizer(keys, limiter))
-    interceptors.append(MalformedRequests())
     # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
     max_reply = 3 * settings.max_max_output_bytes + MiB
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=interceptors(settings, keys, tracer, gate),
         options=[
             (
                 "grpc.max_receive_message_length",

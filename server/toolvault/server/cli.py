@@ -17,15 +17,15 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from toolvault import sandbox
-from toolvault.server import logs
 from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
+from toolvault.server.config import Settings
+from toolvault.server.db.engine import Database
 
 # Re-exported for `toolvault keys generate`, which the client's CLI runs.
-from toolvault.server.auth import generate_key as generate_key
-from toolvault.server.config import Settings
-from toolvault.server.db import Database
-from toolvault.server.plugins import PluginError
+from toolvault.server.domain.access import generate_key as generate_key
+from toolvault.server.services.plugins import PluginError
+from toolvault.server.telemetry import logs
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -1,0 +1,84 @@
+"""This checkout against another commit, in the same run: is a change faster or slower?
+
+Run ``python bench/compare.py REV`` (a commit, branch or tag; add ``--quick`` for a short
+run) from a checkout with the ``server`` extra installed. It installs REV into a
+throw-away virtualenv, starts a server of each on its own loopback port and SQLite data
+directory, and measures both in alternating rounds, so that drift on a noisy machine
+hits both alike: sequential invoke latency of a trivial function, and throughput with 4
+concurrent clients. The clients are this checkout's SDK for both (the wire protocol is
+the same). It prints a Markdown table with the medians and the ratios this / REV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from run import NOOP, Server, latency, throughput, toolvault_caller
+
+from toolvault.client import Client
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def install(rev: str, into: Path) -> str:
+    """Install ``rev`` of this repository with the server extra; return its `toolvault`."""
+    source = into / "source"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(source), rev], check=True
+    )
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(into / "venv")], check=True)
+        pip = [str(into / "venv" / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, f"{source}[server]"], check=True)
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(source)], check=True
+        )
+    return str(into / "venv" / "bin" / "toolvault")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("rev", help="the commit to compare with, e.g. HEAD~1 or main")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, shorter runs")
+    options = parser.parse_args()
+    rounds, calls, seconds = (3, 200, 2.0) if options.quick else (7, 400, 4.0)
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(scratch)
+        binaries = {"this checkout": str(Path(sys.executable).parent / "toolvault")}
+        binaries[options.rev] = install(options.rev, work / "other")
+        servers = {
+            name: Server(work / f"data{i}", toolvault=binary)
+            for i, (name, binary) in enumerate(binaries.items())
+        }
+        latencies: dict[str, list[float]] = {name: [] for name in servers}
+        rates: dict[str, list[float]] = {name: [] for name in servers}
+        try:
+            for server in servers.values():
+                with Client(server.address, timeout=120) as client:
+                    client.publish("noop", NOOP)
+            for round_ in range(rounds):
+                # Each goes first in every other round: what runs first finds the caches colder.
+                for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
+                    caller = toolvault_caller(servers[name].address)
+                    latencies[name] += latency(caller, calls)
+                    rates[name].append(throughput(caller, 4, seconds)[0])
+        finally:
+            for server in servers.values():
+                server.stop()
+    this, other = binaries
+    p50 = {name: statistics.median(values) for name, values in latencies.items()}
+    rate = {name: statistics.median(values) for name, values in rates.items()}
+    print(f"""| measure | this checkout | {other} | this / {other} |
+| --- | --- | --- | --- |
+| invoke latency p50 ({rounds} x {calls} calls) | {p50[this]:.2f} ms | {p50[other]:.2f} ms | {p50[this] / p50[other]:.2f} |
+| invocations/s, 4 clients (median of {rounds} x {seconds:.0f} s) | {rate[this]:.0f} | {rate[other]:.0f} | {rate[this] / rate[other]:.2f} |""")
+
+
+if __name__ == "__main__":
+    main()

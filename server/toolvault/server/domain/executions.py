@@ -1,0 +1,81 @@
+"""Runs as values: how a run ended, on whose behalf it ran, and what it recorded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import uuid
+from dataclasses import dataclass
+
+
+class ExecutionStatus(enum.StrEnum):
+    """How a run ended; the values are those stored in the history's ``status`` column.
+
+    The sandbox's outcomes (``toolvault.sandbox.RunStatus`` by name), and two that only
+    the server decides: the caller went away, or the result failed the output schema.
+    """
+
+    # The SDK's ExecutionStatus lists the same values: both mirror the proto's enum, and
+    # the server and the SDK share no code.
+    # pylint: disable=duplicate-code
+    OK = "OK"
+    ERROR = "ERROR"
+    TIMEOUT = "TIMEOUT"
+    MEMORY_LIMIT = "MEMORY_LIMIT"
+    OUTPUT_LIMIT = "OUTPUT_LIMIT"
+    CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
+    OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
+    # pylint: enable=duplicate-code
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """On whose behalf a run happens: a plain Invoke, or an agent's tool call."""
+
+    caller: str
+    agent: str = ""
+    agent_revision: int = 0
+    conversation_id: str = ""
+    chain_depth: int = 0
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """One run, as returned by Invoke or read from the history."""
+
+    id: uuid.UUID
+    function_name: str
+    version: int
+    sha256: str
+    status: ExecutionStatus
+    args_json: str
+    args_truncated: bool
+    result_json: str
+    result_truncated: bool
+    stdout: str
+    stderr: str
+    error_type: str
+    error_message: str
+    traceback: str
+    start_time: dt.datetime
+    duration_ms: float
+    cpu_time_ms: float
+    peak_memory_bytes: int
+    context: CallContext
+    cached: bool = False
+    cached_from: uuid.UUID | None = None
+    trace_id: str = ""
+
+
+@dataclass(frozen=True)
+class ExecutionFilter:
+    """Which executions to list; empty fields match everything."""
+
+    function_name: str = ""
+    status: ExecutionStatus | None = None
+    version: int = 0
+    start_from: dt.datetime | None = None
+    start_to: dt.datetime | None = None
+    agent: str = ""
+    conversation_id: str = ""

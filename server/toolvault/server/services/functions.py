@@ -1,0 +1,255 @@
+"""The function store: validates, versions and resolves functions.
+
+The service of the function tables, whose queries are in ``db.functions``.
+
+Each public method is one unit of work (one transaction). Validation that needs no
+database (source, schemas, limits) runs before the transaction starts, so a rejected
+publish writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session
+
+from toolvault.sandbox import Limits, check_source
+from toolvault.server.config import Settings
+from toolvault.server.db import audit, functions
+from toolvault.server.db.engine import Database
+from toolvault.server.db.tables import Function
+from toolvault.server.domain.audit import Actor
+from toolvault.server.domain.errors import InvalidArgument, NotFound, not_found
+from toolvault.server.domain.functions import FunctionInfo, VersionContent, VersionInfo
+from toolvault.server.domain.names import ALIAS, EVERYWHERE, LATEST, Scope, check_name, parse_ref
+from toolvault.server.domain.paging import decode_token, encode_token, page_size
+from toolvault.server.domain.schemas import checked_schema
+from toolvault.server.services.plugins import Plugins
+
+# Publishing retries when a concurrent publisher of a new name wins the insert race.
+_PUBLISH_ATTEMPTS = 3
+_MAX_REPORTED_ISSUES = 20
+# Far above any useful setting; it only keeps the counter's bound meaningful.
+MAX_CONCURRENCY = 100_000
+
+
+@dataclass(frozen=True)
+class PublishRequest:
+    """What a caller asks to publish; empty or zero fields take the server's defaults."""
+
+    name: str
+    source: str
+    entrypoint: str = ""
+    description: str = ""
+    input_schema: str = ""
+    output_schema: str = ""
+    timeout_ms: int = 0
+    memory_mb: int = 0
+    max_output_bytes: int = 0
+    allowed_imports: tuple[str, ...] = ()
+    max_concurrency: int = 0
+    deterministic: bool = False
+
+
+class FunctionStore:
+    """Publishes, reads, aliases and deletes functions."""
+
+    def __init__(self, db: Database, settings: Settings, *, plugins: Plugins | None = None) -> None:
+        self._db = db
+        self._settings = settings
+        self._plugins = plugins or Plugins()
+
+    def publish(self, request: PublishRequest, *, actor: Actor) -> tuple[VersionInfo, bool]:
+        """Validate and store a version; returns it and whether it is new."""
+        name = check_name(request.name)
+        content = self._validated_content(request)
+        for attempt in range(_PUBLISH_ATTEMPTS):
+            try:
+                with self._db.write.begin() as session:
+                    version, created = functions.add_version(session, name, content)
+                    if created:
+                        audit.record(
+                            session,
+                            actor,
+                            "function.publish",
+                            name,
+                            version=version.version,
+                            sha256=version.sha256,
+                        )
+            except (IntegrityError, OperationalError):
+                # Another replica inserted the same new name or version first, or
+                # PostgreSQL aborted a serialization conflict: the retry sees its row.
+                if attempt == _PUBLISH_ATTEMPTS - 1:
+                    raise
+                continue
+            # After the commit, so that plugins hear only of versions that exist.
+            if created:
+                self._plugins.function_published(version)
+            return version, created
+        raise AssertionError("unreachable")
+
+    def resolve(self, ref: str) -> VersionInfo:
+        """The version a reference names."""
+        name, selector = parse_ref(ref)
+        # One query on the hot path; the lookups below only explain a miss.
+        with self._db.engine.connect() as connection:
+            found = functions.resolve_version(connection, name, selector)
+        if found is not None:
+            return found
+        with self._db.read.begin() as session:
+            function = self._function(session, name)
+            if selector == LATEST:
+                number = function.latest_version
+            elif isinstance(selector, int):
+                number = selector
+            elif selector in (aliases := {a.name: a.version for a in function.aliases}):
+                number = aliases[selector]
+            else:
+                raise NotFound(f"function {name!r} has no alias {selector!r}")
+            version = functions.find_version(session, function, number)
+            if version is None:
+                raise NotFound(
+                    f"function {name!r} has no version {number} "
+                    f"(latest is {function.latest_version})"
+                )
+            return version
+
+    def get(self, ref: str) -> tuple[FunctionInfo, VersionInfo]:
+        """A function and the version ``ref`` resolves to."""
+        version = self.resolve(ref)
+        with self._db.read.begin() as session:
+            (function,) = functions.function_infos(session, [self._function(session, version.name)])
+            return function, version
+
+    def functions(
+        self, *, scope: Scope = EVERYWHERE, size: int, token: str
+    ) -> tuple[list[FunctionInfo], str]:
+        """A page of the functions in ``scope`` by name and the next page's token."""
+        key = decode_token(token, str)
+        limit = page_size(size)
+        with self._db.read.begin() as session:
+            rows = functions.list_functions(
+                session, scope=scope, after=key[0] if key else None, limit=limit + 1
+            )
+            infos = functions.function_infos(session, rows[:limit])
+        more = len(rows) > limit
+        return infos, encode_token([infos[-1].name]) if more else ""
+
+    def versions(self, name: str, *, size: int, token: str) -> tuple[list[VersionInfo], str]:
+        """A page of a function's versions, newest first, and the next page's token."""
+        key = decode_token(token, int)
+        limit = page_size(size)
+        with self._db.read.begin() as session:
+            function = self._function(session, check_name(name))
+            before = key[0] if key else None
+            rows = functions.list_versions(session, function, before=before, limit=limit + 1)
+        more = len(rows) > limit
+        return rows[:limit], encode_token([rows[limit - 1].version]) if more else ""
+
+    def set_alias(self, name: str, alias: str, version: int, *, actor: Actor) -> FunctionInfo:
+        """Create or move ``alias`` to ``version``."""
+        check_name(name)
+        if not ALIAS.fullmatch(alias) or alias == LATEST:
+            raise InvalidArgument(
+                f"alias {alias!r} is invalid: use 1 to 64 of a-z, 0-9, _ and -, starting with "
+                f"a letter; {LATEST!r} is kept for the newest version"
+            )
+        with self._db.write.begin() as session:
+            function = self._function(session, name, lock=True)
+            if version < 1 or functions.find_version(session, function, version) is None:
+                raise NotFound(
+                    f"function {name!r} has no version {version} "
+                    f"(latest is {function.latest_version})"
+                )
+            functions.set_alias(session, function, alias, version)
+            audit.record(session, actor, "alias.set", name, alias=alias, version=version)
+            (info,) = functions.function_infos(session, [function])
+            return info
+
+    def delete_alias(self, name: str, alias: str, *, actor: Actor) -> None:
+        """Remove ``alias``."""
+        with self._db.write.begin() as session:
+            function = self._function(session, check_name(name), lock=True)
+            if not functions.delete_alias(session, function, alias):
+                raise NotFound(f"function {name!r} has no alias {alias!r}")
+            audit.record(session, actor, "alias.delete", name, alias=alias)
+
+    def delete(self, name: str, *, actor: Actor) -> int:
+        """Delete a function with its versions and aliases; returns how many versions."""
+        with self._db.write.begin() as session:
+            function = self._function(session, check_name(name), lock=True)
+            count = functions.delete_function(session, function)
+            audit.record(session, actor, "function.delete", name, versions=count)
+            return count
+
+    def _function(self, session: Session, name: str, *, lock: bool = False) -> Function:
+        function = functions.find_function(session, name, lock=lock)
+        if function is None:
+            raise not_found("function", name)
+        return function
+
+    def _validated_content(self, request: PublishRequest) -> VersionContent:
+        settings = self._settings
+        size = len(request.source.encode())
+        if not request.source.strip():
+            raise InvalidArgument("source is empty")
+        if size > settings.max_source_bytes:
+            raise InvalidArgument(
+                f"source is {size} bytes, more than the limit of {settings.max_source_bytes}"
+            )
+        allowed = tuple(sorted(set(request.allowed_imports or settings.allowed_imports)))
+        refused = [m for m in allowed if m not in settings.allowed_imports]
+        if refused:
+            raise InvalidArgument(
+                f"allowed_imports {refused} are not on the server's allow-list "
+                f"({', '.join(sorted(settings.allowed_imports))})"
+            )
+        entrypoint = request.entrypoint or "main"
+        checked = check_source(
+            request.source, entrypoint=entrypoint, allowed_imports=allowed, filename=request.name
+        )
+        if not checked.ok:
+            problems = [
+                f"line {i.line}, column {i.column}: {i.message}" if i.line else i.message
+                for i in checked.issues[:_MAX_REPORTED_ISSUES]
+            ]
+            raise InvalidArgument("source rejected: " + "; ".join(problems))
+        return VersionContent(
+            source=request.source,
+            entrypoint=entrypoint,
+            description=request.description or checked.docstring or "",
+            input_schema=checked_schema(request.input_schema, "input_schema_json"),
+            output_schema=checked_schema(request.output_schema, "output_schema_json"),
+            limits=Limits(
+                timeout_ms=_limit(request.timeout_ms, "timeout_ms", settings, 10),
+                memory_mb=_limit(request.memory_mb, "memory_mb", settings, 64),
+                max_output_bytes=_limit(
+                    request.max_output_bytes, "max_output_bytes", settings, 1024
+                ),
+            ),
+            allowed_imports=allowed,
+            max_concurrency=_max_concurrency(request.max_concurrency),
+            deterministic=request.deterministic,
+        )
+
+
+def _limit(value: int, field: str, settings: Settings, minimum: int) -> int:
+    if value == 0:
+        default: int = getattr(settings, f"default_{field}")
+        return default
+    maximum: int = getattr(settings, f"max_{field}")
+    if not minimum <= value <= maximum:
+        raise InvalidArgument(
+            f"limits.{field} is {value}: it must be between {minimum} and {maximum}"
+        )
+    return value
+
+
+def _max_concurrency(value: int) -> int:
+    if not 0 <= value <= MAX_CONCURRENCY:
+        raise InvalidArgument(
+            f"limits.max_concurrency is {value}: it must be between 0 (unlimited) and "
+            f"{MAX_CONCURRENCY}"
+        )
+    return value

@@ -1,0 +1,339 @@
+"""Invocation: runs a version in a sandbox and records every run.
+
+A run is admitted by ``admission`` (a sandbox slot, the function's ``max_concurrency``)
+and recorded by ``history``'s writer. Every run that reached a sandbox is recorded,
+including runs whose caller went away (status CANCELLED).
+
+A successful run of a deterministic version is kept in the result cache (see
+``cache``); an equal call then gets the result without a sandbox, recorded as its own
+execution with ``cached`` set and ``cached_from`` naming the run it came from. Invoke's
+idempotency keys are kept in ``idempotency``.
+
+Plugins hear of each call once its arguments are checked (and may refuse it), and of each
+recorded run. A run's spans are ``validate``, ``queue``, ``sandbox`` and ``record``, under
+the RPC's span; the execution keeps the trace id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from opentelemetry import trace
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from toolvault import sandbox
+from toolvault.server.config import Settings
+from toolvault.server.db.engine import Database
+from toolvault.server.db.executions import history_row
+from toolvault.server.db.tables import utcnow
+from toolvault.server.domain.errors import InvalidArgument
+from toolvault.server.domain.executions import CallContext, ExecutionInfo, ExecutionStatus
+from toolvault.server.domain.functions import VersionInfo
+from toolvault.server.domain.names import namespace_of
+from toolvault.server.domain.schemas import parse_json, problems
+from toolvault.server.domain.toolspec import derived_schema_json
+from toolvault.server.services import idempotency
+from toolvault.server.services.admission import Admission
+from toolvault.server.services.cache import MAX_ENTRY_BYTES, ResultCache, cache_key
+from toolvault.server.services.functions import FunctionStore
+from toolvault.server.services.history import History, HistoryWriter
+from toolvault.server.services.plugins import Call, Plugins
+from toolvault.server.telemetry import metrics
+from toolvault.server.telemetry.tracing import trace_id
+
+log = logging.getLogger("toolvault.server")
+# A duplicate call polls its idempotency key this often while the first call runs.
+_KEY_POLL_S = 0.1
+
+
+class Invocations:
+    """Runs functions in sandboxes, bounded in parallelism and queue length.
+
+    Args:
+        db: Where the history and the idempotency keys live.
+        functions: Resolves the references that calls name.
+        settings: Concurrency, queue, cache and argument limits, and the allow-list the
+            default sandbox host preloads.
+        plugins: Told of each call and of each recorded run.
+        tracer: Makes the spans of each run.
+        sandbox_host: The host to run the calls in; by default one built from
+            ``settings``. The seam the test suite uses to run code that escaped the
+            language layer (a host with ``language_layer=False``); nothing in the server
+            passes one, so no setting or request chooses the host.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        functions: FunctionStore,
+        settings: Settings,
+        *,
+        plugins: Plugins | None = None,
+        tracer: trace.Tracer | None = None,
+        sandbox_host: sandbox.SandboxHost | None = None,
+    ) -> None:
+        self._db = db
+        self._functions = functions
+        self._settings = settings
+        self._plugins = plugins or Plugins()
+        self._tracer = tracer or trace.NoOpTracer()
+        self._admission = Admission(
+            settings.max_concurrent_runs, settings.max_queued_runs, self._tracer
+        )
+        self._cache: ResultCache[ExecutionInfo] = ResultCache(
+            settings.cache_max_entries, settings.cache_ttl_s
+        )
+        self._keys = idempotency.IdempotencyKeys(
+            db,
+            ttl_s=settings.idempotency_ttl_s,
+            lease_s=settings.idempotency_lease_s,
+        )
+        self._history = History(db)
+        self._writer = HistoryWriter(db)
+        # Started by start_sandbox (or the first run), and again whenever it dies.
+        if sandbox_host is None:
+            sandbox_host = sandbox.SandboxHost(
+                preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
+            )
+        self._sandbox = sandbox_host
+
+    async def invoke(
+        self, ref: str, args_json: str, context: CallContext, *, idempotency_key: str = ""
+    ) -> ExecutionInfo:
+        """Resolve ``ref``, check the arguments, run the version and record the run.
+
+        With an ``idempotency_key`` used before for the same ``ref`` and ``args_json``,
+        return that call's recorded execution instead; while that call is still running,
+        wait for it.
+        """
+        if not idempotency_key:
+            return await self._resolve_and_run(ref, args_json, context, "")
+        if len(idempotency_key) > idempotency.MAX_KEY_LENGTH:
+            raise InvalidArgument(
+                f"idempotency_key is {len(idempotency_key)} characters, more than the limit "
+                f"of {idempotency.MAX_KEY_LENGTH}"
+            )
+        # Keys are per namespace: another namespace's keys neither collide nor show.
+        idempotency_key = f"{namespace_of(ref)}/{idempotency_key}"
+        request = idempotency.fingerprint(ref, args_json)
+        while True:
+            try:
+                claim = await asyncio.to_thread(self._keys.claim, idempotency_key, request)
+            except IntegrityError:
+                continue  # a concurrent duplicate inserted the key first: read its state
+            if claim.execution_id is not None:
+                return await asyncio.to_thread(self._history.get, str(claim.execution_id))
+            if claim.owned:
+                break
+            await asyncio.sleep(_KEY_POLL_S)
+        renewal = asyncio.create_task(self._renew(idempotency_key))
+        try:
+            return await self._resolve_and_run(ref, args_json, context, idempotency_key)
+        except BaseException:
+            # No run was recorded under the key: free it, so that the caller's retry runs.
+            await asyncio.shield(asyncio.to_thread(self._keys.release, idempotency_key))
+            raise
+        finally:
+            renewal.cancel()
+
+    async def _renew(self, key: str) -> None:
+        """Renew the lease of ``key`` until cancelled, so no other replica takes it over."""
+        while True:
+            await asyncio.sleep(self._keys.renew_every_s)
+            try:
+                await asyncio.to_thread(self._keys.renew, key)
+            except SQLAlchemyError:
+                # The run goes on; if the database stays away for a whole lease, another
+                # replica may take the key over (see idempotency).
+                log.warning("could not renew idempotency key %r", key, exc_info=True)
+
+    async def _resolve_and_run(
+        self, ref: str, args_json: str, context: CallContext, idempotency_key: str
+    ) -> ExecutionInfo:
+        version = await asyncio.to_thread(self._functions.resolve, ref)
+        content = version.content
+        # Without a schema of its own, a version's arguments are checked against the one
+        # derived from its type hints: the same rule as for an agent's tool calls.
+        return await self.run(
+            version,
+            args_json,
+            context,
+            content.input_schema or derived_schema_json(content.source, content.entrypoint),
+            args_field="args_json",
+            idempotency_key=idempotency_key,
+        )
+
+    async def run(
+        self,
+        version: VersionInfo,
+        args_json: str,
+        context: CallContext,
+        input_schema: str | None,
+        *,
+        args_field: str,
+        idempotency_key: str = "",
+    ) -> ExecutionInfo:
+        """Check the arguments against ``input_schema``, run ``version`` and record the run.
+
+        ``args_field`` names the arguments in error messages, as the caller's request does.
+        ``idempotency_key`` (already claimed) is bound to the execution as it is recorded.
+
+        A result that does not match the version's output schema is recorded with the
+        status OUTPUT_SCHEMA_MISMATCH. A deterministic version's result may come from the
+        result cache.
+        """
+        with self._tracer.start_as_current_span("validate"):
+            args_json, args = self._checked_args(args_json, input_schema, args_field)
+            if self._plugins.implemented("before_invoke"):
+                call = Call(version=version, args_json=args_json, context=context)
+                await asyncio.to_thread(self._plugins.before_invoke, call)
+        content = version.content
+        key: tuple[str, str, str] | None = None
+        if content.deterministic and self._cache.enabled:
+            key = cache_key(version.name, version.sha256, args)
+            hit = self._cache.get(key)
+            metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
+            if hit is not None:
+                return await self._record_cached(hit, args_json, context, idempotency_key)
+        job = sandbox.Job(
+            source=content.source,
+            entrypoint=content.entrypoint,
+            args_json=args_json,
+            allowed_imports=content.allowed_imports,
+            limits=content.limits,
+            filename=f"{version.name}@{version.version}",
+        )
+        info = ExecutionInfo(
+            id=uuid.uuid4(),
+            function_name=version.name,
+            version=version.version,
+            sha256=version.sha256,
+            status=ExecutionStatus.CANCELLED,
+            args_json=args_json,
+            args_truncated=False,
+            result_json="",
+            result_truncated=False,
+            stdout="",
+            stderr="",
+            error_type="Cancelled",
+            error_message="the caller cancelled the call or its deadline passed",
+            traceback="",
+            start_time=utcnow(),
+            duration_ms=0.0,
+            cpu_time_ms=0.0,
+            peak_memory_bytes=0,
+            context=context,
+            trace_id=trace_id(trace.get_current_span()),
+        )
+        started = time.monotonic()
+        try:
+            with self._admission.function_slot(version):
+                result = await self._run(job)
+        except asyncio.CancelledError:
+            cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
+            # Shielded: the record is written even though this task is being cancelled.
+            await asyncio.shield(self._record_and_report(cancelled))
+            raise
+        info = replace(
+            info,
+            status=ExecutionStatus(result.status.name),
+            result_json=result.result_json,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            error_type=result.error_type,
+            error_message=result.error_message,
+            traceback=result.traceback,
+            duration_ms=result.duration_ms,
+            cpu_time_ms=result.cpu_time_ms,
+            peak_memory_bytes=result.peak_memory_bytes,
+        )
+        if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
+            found = problems(content.output_schema, json.loads(result.result_json))
+            if found:
+                info = replace(
+                    info,
+                    status=ExecutionStatus.OUTPUT_SCHEMA_MISMATCH,
+                    error_type="OutputSchemaMismatch",
+                    error_message="the result does not match the output schema: " + found,
+                )
+        await self._record_and_report(info, idempotency_key)
+        metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
+        metrics.RUN_SECONDS.labels(info.function_name).observe(info.duration_ms / 1000)
+        if (
+            key is not None
+            and info.status == ExecutionStatus.OK
+            and _output_bytes(info) <= MAX_ENTRY_BYTES
+        ):
+            self._cache.put(key, info)
+        return info
+
+    async def _record_cached(
+        self, hit: ExecutionInfo, args_json: str, context: CallContext, idempotency_key: str
+    ) -> ExecutionInfo:
+        """Record and return a call answered from the cache with ``hit``'s result."""
+        info = replace(
+            hit,
+            id=uuid.uuid4(),
+            args_json=args_json,
+            start_time=utcnow(),
+            duration_ms=0.0,
+            cpu_time_ms=0.0,
+            peak_memory_bytes=0,
+            context=context,
+            cached=True,
+            cached_from=hit.id,
+            trace_id=trace_id(trace.get_current_span()),
+        )
+        await self._record_and_report(info, idempotency_key)
+        metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
+        return info
+
+    async def _run(self, job: sandbox.Job) -> sandbox.RunResult:
+        await self._admission.acquire()
+        try:
+            with self._tracer.start_as_current_span("sandbox"):
+                return await self._sandbox.run(job)
+        finally:
+            self._admission.release()
+
+    async def start_sandbox(self) -> tuple[sandbox.Layer, ...]:
+        """Start the sandbox host; return the layers its probe sandbox found in effect."""
+        return (await self._sandbox.start()).layers
+
+    async def close(self) -> None:
+        """Stop the sandbox host and the history's writer, once no call runs any more."""
+        await self._sandbox.close()
+        await asyncio.to_thread(self._writer.close)
+
+    def _checked_args(
+        self, args_json: str, input_schema: str | None, field: str
+    ) -> tuple[str, dict[str, Any]]:
+        """The arguments' text (``{}`` for none) and their parsed form, once checked."""
+        size = len(args_json.encode())
+        if size > self._settings.max_args_bytes:
+            raise InvalidArgument(
+                f"{field} is {size} bytes, more than the limit of {self._settings.max_args_bytes}"
+            )
+        args = parse_json(args_json or "{}", field)
+        if not isinstance(args, dict):
+            raise InvalidArgument(f"{field} must be a JSON object, not {type(args).__name__}")
+        if input_schema is not None and (found := problems(input_schema, args)):
+            raise InvalidArgument(f"{field} does not match the input schema: {found}")
+        return args_json or "{}", args
+
+    async def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
+        """Record a run, then tell the plugins (in a worker thread, if any listens)."""
+        with self._tracer.start_as_current_span("record"):
+            await self._writer.write(history_row(info), info.id, idempotency_key)
+        if self._plugins.implemented("after_invoke"):
+            await asyncio.to_thread(self._plugins.after_invoke, info)
+
+
+def _output_bytes(info: ExecutionInfo) -> int:
+    return sum(len(text.encode()) for text in (info.result_json, info.stdout, info.stderr))
