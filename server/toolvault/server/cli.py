@@ -1,6 +1,6 @@
 """The server's side of the ``toolvault`` command: ``serve``, ``db upgrade`` and ``doctor``.
 
-The CLI in ``toolvault.client.cli`` parses the command line and calls these; options
+The CLI in ``toolvault.cli`` parses the command line and calls these; options
 left as None fall back to ``TOOLVAULT_*`` environment variables, then to defaults.
 """
 
@@ -21,9 +21,6 @@ from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
-
-# Re-exported for `toolvault keys generate`, which the client's CLI runs.
-from toolvault.server.domain.access import generate_key as generate_key
 from toolvault.server.services.plugins import PluginError
 from toolvault.server.telemetry import logs
 

@@ -66,5 +66,9 @@ class KeyInfo:
 
 
 def generate_key() -> str:
-    """A new key in the format the server accepts (for ``TOOLVAULT_ADMIN_KEY``)."""
+    """A new key in the format the server accepts.
+
+    The SDK's ``generate_key`` (``toolvault keys generate``) makes the same: the key
+    format is part of the contract, and the server and the SDK share no code.
+    """
     return f"tvk_{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
