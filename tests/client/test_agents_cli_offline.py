@@ -62,21 +62,28 @@ def test_an_unknown_routing_strategy_is_a_usage_error(cli: RunCli) -> None:
     assert "argument --strategy: invalid choice: 'random'" in err
 
 
-def test_mcp_hands_the_server_address_key_and_agent_to_the_bridge(
+def test_mcp_hands_the_server_address_key_agent_and_size_limit_to_the_bridge(
     cli: RunCli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple[str, str, str | None]] = []
+    calls: list[tuple[str, str, str | None, int | None]] = []
     bridge = types.ModuleType("toolvault.agent.mcp")
 
-    def serve_mcp(target: str, agent: str, *, api_key: str | None, tls: object) -> int:
+    def serve_mcp(
+        target: str, agent: str, *, api_key: str | None, tls: object, max_args_bytes: int | None
+    ) -> int:
         assert tls is None
-        calls.append((target, agent, api_key))
+        calls.append((target, agent, api_key, max_args_bytes))
         return 0
 
     bridge.serve_mcp = serve_mcp  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "toolvault.agent.mcp", bridge)
     assert cli("--server", "10.0.0.1:7", "--api-key", "k", "mcp", "--agent", "calc") == (0, "", "")
-    assert calls == [("10.0.0.1:7", "calc", "k")]
+    monkeypatch.setenv("TOOLVAULT_MAX_ARGS_BYTES", "5000000")
+    assert cli("--server", "10.0.0.1:7", "mcp", "--agent", "calc") == (0, "", "")
+    assert calls == [
+        ("10.0.0.1:7", "calc", "k", 1024 * 1024),
+        ("10.0.0.1:7", "calc", None, 5_000_000),
+    ]
 
 
 def test_mcp_without_the_mcp_package_exits_2_saying_how_to_install_it(

@@ -29,7 +29,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from toolvault.agent._loop import MODEL_READABLE
-from toolvault.client import TLS, Client, PermissionDenied, ToolResult
+from toolvault.client import DEFAULT_MAX_ARGS_BYTES, TLS, Client, PermissionDenied, ToolResult
 
 __all__ = ["serve_mcp"]
 
@@ -41,6 +41,7 @@ def serve_mcp(
     api_key: str | None = None,
     tls: TLS | None = None,
     conversation_id: str | None = None,
+    max_args_bytes: int | None = DEFAULT_MAX_ARGS_BYTES,
 ) -> int:
     """Serve an agent's tools over MCP on stdin/stdout until the client disconnects.
 
@@ -51,6 +52,7 @@ def serve_mcp(
         tls: How to reach the server over TLS; None for plaintext.
         conversation_id: Groups this session's tool calls in the history; None makes a
             new one.
+        max_args_bytes: The server's TOOLVAULT_MAX_ARGS_BYTES, as for `Client`.
 
     Returns:
         The exit code: 0.
@@ -60,7 +62,7 @@ def serve_mcp(
             MCP client shows the reason instead of an empty tool list).
     """
     conversation_id = conversation_id or uuid.uuid4().hex
-    with Client(target, api_key=api_key, tls=tls) as client:
+    with Client(target, api_key=api_key, tls=tls, max_args_bytes=max_args_bytes) as client:
         definition = client.agent(agent)
         server = _server(client, agent, conversation_id, definition.spec.description)
         anyio.run(_run, server)

@@ -151,4 +151,10 @@ def _mcp(args: argparse.Namespace) -> int:
         from toolvault.agent.mcp import serve_mcp
     except ModuleNotFoundError as error:
         raise _missing("the MCP bridge", "mcp", error) from error
-    return serve_mcp(args.server, args.agent, api_key=args.api_key, tls=tls(args))
+    return serve_mcp(
+        args.server,
+        args.agent,
+        api_key=args.api_key,
+        tls=tls(args),
+        max_args_bytes=args.max_args_bytes,
+    )
