@@ -1,5 +1,5 @@
-"""Arguments larger than the server takes are refused before they are sent, with the
-message the server gives, however large they are (issue 19, item 3)."""
+"""Arguments and sources larger than the server takes are refused before they are sent,
+with the message the server gives, however large they are (issue 19, item 3)."""
 
 from __future__ import annotations
 
@@ -65,5 +65,36 @@ def test_the_cli_refuses_large_arguments_from_a_file_before_sending(
     )
     # A server with a larger limit: the client is told the same limit.
     monkeypatch.setenv("TOOLVAULT_MAX_ARGS_BYTES", str(20_000_000))
+    code, _, err = cli(*command)
+    assert code == 3 and err.startswith("error: cannot reach the server at ")
+
+
+def test_sources_over_the_limit_are_refused_with_the_servers_own_message(server: str) -> None:
+    source = IDENTITY + "#" * 300_000
+    with (
+        Client(server, retries=False) as checked,
+        Client(server, retries=False, max_source_bytes=None) as unchecked,
+    ):
+        with pytest.raises(InvalidArgument) as ours:
+            checked.publish("f", source)
+        with pytest.raises(InvalidArgument) as servers:
+            unchecked.publish("f", source)
+        assert str(ours.value) == str(servers.value)
+        assert str(ours.value) == "source is 300028 bytes, more than the limit of 262144"
+        assert checked.functions() == []
+
+
+def test_the_cli_refuses_a_huge_source_before_sending(
+    cli: RunCli, closed_address: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "big.py"
+    source.write_text(IDENTITY + "#" * 10_000_000)
+    command = ("--server", closed_address, "publish", "big", str(source))
+    assert cli(*command) == (
+        2,
+        "",
+        "error: source is 10000028 bytes, more than the limit of 262144\n",
+    )
+    monkeypatch.setenv("TOOLVAULT_MAX_SOURCE_BYTES", str(20_000_000))
     code, _, err = cli(*command)
     assert code == 3 and err.startswith("error: cannot reach the server at ")

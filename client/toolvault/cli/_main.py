@@ -27,6 +27,7 @@ from toolvault.cli import _access, _agents, _functions, _runs, _server
 from toolvault.cli._input import BadCommandLine, Parser, UsageError, positive_int, tls
 from toolvault.client import (
     DEFAULT_MAX_ARGS_BYTES,
+    DEFAULT_MAX_SOURCE_BYTES,
     DEFAULT_TARGET,
     AlreadyExists,
     Client,
@@ -86,6 +87,7 @@ def _run(argv: Sequence[str] | None) -> int:
                 api_key=args.api_key,
                 tls=tls(args),
                 max_args_bytes=args.max_args_bytes,
+                max_source_bytes=args.max_source_bytes,
             )
             with client:
                 exit_code = int(args.call(client, args))
@@ -148,16 +150,20 @@ def _parser() -> argparse.ArgumentParser:
             default=os.environ.get(env),
             help=f"{what} (env {env})",
         )
-    parser.add_argument(
-        "--max-args-bytes",
-        type=positive_int,
-        metavar="N",
-        # A string default goes through `type` too, so a bad variable is a usage error.
-        default=os.environ.get("TOOLVAULT_MAX_ARGS_BYTES", str(DEFAULT_MAX_ARGS_BYTES)),
-        help="refuse larger --args before sending, as the server would; set the server's "
-        f"limit if it is not the default (env TOOLVAULT_MAX_ARGS_BYTES, default "
-        f"{DEFAULT_MAX_ARGS_BYTES})",
-    )
+    for option, what, limit in (
+        ("max-args-bytes", "--args", DEFAULT_MAX_ARGS_BYTES),
+        ("max-source-bytes", "sources to publish", DEFAULT_MAX_SOURCE_BYTES),
+    ):
+        env = "TOOLVAULT_" + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--{option}",
+            type=positive_int,
+            metavar="N",
+            # A string default goes through `type` too, so a bad variable is a usage error.
+            default=os.environ.get(env, str(limit)),
+            help=f"refuse larger {what} before sending, as the server would; set the "
+            f"server's limit if it is not the default (env {env}, default {limit})",
+        )
     parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.set_defaults(local=None)
     commands = parser.add_subparsers(metavar="COMMAND", required=True)

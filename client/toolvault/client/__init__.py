@@ -23,6 +23,7 @@ from toolvault.client._agent_models import (
 )
 from toolvault.client._client import (
     DEFAULT_MAX_ARGS_BYTES,
+    DEFAULT_MAX_SOURCE_BYTES,
     DEFAULT_TARGET,
     TLS,
     Client,
@@ -55,6 +56,7 @@ from toolvault.client.errors import (
 
 __all__ = [
     "DEFAULT_MAX_ARGS_BYTES",
+    "DEFAULT_MAX_SOURCE_BYTES",
     "DEFAULT_TARGET",
     "TLS",
     "Agent",

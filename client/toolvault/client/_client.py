@@ -52,16 +52,24 @@ from toolvault.v1 import (
     invocation_pb2_grpc,
 )
 
-__all__ = ["DEFAULT_MAX_ARGS_BYTES", "DEFAULT_TARGET", "TLS", "Client", "check_health"]
+__all__ = [
+    "DEFAULT_MAX_ARGS_BYTES",
+    "DEFAULT_MAX_SOURCE_BYTES",
+    "DEFAULT_TARGET",
+    "TLS",
+    "Client",
+    "check_health",
+]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # The server caps pages at this size; asking for full pages saves round trips.
 _MAX_PAGE_SIZE = 1000
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# The server's default TOOLVAULT_MAX_ARGS_BYTES: larger arguments are refused before they
-# are sent, with the server's own message, instead of by the server's transport, whose
-# message limit they can pass.
+# The server's defaults of TOOLVAULT_MAX_ARGS_BYTES and TOOLVAULT_MAX_SOURCE_BYTES: larger
+# arguments and sources are refused before they are sent, with the server's own message,
+# instead of by the server's transport, whose message limit they can pass.
 DEFAULT_MAX_ARGS_BYTES = 1024 * 1024
+DEFAULT_MAX_SOURCE_BYTES = 256 * 1024
 # A target that resolves to several addresses (replicas behind a headless Service, or
 # "ipv4:HOST:PORT,HOST:PORT") spreads calls over all of them; gRPC's default, pick_first,
 # would send every call to one.
@@ -214,6 +222,7 @@ class Client:
         timeout: float | None = None,
         retries: bool = True,
         max_args_bytes: int | None = DEFAULT_MAX_ARGS_BYTES,
+        max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
     ) -> None:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
@@ -237,6 +246,8 @@ class Client:
                 the server would give. The default is the server's default limit; set
                 the server's TOOLVAULT_MAX_ARGS_BYTES when it differs, or None to leave
                 the check to the server.
+            max_source_bytes: The same for the source `publish` sends (the server's
+                TOOLVAULT_MAX_SOURCE_BYTES).
         """
         # An Invoke reply can carry up to three times the server's output cap (stdout,
         # stderr, result); gRPC's default 4 MiB receive limit would refuse it.
@@ -253,6 +264,7 @@ class Client:
             self._channel = grpc.intercept_channel(self._channel, _Bearer(api_key))
         self._timeout = timeout
         self._max_args_bytes = max_args_bytes
+        self._max_source_bytes = max_source_bytes
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
         self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
@@ -318,8 +330,10 @@ class Client:
             The stored version, with its number and sha256.
 
         Raises:
-            InvalidArgument: The server rejected the name, source, schemas or limits.
+            InvalidArgument: The server rejected the name, source, schemas or limits, or
+                the source is larger than `max_source_bytes` (checked before sending).
         """
+        _refuse_over("source", len(source.encode()), self._max_source_bytes)
         request = function_pb2.PublishFunctionRequest(
             name=name,
             source=source,
@@ -733,12 +747,7 @@ class Client:
     def _arguments(self, arguments: Mapping[str, Any] | None, field: str) -> str:
         """Encode arguments as the request's `field`, refusing them as the server would."""
         text = json.dumps(arguments or {})
-        size = len(text.encode())
-        if self._max_args_bytes is not None and size > self._max_args_bytes:
-            raise InvalidArgument(
-                f"{field} is {size} bytes, more than the limit of {self._max_args_bytes}",
-                grpc.StatusCode.INVALID_ARGUMENT,
-            )
+        _refuse_over(field, len(text.encode()), self._max_args_bytes)
         return text
 
     def _call(
@@ -765,3 +774,12 @@ class Client:
             if not page.next_page_token:
                 return
             request.page_token = page.next_page_token
+
+
+def _refuse_over(field: str, size: int, limit: int | None) -> None:
+    """Raise what the server would answer for a ``field`` of ``size`` bytes over ``limit``."""
+    if limit is not None and size > limit:
+        raise InvalidArgument(
+            f"{field} is {size} bytes, more than the limit of {limit}",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
