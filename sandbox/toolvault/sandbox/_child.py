@@ -1,6 +1,7 @@
 """The sandbox process: run one job under its limits and report on fd 3.
 
-run_job runs in the process a sandbox host forks per call, already confined
+run_job runs in the process a sandbox host forks per call (serve_calls in a warm worker
+the host forks once for many calls of one function version), already confined
 (``_isolation``). It reads its job from fd 0 (encode_job: the arguments, the source for
 tracebacks and the code the server compiled, marshalled), so that no job ever passes
 through the host's memory, which every later sandbox is forked from. What comes before
@@ -22,7 +23,12 @@ import io
 import json
 import linecache
 import marshal
+import math
 import os
+import resource
+import shutil
+import signal
+import socket
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -34,11 +40,14 @@ from RestrictedPython.compile import compile_restricted_exec
 
 from ._isolation import Plan, seal, set_limits
 from ._models import (
+    CPU_LIMIT_EXIT,
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
     REPORT_FD,
     Job,
+    Limits,
+    cpu_limit_seconds,
     decode_job,
     job_fields,
 )
@@ -51,6 +60,13 @@ _LAZY_IMPORTS = ("_strptime",)
 
 
 JOB_FD = 0
+# A warm worker's end of its channel to the runner: where a per-call sandbox has its job.
+CHANNEL_FD = JOB_FD
+# What a worker sends on its channel after a call: ready for the next, or retire me.
+CALL_DONE = b"d"
+CALL_DONE_DIRTY = b"x"
+# The job's memfd, then the call's stdout, stderr and report pipes.
+_FDS_PER_CALL = 4
 _LENGTH_BYTES = 4
 
 
@@ -136,6 +152,87 @@ def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoRet
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     set_limits(job.limits)
     seal(plan)
+    data = _run(job, program, module, out_of_memory)
+    with os.fdopen(REPORT_FD, "wb") as report:
+        report.write(data)
+    # Skip interpreter shutdown: it would run the user's __del__ methods and atexit hooks.
+    os._exit(0)
+
+
+def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: int) -> NoReturn:
+    """Serve the calls of one function version, one at a time, in this confined worker.
+
+    Set up once: the rlimits (``limits``, with ``cpu_hard_s`` as the hard CPU limit, the
+    bound of the worker's whole life) and the system-call filter. Then, per call, the
+    runner sends one byte on the channel (fd 0) with the job's memfd and the call's
+    stdout, stderr and report pipes attached; the worker runs the job with a fresh copy
+    of ``prepared`` as its globals and a soft CPU limit of what it used so far plus the
+    call's budget, writes the report, closes the call's fds (the runner's EOF), wipes the
+    working directory and sends CALL_DONE (CALL_DONE_DIRTY if something stayed there).
+    It exits when the runner closes the channel.
+    """
+    channel = socket.socket(fileno=CHANNEL_FD)
+    out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
+    set_limits(limits, cpu_hard_s=cpu_hard_s)
+    # The host gave /dev/null as fds 1 to 3: between calls they point there again, so
+    # that the next call's fds arrive above them and its output goes nowhere else.
+    null = os.dup(1)
+    # The init of a PID namespace ignores a SIGXCPU it has no handler for; a worker must
+    # stop at each call's soft limit. (The hard limit's SIGKILL still ends it regardless.)
+    signal.signal(signal.SIGXCPU, lambda *_: os._exit(CPU_LIMIT_EXIT))
+    seal(plan)
+    workdir = os.getcwd()
+    while True:
+        _, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_CALL)
+        if len(fds) != _FDS_PER_CALL:
+            os._exit(0)  # the runner closed the channel: retired
+        job_fd, *outputs = fds
+        for target, fd in zip((1, 2, REPORT_FD), outputs, strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        job, program = read_job(job_fd)
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        soft = math.ceil(used.ru_utime + used.ru_stime) + cpu_limit_seconds(job.limits)
+        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, cpu_hard_s), cpu_hard_s))
+        data = _run(job, program, fresh_module(prepared), out_of_memory)
+        with os.fdopen(REPORT_FD, "wb", closefd=False) as report:
+            report.write(data)
+        sys.stderr.flush()
+        for fd in (1, 2, REPORT_FD):
+            os.dup2(null, fd)
+        channel.sendall(CALL_DONE if _wipe(workdir) else CALL_DONE_DIRTY)
+
+
+def fresh_module(prepared: ModuleType) -> ModuleType:
+    """A call's own globals: a copy of ``prepared`` with a builtins mapping of its own.
+
+    The guards' closures (and the import policy's caches of what it checked) are shared
+    with the prepared module: they hold only the allow-list's verdicts and, in a warm
+    worker, the classes earlier calls of the same version checked.
+    """
+    module = ModuleType(prepared.__name__)
+    namespace = module.__dict__
+    namespace.update(prepared.__dict__)
+    builtins_ = namespace.get("__builtins__")
+    if isinstance(builtins_, dict):
+        namespace["__builtins__"] = dict(builtins_)
+    return module
+
+
+def _wipe(workdir: str) -> bool:
+    """Empty ``workdir``; whether it is empty now."""
+    for entry in os.scandir(workdir):
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+    return not os.listdir(workdir)
+
+
+def _run(job: Job, program: Program, module: ModuleType, out_of_memory: bytes) -> bytes:
+    """The report of running ``job``, encoded, or ``out_of_memory``."""
     try:
         data = _encode(
             {**_execute(job, program, module), "peak_memory_bytes": _peak_memory_bytes()}
@@ -143,10 +240,7 @@ def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoRet
         sys.stdout.flush()
     except MemoryError:
         data = out_of_memory
-    with os.fdopen(REPORT_FD, "wb") as report:
-        report.write(data)
-    # Skip interpreter shutdown: it would run the user's __del__ methods and atexit hooks.
-    os._exit(0)
+    return data
 
 
 def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:

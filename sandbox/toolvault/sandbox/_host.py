@@ -13,11 +13,17 @@ both ways on the socket:
   and report pipes and a memfd holding the job attached (SCM_RIGHTS): the host forks a
   sandbox, which confines itself, reads the job from the memfd and runs it
   (``_child.run_job``);
-- ``kill`` {id}: SIGKILL for the call's process, PID 1 of its own namespace, so that
-  everything it started dies with it;
+- ``spawn`` {id, slot, allowed_imports, limits, cpu_hard_s} with one end of a socket
+  pair the server made attached: the host forks a warm worker, confined exactly as a
+  call's sandbox (``confine``, the rlimits, the filter), which serves calls of one
+  function version on that socket, straight from the server (``_child.serve_calls``),
+  and answers ``spawned`` {id, pid} (its pid in the host's PID namespace), by which the
+  server finds it in its own /proc to read the kernel's figures of each call;
+- ``kill`` {id}: SIGKILL for the call's process (or the worker), PID 1 of its own
+  namespace, so that everything it started dies with it;
 - ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
-  (status is wait4's; error says why there was none to reap). One frame per call each
-  way.
+  or the worker (status is wait4's; error says why there was none to reap). One frame
+  per call, or per worker, each way.
 
 At EOF on the socket (the server closed it, or died) the host kills every sandbox and
 exits. The host never runs user code, and never reads a job: its memory, which every
@@ -44,7 +50,7 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from . import _seccomp
-from ._child import JOB_FD, preload, read_job, run_job
+from ._child import JOB_FD, preload, read_job, run_job, serve_calls
 from ._globals import restricted_module
 from ._isolation import (
     PROBE_LIMITS,
@@ -56,12 +62,13 @@ from ._isolation import (
     seal,
     set_limits,
 )
-from ._models import decode_frames, encode_frame
+from ._models import Limits, decode_frames, encode_frame
 from ._modules import USER_MODULE
 
 CONTROL_FD = 3
 # A run frame carries four fds; one recvmsg never returns those of two frames.
 _FDS_PER_FRAME = 4
+_FDS_PER_SPAWN = 1
 _RECEIVE_BYTES = 1024 * 1024
 _CACHED_MODULES = 16
 # The exit code of a sandbox process that failed to confine itself (EX_SOFTWARE).
@@ -191,6 +198,8 @@ class _Host:
         if message["op"] == "run":
             fds = tuple(self._channel.fds.popleft() for _ in range(_FDS_PER_FRAME))
             self._run(message["id"], message["slot"], tuple(message["allowed_imports"]), fds)
+        elif message["op"] == "spawn":
+            self._spawn(message, self._channel.fds.popleft())
         elif message["op"] == "kill":
             pid = self._calls.get(message["id"])
             if pid is not None:
@@ -211,6 +220,31 @@ class _Host:
                 os.close(fd)  # the sandbox's alone now: it closes when the sandbox ends
         self._calls[call_id] = pid
         self._slots[pid] = (call_id, slot)
+
+    def _spawn(self, message: dict[str, Any], channel: int) -> None:
+        """Fork a warm worker that serves calls on ``channel``, straight from the server."""
+        worker_id: int = message["id"]
+        slot: int = message["slot"]
+        module = self._module(tuple(message["allowed_imports"]))
+        limits = Limits(**message["limits"])
+        cpu_hard_s: int = message["cpu_hard_s"]
+        null = os.open(os.devnull, os.O_WRONLY)
+        try:
+            pid = self._fork(
+                slot,
+                (null, null, null, channel),
+                lambda: serve_calls(limits, module, self._plan, cpu_hard_s),
+            )
+        except OSError as exc:
+            self._finish(slot)
+            self._channel.send({"op": "exited", "id": worker_id, "error": f"fork: {exc}"})
+            return
+        finally:
+            os.close(null)
+            os.close(channel)  # the worker's alone now: the server sees EOF when it ends
+        self._calls[worker_id] = pid
+        self._slots[pid] = (worker_id, slot)
+        self._channel.send({"op": "spawned", "id": worker_id, "pid": pid})
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
         """Fork a sandbox with ``fds`` as its stdout, stderr, report and job; it runs ``body``."""

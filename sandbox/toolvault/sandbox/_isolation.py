@@ -282,15 +282,21 @@ def seal(plan: Plan) -> None:
         _seccomp.install(filter_)
 
 
-def set_limits(limits: Limits) -> None:
-    """Close every fd above the four pipes and set the rlimits; then only seal() is left."""
+def set_limits(limits: Limits, *, cpu_hard_s: int | None = None) -> None:
+    """Close every fd above the four pipes and set the rlimits; then only seal() is left.
+
+    Args:
+        limits: The call's limits.
+        cpu_hard_s: The hard CPU limit of a warm worker, which serves many calls and
+            lowers its soft limit per call; by default one second above the call's.
+    """
     os.closerange(4, os.sysconf("SC_OPEN_MAX"))
     cpu_seconds = cpu_limit_seconds(limits)
     for limit, soft, hard in (
         (resource.RLIMIT_AS, limits.memory_mb * _MIB, limits.memory_mb * _MIB),
         # The soft limit's SIGXCPU kills; the hard one's SIGKILL is a backstop (and the
         # only one that stops the init of a PID namespace, which ignores SIGXCPU).
-        (resource.RLIMIT_CPU, cpu_seconds, cpu_seconds + 1),
+        (resource.RLIMIT_CPU, cpu_seconds, cpu_hard_s or cpu_seconds + 1),
         (resource.RLIMIT_FSIZE, _FILE_SIZE_BYTES, _FILE_SIZE_BYTES),
         (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES, _MAX_OPEN_FILES),
         (resource.RLIMIT_CORE, 0, 0),

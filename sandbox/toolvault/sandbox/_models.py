@@ -122,6 +122,8 @@ _LENGTH_BYTES = 4
 MAX_ERROR_TYPE_CHARS = 200
 MAX_MESSAGE_CHARS = 2_000
 MAX_TRACEBACK_CHARS = 8_000
+# How a warm worker exits at a call's soft CPU limit (128 + SIGXCPU, as a shell says it).
+CPU_LIMIT_EXIT = 152
 
 
 def cpu_limit_seconds(limits: Limits) -> int:

@@ -16,6 +16,22 @@ child watcher: the socket, the pipes, and a pidfd of the host process.
 If the host dies, every call in flight ends at once as CRASHED and the next call starts
 a new host. A host that does not report a killed sandbox gone within a grace period is
 killed in turn.
+
+Warm workers (``run`` with a ``worker_key``): the server makes a socket pair per worker
+and passes one end to the host with a ``spawn`` frame; the host forks a worker, confined
+exactly as a call's sandbox, that holds it. Per call the server sends the job's memfd and
+the call's pipes straight to the worker over its end (the host never sees them); the
+worker answers with one byte when it has written the report and let go of them. The
+figures of the call are the kernel's, never the worker's claim: the server reads the
+worker's CPU time (/proc/<pid>/schedstat, since the end of its last call) and peak
+resident size (VmHWM, reset after each call through clear_refs) from its own /proc,
+through files it opened when the host said which process the worker is (``spawned``);
+for a worker that dies, wait4's figures come from the host. A worker serves only calls
+with its own key (and the same allowed imports and limits), one at a time; it is killed
+after any outcome but OK, after ``max_calls_per_worker`` calls, after ``worker_idle_s``
+idle, on ``retire(key)``, and when the pool is full and a call of another key needs the
+room (the least recently used idle worker first). A call never waits for a worker: with
+no idle worker of its key and no room, it runs in a fresh sandbox as without a key.
 """
 
 from __future__ import annotations
@@ -37,14 +53,15 @@ import sys
 import tempfile
 import time
 import weakref
-from collections import deque
-from collections.abc import Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._child import Program, compile_job, encode_job
+from ._child import CALL_DONE, Program, compile_job, encode_job
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
+    CPU_LIMIT_EXIT,
     DEFAULT_ALLOWED_IMPORTS,
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
@@ -99,6 +116,11 @@ class SandboxHost:
         language_layer: False runs the code as plain Python with the real builtins,
             under every other layer: only for the test suite's attacks on the kernel
             layer. No setting or request of the server reaches it.
+        max_workers: Warm workers alive at once, over every key.
+        max_workers_per_key: Warm workers of one key alive at once (calls of a key
+            beyond it, with every worker of the key busy, run fresh).
+        max_calls_per_worker: Calls a worker serves before it is retired.
+        worker_idle_s: How long a worker may wait for its next call.
     """
 
     def __init__(
@@ -107,7 +129,21 @@ class SandboxHost:
         preload: Sequence[str] = DEFAULT_ALLOWED_IMPORTS,
         hidden_paths: Sequence[str] = (),
         language_layer: bool = True,
+        max_workers: int = 16,
+        max_workers_per_key: int = 4,
+        max_calls_per_worker: int = 1_000,
+        worker_idle_s: float = 60.0,
     ) -> None:
+        if min(max_workers, max_workers_per_key, max_calls_per_worker) < 1 or worker_idle_s <= 0:
+            raise ValueError("pool bounds must be positive")
+        self._max_workers = max_workers
+        self._max_workers_per_key = max_workers_per_key
+        self._max_calls_per_worker = max_calls_per_worker
+        self._worker_idle_s = worker_idle_s
+        # Every worker that may serve a call (busy or idle), and the idle ones, least
+        # recently used first.
+        self._workers: dict[int, _Worker] = {}
+        self._idle: OrderedDict[int, _Worker] = OrderedDict()
         self._preload = list(preload)
         self._hidden = [str(path) for path in hidden_paths]
         self._language_layer = language_layer
@@ -140,11 +176,26 @@ class SandboxHost:
         assert self._isolation is not None
         return self._isolation
 
-    async def run(self, job: Job) -> RunResult:
-        """Run ``job`` in a sandbox forked by the host, under its limits; say what happened.
+    @property
+    def workers(self) -> dict[str, int]:
+        """How many warm workers may serve calls now, by key (for tests and metrics)."""
+        counts: dict[str, int] = {}
+        for worker in self._workers.values():
+            counts[worker.key] = counts.get(worker.key, 0) + 1
+        return counts
+
+    async def run(self, job: Job, *, worker_key: str | None = None) -> RunResult:
+        """Run ``job`` in a sandbox under its limits; say what happened.
 
         A failing function is a result, not an exception; so is a host that died or
         cannot start (CRASHED).
+
+        Args:
+            job: What to run.
+            worker_key: None forks a fresh sandbox for this call alone. Otherwise the
+                call runs in a warm worker that serves only calls with this key (and
+                the same allowed imports and limits): one function version of one
+                namespace, say. Opaque here.
 
         Raises:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
@@ -155,9 +206,13 @@ class SandboxHost:
         except HostFailed as exc:
             return _crashed(f"the sandbox host could not start: {exc}")
         program = await self._program(job)
-        slot = next(n for n in itertools.count() if n not in self._busy_slots)
-        self._busy_slots.add(slot)
-        call = _Call(job, program, next(self._ids), slot, process)
+        worker = None if worker_key is None else self._worker_for(job, worker_key, process)
+        if worker is None:
+            slot = self._take_slot()
+        else:
+            slot = worker.slot
+        call = _Call(job, program, next(self._ids), slot, process, worker)
+        ok = False
         try:
             process.submit(call)
             try:
@@ -166,10 +221,107 @@ class SandboxHost:
                 call.kill()
                 await _uncancellable(call.exited)
                 raise
-            return call.result()
+            result = call.result()
+            ok = result.status is RunStatus.OK and call.clean
+            return result
         finally:
             call.close()
-            self._busy_slots.discard(slot)
+            if worker is None:
+                self._busy_slots.discard(slot)
+            else:
+                self._done_with(worker, ok)
+
+    def retire(self, worker_key: str) -> None:
+        """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends."""
+        for worker in list(self._workers.values()):
+            if worker.key == worker_key:
+                if worker.id in self._idle:
+                    self._retire(worker)
+                else:
+                    worker.retiring = True
+
+    def _take_slot(self) -> int:
+        slot = next(n for n in itertools.count() if n not in self._busy_slots)
+        self._busy_slots.add(slot)
+        return slot
+
+    def _worker_for(self, job: Job, key: str, process: _Process) -> _Worker | None:
+        """An idle worker for ``job``, or a new one; None when there is no room for one."""
+        now = time.monotonic()
+        for worker in list(self._idle.values()):
+            if now - worker.idle_since >= self._worker_idle_s:
+                self._retire(worker)
+        kind = (key, job.allowed_imports, job.limits)
+        # The most recently used: its memory is the likeliest to be resident.
+        for worker in reversed(self._idle.values()):
+            if worker.kind == kind:
+                del self._idle[worker.id]
+                if worker.idle_timer is not None:
+                    worker.idle_timer.cancel()
+                return worker
+        # No room means a fresh sandbox, which never waits for a slot.
+        if self.workers.get(key, 0) >= self._max_workers_per_key:
+            # Full for this key: an idle worker of it for other limits may make room.
+            victim = next((w for w in self._idle.values() if w.key == key), None)
+            if victim is None:
+                return None
+            self._retire(victim)
+        elif len(self._workers) >= self._max_workers:
+            if not self._idle:
+                return None
+            self._retire(next(iter(self._idle.values())))  # the least recently used
+        cpu_hard_s = cpu_limit_seconds(job.limits) * self._max_calls_per_worker + 1
+        theirs: socket.socket
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        worker = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
+        self._workers[worker.id] = worker
+        process.spawn(worker, theirs.detach())
+        return worker
+
+    def _done_with(self, worker: _Worker, ok: bool) -> None:
+        """Keep ``worker`` for the next call of its key if it may serve one; else retire it."""
+        worker.calls += 1
+        budget_s = cpu_limit_seconds(worker.kind[2])
+        keep = (
+            ok
+            and not worker.retiring
+            and worker.alive
+            and worker.id in self._workers
+            and worker.calls < self._max_calls_per_worker
+            # Room under the hard CPU limit for the next call's whole budget.
+            and worker.cpu_ms / 1000 + 1 + budget_s < worker.cpu_hard_s
+        )
+        if not keep:
+            self._retire(worker)
+            return
+        worker.idle_since = time.monotonic()
+        self._idle[worker.id] = worker
+        worker.idle_timer = asyncio.get_running_loop().call_later(
+            self._worker_idle_s, self._retire_if_idle, worker
+        )
+
+    def _retire_if_idle(self, worker: _Worker) -> None:
+        if worker.id in self._idle:
+            self._retire(worker)
+
+    def _retire(self, worker: _Worker) -> None:
+        """Kill ``worker``; its slot is free again once the host has reaped it."""
+        self._idle.pop(worker.id, None)
+        if self._workers.pop(worker.id, None) is None:
+            return
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+        worker.process.kill_worker(worker)
+
+    def _worker_gone(self, worker: _Worker) -> None:
+        """The host reaped ``worker`` (or died with it)."""
+        self._idle.pop(worker.id, None)
+        self._workers.pop(worker.id, None)
+        if worker.idle_timer is not None:
+            worker.idle_timer.cancel()
+        worker.close()
+        self._busy_slots.discard(worker.slot)
 
     async def _program(self, job: Job) -> Program:
         """``job.source`` compiled, from the cache or (in a thread, once) now."""
@@ -193,6 +345,8 @@ class SandboxHost:
         if self._process is not None:
             await self._process.stop()
             self._process = None
+        for worker in list(self._workers.values()):
+            self._worker_gone(worker)
 
     async def _live(self) -> _Process:
         """The running host process, started (again) if there is none."""
@@ -215,7 +369,9 @@ class SandboxHost:
         plans = [self._isolation.plan] if self._isolation is not None else candidates()
         failures: list[str] = []
         for plan in plans:
-            process = _Process(plan, self._preload, self._hidden, self._language_layer)
+            process = _Process(
+                plan, self._preload, self._hidden, self._language_layer, self._worker_gone
+            )
             try:
                 facts = await process.started
             except HostFailed as exc:
@@ -274,10 +430,18 @@ class _Process:
     """One sandbox host process and its socket, watched from the event loop."""
 
     def __init__(
-        self, plan: Plan, preload: list[str], hidden: list[str], language_layer: bool
+        self,
+        plan: Plan,
+        preload: list[str],
+        hidden: list[str],
+        language_layer: bool,
+        worker_gone: Callable[[_Worker], None],
     ) -> None:
         self.plan = plan
+        # By the id the host knows the sandbox by: the call's, or its worker's.
         self.calls: dict[int, _Call] = {}
+        self.workers: dict[int, _Worker] = {}
+        self._worker_gone = worker_gone
         self.alive = True
         self._loop = asyncio.get_running_loop()
         self._inbox = bytearray()
@@ -360,21 +524,59 @@ class _Process:
             self._loop.remove_reader(self._pidfd)
 
     def submit(self, call: _Call) -> None:
-        """Have the host fork a sandbox for ``call``."""
-        self.calls[call.id] = call
+        """Have the host fork a sandbox for ``call``, or send it to the call's worker."""
+        self.calls[call.target] = call
+        fds = call.give_away()
+        if call.worker is not None:
+            call.send_to_worker(fds)
+            return
         message = {
             "op": "run",
             "id": call.id,
             "slot": call.slot,
             "allowed_imports": call.job.allowed_imports,
         }
-        self.send(message, call.give_away())
+        self.send(message, fds)
+
+    def spawn(self, worker: _Worker, channel: int) -> None:
+        """Have the host fork ``worker``, which serves calls on ``channel`` (closed here)."""
+        self.workers[worker.id] = worker
+        _, allowed_imports, limits = worker.kind
+        message = {
+            "op": "spawn",
+            "id": worker.id,
+            "slot": worker.slot,
+            "allowed_imports": allowed_imports,
+            "limits": vars(limits),
+            "cpu_hard_s": worker.cpu_hard_s,
+        }
+        self.send(message, [channel])
+
+    def call_finished(self, call: _Call) -> None:
+        """``call``'s worker reported and closed the call's fds: read the kernel's figures."""
+        assert call.worker is not None
+        if call.worker.proc_fds:
+            self._measure(call)
+        # Otherwise the host's spawned frame is still to come: it measures then.
+
+    def _measure(self, call: _Call) -> None:
+        assert call.worker is not None
+        figures = call.worker.figures()
+        if figures is None:
+            return  # it is gone: the host's exited frame ends the call
+        del self.calls[call.target]
+        call.measured(*figures)
 
     def kill(self, call: _Call) -> None:
         """Have the host kill ``call``'s sandbox; kill the host if it does not within the grace."""
         if self.alive:
-            self.send({"op": "kill", "id": call.id})
+            self.send({"op": "kill", "id": call.target})
             self._loop.call_later(_KILL_GRACE_S, self._check_killed, call)
+
+    def kill_worker(self, worker: _Worker) -> None:
+        """Have the host kill an idle worker (or one whose call has ended)."""
+        if self.alive and worker.id in self.workers:
+            self.send({"op": "kill", "id": worker.id})
 
     def send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
         """Queue ``message``, with ``fds`` attached, which are closed here once sent."""
@@ -438,7 +640,19 @@ class _Process:
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message["op"]
         if op == "exited":
-            self.calls.pop(message["id"]).exited_with(message)
+            call = self.calls.pop(message["id"], None)
+            if call is not None:
+                call.exited_with(message)
+            worker = self.workers.pop(message["id"], None)
+            if worker is not None:
+                self._worker_gone(worker)
+        elif op == "spawned":
+            worker = self.workers.get(message["id"])
+            if worker is not None:
+                worker.find(self.host_pid, message["pid"], self.plan)
+                call = self.calls.get(worker.id)
+                if call is not None and call.finished:
+                    self._measure(call)
         elif op == "ready":
             self._start_timer.cancel()
             self.host_pid = _host_loop_pid(self.pid, self.plan)
@@ -452,7 +666,7 @@ class _Process:
         self._died()
 
     def _check_killed(self, call: _Call) -> None:
-        if self.calls.get(call.id) is call:
+        if self.calls.get(call.target) is call:
             log.error("the sandbox host did not report a killed sandbox gone: killing the host")
             self._terminate()
 
@@ -483,6 +697,9 @@ class _Process:
         for call in self.calls.values():
             call.host_died()
         self.calls.clear()
+        for worker in self.workers.values():
+            self._worker_gone(worker)
+        self.workers.clear()
 
     def _on_exit(self) -> None:
         """The spawned process ended (with the host): reap it and clean up."""
@@ -548,17 +765,118 @@ class _Pipe:
     reading: bool = True
 
 
+@dataclass(eq=False)
+class _Worker:
+    """A warm worker: its key, its slot (its uid) and the server's end of its channel."""
+
+    id: int
+    # The key, the allowed imports and the limits of every call it serves.
+    kind: tuple[str, tuple[str, ...], Limits]
+    slot: int
+    process: _Process
+    sock: socket.socket
+    cpu_hard_s: int
+    calls: int = 0
+    # The kernel's figure of its CPU time at the end of its last call.
+    cpu_ms: float = 0.0
+    idle_since: float = 0.0
+    idle_timer: asyncio.TimerHandle | None = None
+    retiring: bool = False
+    alive: bool = True
+    # Its status, schedstat and clear_refs in this process's /proc, once found.
+    proc_fds: list[int] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        """The worker key of the calls it serves."""
+        return self.kind[0]
+
+    def find(self, host_pid: int, pid: int, plan: Plan) -> None:
+        """Open the worker's /proc files: the host's child whose pid in its namespace is ``pid``.
+
+        Opened files stay bound to that process: a pid reused later cannot redirect them.
+        """
+        # The host's PID namespace is one below this process's when the plan has them.
+        level = 1 if plan.namespaces else 0
+        try:
+            with open(f"/proc/{host_pid}/task/{host_pid}/children") as children:
+                candidates = children.read().split()
+        except OSError:
+            return
+        for candidate in candidates:
+            try:
+                fds = [
+                    os.open(f"/proc/{candidate}/{name}", flags | os.O_CLOEXEC)
+                    for name, flags in _PROC_FILES
+                ]
+            except OSError:
+                continue
+            nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
+            if len(nspid) > level and int(nspid[level]) == pid:
+                self.proc_fds = fds
+                return
+            _close_all(fds)
+
+    def figures(self) -> tuple[float, int] | None:
+        """The kernel's CPU time so far (ms) and peak RSS since the last figures (KiB).
+
+        None when the worker is gone (a zombie has no VmHWM).
+        """
+        status, schedstat, clear_refs = self.proc_fds
+        try:
+            cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
+            hwm = _status_field(os.pread(status, 4096, 0), b"VmHWM:")
+            # "5" resets VmHWM to the resident size now: the next call's peak starts here.
+            os.write(clear_refs, b"5")
+        except (OSError, ValueError, IndexError):
+            return None
+        if not hwm:
+            return None
+        return cpu_ns / 1e6, int(hwm[0])
+
+    def close(self) -> None:
+        """Let go of the server's end of the channel and of the /proc files."""
+        self.alive = False
+        self.sock.close()
+        _close_all(self.proc_fds)
+        self.proc_fds = []
+
+
+_PROC_FILES = (("status", os.O_RDONLY), ("schedstat", os.O_RDONLY), ("clear_refs", os.O_WRONLY))
+
+
+def _status_field(status: bytes, name: bytes) -> list[bytes]:
+    """The values of the line of /proc/<pid>/status that starts with ``name``."""
+    start = status.find(b"\n" + name)
+    if start < 0:
+        return []
+    return status[start + len(name) + 1 :].split(b"\n", 1)[0].split()
+
+
 class _Call:
     """One call: its pipes, its clock, and what the host said about its sandbox."""
 
     def __init__(
-        self, job: Job, program: Program, call_id: int, slot: int, process: _Process
+        self,
+        job: Job,
+        program: Program,
+        call_id: int,
+        slot: int,
+        process: _Process,
+        worker: _Worker | None = None,
     ) -> None:
         self.job = job
         self._program = program
         self.id = call_id
         self.slot = slot
         self._process = process
+        self.worker = worker
+        # The id the host knows the sandbox by.
+        self.target = call_id if worker is None else worker.id
+        # The worker said it finished the call (and whether its working directory is
+        # empty again); the host's figures are still to come.
+        self.finished = False
+        self.clean = False
         self._loop = asyncio.get_running_loop()
         self.exited: asyncio.Future[None] = self._loop.create_future()
         cap = job.limits.max_output_bytes
@@ -578,6 +896,8 @@ class _Call:
         self._started = self._ended = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._verdict: tuple[RunStatus, str] | None = None
+        self._report_void = False
+        self._watching = False
 
     def give_away(self) -> list[int]:
         """Make the pipes and the job's memfd, start the clock; return what the host gets."""
@@ -604,6 +924,54 @@ class _Call:
         write_ends, self._write_ends = self._write_ends, []
         return write_ends
 
+    def send_to_worker(self, fds: list[int]) -> None:
+        """Send the job's memfd and the call's pipes to the worker (closed here)."""
+        worker = self.worker
+        assert worker is not None
+        stdout, stderr, report, job = fds
+        try:
+            socket.send_fds(worker.sock, [b"r"], [job, stdout, stderr, report])
+        except OSError:
+            pass  # the worker is gone: the host's exited frame says how
+        finally:
+            _close_all(fds)
+        self._loop.add_reader(worker.sock.fileno(), self._on_channel)
+        self._watching = True
+
+    def _unwatch_channel(self) -> None:
+        # Before the worker's socket closes (when it is reaped), never after.
+        if self._watching:
+            self._watching = False
+            assert self.worker is not None
+            self._loop.remove_reader(self.worker.sock.fileno())
+
+    def _on_channel(self) -> None:
+        """The worker's byte after a call: now the kernel's figures from the host."""
+        worker = self.worker
+        assert worker is not None
+        try:
+            data = worker.sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        self._unwatch_channel()
+        if not data or self.finished:
+            return  # gone, or broke the protocol: the host's exited frame, or the clock
+        self.finished = True
+        self.clean = data == CALL_DONE
+        self._process.call_finished(self)
+
+    def measured(self, cpu_ms: float, hwm_kb: int) -> None:
+        """The kernel's figures for the worker's call, which ended with a report."""
+        worker = self.worker
+        assert worker is not None
+        self._wait_status = 0
+        self._cpu_ms = max(0.0, cpu_ms - worker.cpu_ms)
+        worker.cpu_ms = cpu_ms
+        self._maxrss_kb = hwm_kb
+        self._end()
+
     def exited_with(self, message: dict[str, Any]) -> None:
         """The host reaped the sandbox (or could not start one)."""
         error = message.get("error")
@@ -614,13 +982,20 @@ class _Call:
             )
         else:
             self._wait_status = message["status"]
-            self._cpu_ms = message["cpu_ms"]
+            worker_cpu_ms = 0.0 if self.worker is None else self.worker.cpu_ms
+            self._cpu_ms = max(0.0, message["cpu_ms"] - worker_cpu_ms)
             self._maxrss_kb = message["maxrss_kb"]
+            if self.worker is not None:
+                # A worker that ended during a call left no result, whatever it wrote.
+                self.finished = False
+                self._report_void = True
+        self._unwatch_channel()
         self._end()
 
     def host_died(self) -> None:
         """The host died, and the sandbox with it."""
         self._verdict = self._verdict or (RunStatus.CRASHED, _HOST_DIED)
+        self._unwatch_channel()
         self._end()
 
     def kill(self) -> None:
@@ -659,9 +1034,10 @@ class _Call:
         )
 
     def close(self) -> None:
-        """Stop watching the pipes and close the server's ends."""
+        """Stop watching the pipes and the worker, and close the server's ends."""
         if self._timer is not None:
             self._timer.cancel()
+        self._unwatch_channel()
         for pipe in self._pipes:
             if pipe.fd >= 0:
                 self._loop.remove_reader(pipe.fd)
@@ -716,6 +1092,9 @@ class _Call:
         # The sandbox process exits 0 right after it reports: after any other end, what
         # it wrote is no result (code that escaped could report, then fail).
         if wait_status is not None and os.waitstatus_to_exitcode(wait_status) != 0:
+            report = None
+        # A worker exits only when told to: one that ended during a call crashed.
+        if self._report_void:
             report = None
         if verdict is None and report is not None:
             status = RunStatus(report["status"])
@@ -818,6 +1197,9 @@ def _explain_exit(
     wait_status: int, cpu_time_ms: float, limits: Limits, stderr: str
 ) -> tuple[RunStatus, str]:
     """Why a process that wrote no report ended: the CPU-time limit, or a crash."""
+    if os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == CPU_LIMIT_EXIT:
+        # A warm worker's SIGXCPU handler at the call's soft limit.
+        return RunStatus.TIMEOUT, f"CPU time limit of {cpu_limit_seconds(limits)} s exceeded"
     if os.WIFSIGNALED(wait_status):
         signum = os.WTERMSIG(wait_status)
         cpu_seconds = cpu_limit_seconds(limits)
