@@ -6,7 +6,8 @@ job runs as plain Python with the real builtins, ``os`` and ``ctypes`` in reach,
 every other layer exactly as the server's sandboxes run. Each line on stdin is a JSON
 list of jobs to run at once; each line on stdout is the list of their results.
 ``--without-seccomp`` after DATA_DIR leaves the system-call filter out, as on a machine
-it has no program for, to attack the other layers alone.
+it has no program for, to attack the other layers alone. ``--warm`` runs every job in a
+warm worker, keyed by its filename, as the server runs the calls of a function version.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _encode(result: RunResult) -> dict[str, Any]:
     return {**dataclasses.asdict(result), "status": result.status.value}
 
 
-async def _serve(data_dir: str) -> None:
+async def _serve(data_dir: str, warm: bool) -> None:
     host = SandboxHost(preload=(), hidden_paths=[data_dir], language_layer=False)
     loop = asyncio.get_running_loop()
     try:
@@ -52,7 +53,9 @@ async def _serve(data_dir: str) -> None:
         print(json.dumps({"layers": layers, "host_pid": host.pid}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             jobs = [_job(fields) for fields in json.loads(line)]
-            results = await asyncio.gather(*(host.run(job) for job in jobs))
+            results = await asyncio.gather(
+                *(host.run(job, worker_key=job.filename if warm else None) for job in jobs)
+            )
             print(json.dumps([_encode(result) for result in results]), flush=True)
     finally:
         await host.close()
@@ -64,4 +67,4 @@ if __name__ == "__main__":
         from toolvault.sandbox import _seccomp
 
         _seccomp.program = lambda: None  # type: ignore[assignment]
-    asyncio.run(_serve(sys.argv[1]))
+    asyncio.run(_serve(sys.argv[1], "--warm" in sys.argv[2:]))

@@ -14,6 +14,16 @@ arguments) and runs the function (``_child.run_job``). The server owns the call'
 output pipes, the wall clock and the verdict, and parses the report as hostile input;
 the host forks, kills and reaps, and never reads a job.
 
+Warm workers: ``SandboxHost.run(job, worker_key=...)`` runs the call in a worker the host
+forked and confined once (``_child.serve_calls``), which serves only calls with that key
+(one function version of one namespace, for the server), one at a time, with fresh
+globals, its own pipes and an empty working directory per call; the server sends it each
+job and the call's pipes over a socket of its own, reads the call's CPU time and peak
+memory from the kernel (/proc), and retires it after any outcome but OK, after a number
+of calls, when idle, on ``retire(key)`` or for room in the bounded pool. Without a key
+(or without room) a call runs fresh, forked for it alone. SECURITY.md says what survives
+between the calls of a worker.
+
 Layers, each useful alone:
 
 1. Validation (``_validate``): syntax, RestrictedPython's compile-time restrictions, an

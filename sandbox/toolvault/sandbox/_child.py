@@ -17,6 +17,7 @@ as hostile input.
 
 import asyncio
 import contextlib
+import fcntl
 import importlib
 import inspect
 import io
@@ -175,9 +176,6 @@ def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: in
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
     set_limits(limits, cpu_hard_s=cpu_hard_s)
-    # The host gave /dev/null as fds 1 to 3: between calls they point there again, so
-    # that the next call's fds arrive above them and its output goes nowhere else.
-    null = os.dup(1)
     # The init of a PID namespace ignores a SIGXCPU it has no handler for; a worker must
     # stop at each call's soft limit. (The hard limit's SIGKILL still ends it regardless.)
     signal.signal(signal.SIGXCPU, lambda *_: os._exit(CPU_LIMIT_EXIT))
@@ -187,7 +185,8 @@ def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: in
         _, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_CALL)
         if len(fds) != _FDS_PER_CALL:
             os._exit(0)  # the runner closed the channel: retired
-        job_fd, *outputs = fds
+        # Out of the way first: with fds 1 to 3 closed between calls, they arrive there.
+        job_fd, *outputs = [_move_up(fd) for fd in fds]
         for target, fd in zip((1, 2, REPORT_FD), outputs, strict=True):
             os.dup2(fd, target)
             os.close(fd)
@@ -196,12 +195,20 @@ def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: in
         soft = math.ceil(used.ru_utime + used.ru_stime) + cpu_limit_seconds(job.limits)
         resource.setrlimit(resource.RLIMIT_CPU, (min(soft, cpu_hard_s), cpu_hard_s))
         data = _run(job, program, fresh_module(prepared), out_of_memory)
-        with os.fdopen(REPORT_FD, "wb", closefd=False) as report:
+        with os.fdopen(REPORT_FD, "wb") as report:
             report.write(data)
         sys.stderr.flush()
-        for fd in (1, 2, REPORT_FD):
-            os.dup2(null, fd)
+        # Between calls the worker holds no fd but its channel.
+        os.close(1)
+        os.close(2)
         channel.sendall(CALL_DONE if _wipe(workdir) else CALL_DONE_DIRTY)
+
+
+def _move_up(fd: int) -> int:
+    """``fd`` moved to a number above the call's four (closing ``fd``)."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FDS_PER_CALL * 2)
+    os.close(fd)
+    return moved
 
 
 def fresh_module(prepared: ModuleType) -> ModuleType:

@@ -555,7 +555,7 @@ class _Process:
     def call_finished(self, call: _Call) -> None:
         """``call``'s worker reported and closed the call's fds: read the kernel's figures."""
         assert call.worker is not None
-        if call.worker.proc_fds:
+        if call.worker.spawned:
             self._measure(call)
         # Otherwise the host's spawned frame is still to come: it measures then.
 
@@ -563,7 +563,9 @@ class _Process:
         assert call.worker is not None
         figures = call.worker.figures()
         if figures is None:
-            return  # it is gone: the host's exited frame ends the call
+            # Gone (its exited frame follows), or not found in /proc: no figures, no result.
+            call.no_figures()
+            return
         del self.calls[call.target]
         call.measured(*figures)
 
@@ -650,6 +652,7 @@ class _Process:
             worker = self.workers.get(message["id"])
             if worker is not None:
                 worker.find(self.host_pid, message["pid"], self.plan)
+                worker.spawned = True
                 call = self.calls.get(worker.id)
                 if call is not None and call.finished:
                     self._measure(call)
@@ -783,7 +786,9 @@ class _Worker:
     idle_timer: asyncio.TimerHandle | None = None
     retiring: bool = False
     alive: bool = True
-    # Its status, schedstat and clear_refs in this process's /proc, once found.
+    # The host said which process it is; its status, schedstat and clear_refs in this
+    # process's /proc, if found then.
+    spawned: bool = False
     proc_fds: list[int] = field(default_factory=list)
 
     @property
@@ -820,8 +825,10 @@ class _Worker:
     def figures(self) -> tuple[float, int] | None:
         """The kernel's CPU time so far (ms) and peak RSS since the last figures (KiB).
 
-        None when the worker is gone (a zombie has no VmHWM).
+        None when the worker is gone (a zombie has no VmHWM) or was not found.
         """
+        if not self.proc_fds:
+            return None
         status, schedstat, clear_refs = self.proc_fds
         try:
             cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
@@ -971,6 +978,10 @@ class _Call:
         worker.cpu_ms = cpu_ms
         self._maxrss_kb = hwm_kb
         self._end()
+
+    def no_figures(self) -> None:
+        """The kernel's figures of the worker cannot be read: kill it, no result."""
+        self._limit(RunStatus.CRASHED, "the kernel's figures of the sandbox worker are missing")
 
     def exited_with(self, message: dict[str, Any]) -> None:
         """The host reaped the sandbox (or could not start one)."""

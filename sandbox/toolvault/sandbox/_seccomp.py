@@ -91,7 +91,9 @@ Honest limits:
 - Sockets a process already holds are covered only as far as ``connect``, ``bind``,
   ``listen`` and ``accept`` go: a datagram socket, even one of a connected pair, could
   still ``sendto`` any Unix datagram socket by path. A sandbox process inherits only
-  pipes; a channel it is ever given must be a stream (or seqpacket) socket.
+  pipes; a channel it is ever given must be a stream (or seqpacket) socket. A warm
+  worker's channel to the runner is one (an AF_UNIX stream socket the runner made):
+  ``recvmsg`` on it, which brings each call's fds, needs nothing the filter refuses.
 - Only x86_64 and aarch64, for a 64-bit little-endian interpreter: elsewhere program()
   returns None and the layer is reported inactive.
 """
