@@ -122,6 +122,41 @@ def main():
     assert open_host.workers == {"k": 1}
 
 
+def test_a_worker_that_cannot_wipe_its_working_directory_is_replaced(
+    open_host: SandboxHost,
+) -> None:
+    stuck = """import os, sys
+def main(key="", **_):
+    sys.__dict__.setdefault("tv_state", {"calls": 0, "keys": []})["calls"] += 1
+    os.makedirs("d/e")
+    os.chmod("d", 0)
+    return 1
+"""
+
+    async def steps() -> tuple[RunResult, list[Any]]:
+        result = await open_host.run(plain(stuck), worker_key="k")
+        return result, await who(open_host, "k")
+
+    result, after = scenario(open_host, steps)
+    assert result.status is RunStatus.OK
+    assert after[1] == 1
+
+
+def test_a_cancelled_call_retires_its_worker(open_host: SandboxHost) -> None:
+    async def steps() -> list[Any]:
+        await who(open_host, "k")
+        task = asyncio.create_task(
+            open_host.run(plain("import time\ndef main():\n    time.sleep(30)\n"), worker_key="k")
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return await who(open_host, "k")
+
+    assert scenario(open_host, steps)[1] == 1
+
+
 @pytest.mark.parametrize(
     ("source", "limits", "status"),
     [
@@ -264,7 +299,9 @@ KILL_MID_CALL = """\
         ended_after = time.monotonic() - killed
         following = await host.run(job("def main():\\n    return 42\\n"), worker_key="k")
         await host.close()
+        await asyncio.sleep(0.1)
         return {
+            "left": children(os.getpid()),
             "ok": ok.status.name,
             "crashed": [crashed.status.name, crashed.error_message],
             "ended_after": ended_after,
@@ -290,3 +327,4 @@ def test_killing_a_worker_or_the_host_mid_call_ends_the_call_as_crashed(
     assert found["crashed"] == ["CRASHED", message]
     assert found["ended_after"] < 2
     assert found["following"] == ["OK", "42"]
+    assert found["left"] == []
