@@ -271,7 +271,6 @@ class SandboxHost:
                 return None
             self._retire(next(iter(self._idle.values())))  # the least recently used
         cpu_hard_s = cpu_limit_seconds(job.limits) * self._max_calls_per_worker + 1
-        theirs: socket.socket
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         worker = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
