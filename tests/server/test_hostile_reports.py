@@ -121,15 +121,16 @@ MALFORMED_REPORTS = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(params=["warm", "fresh"])
 def invocations(
-    database: Database, functions: FunctionStore, settings: Settings
+    request: pytest.FixtureRequest, database: Database, functions: FunctionStore, settings: Settings
 ) -> Iterator[Invocations]:
-    """Invocations whose sandboxes run code without the language layer."""
+    """Invocations whose sandboxes run code without the language layer, in either mode."""
     host = sandbox.SandboxHost(
         preload=(), hidden_paths=(str(settings.data_dir),), language_layer=False
     )
-    invocations = Invocations(database, functions, settings, sandbox_host=host)
+    mode = settings.model_copy(update={"sandbox_mode": request.param})
+    invocations = Invocations(database, functions, mode, sandbox_host=host)
     yield invocations
     asyncio.run(invocations.close())
 

@@ -734,6 +734,12 @@ def _close_all(fds: list[int]) -> None:
         os.close(fd)
 
 
+def _close_worker_files(sock: socket.socket, proc_fds: list[int]) -> None:
+    sock.close()
+    _close_all(proc_fds)
+    proc_fds.clear()
+
+
 def _release(sock: socket.socket, pidfd: int, workdir: str) -> None:
     """Let go of a host process: close its socket and pidfd, remove its working directory."""
     sock.close()
@@ -790,6 +796,11 @@ class _Worker:
     spawned: bool = False
     proc_fds: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # A worker nobody retired (its SandboxHost was dropped unclosed) lets go of its
+        # files when collected; close() does it at once.
+        self._release = weakref.finalize(self, _close_worker_files, self.sock, self.proc_fds)
+
     @property
     def key(self) -> str:
         """The worker key of the calls it serves."""
@@ -817,7 +828,7 @@ class _Worker:
                 continue
             nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
             if len(nspid) > level and int(nspid[level]) == pid:
-                self.proc_fds = fds
+                self.proc_fds[:] = fds
                 return
             _close_all(fds)
 
@@ -843,9 +854,7 @@ class _Worker:
     def close(self) -> None:
         """Let go of the server's end of the channel and of the /proc files."""
         self.alive = False
-        self.sock.close()
-        _close_all(self.proc_fds)
-        self.proc_fds = []
+        self._release()
 
 
 _PROC_FILES = (("status", os.O_RDONLY), ("schedstat", os.O_RDONLY), ("clear_refs", os.O_WRONLY))

@@ -40,6 +40,15 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_args_bytes: int = Field(1 * MiB, ge=1024)
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
+    sandbox_mode: Literal["warm", "fresh"] = Field(
+        "warm",
+        description="warm: confined workers per function version serve its calls; "
+        "fresh: a new sandbox process for every call",
+    )
+    warm_workers: int = Field(16, ge=1, le=4096, description="warm workers alive at once")
+    warm_workers_per_version: int = Field(4, ge=1, le=1024)
+    warm_worker_calls: int = Field(1_000, ge=1, description="calls before a worker retires")
+    warm_worker_idle_s: float = Field(60.0, gt=0, description="idle time before it retires")
     default_max_chain_depth: int = Field(3, ge=0)
     max_chain_depth: int = Field(10, ge=0)
     shutdown_grace_s: float = Field(10.0, ge=0)

@@ -99,7 +99,12 @@ class Invocations:
         # Started by start_sandbox (or the first run), and again whenever it dies.
         if sandbox_host is None:
             sandbox_host = sandbox.SandboxHost(
-                preload=settings.allowed_imports, hidden_paths=(str(settings.data_dir),)
+                preload=settings.allowed_imports,
+                hidden_paths=(str(settings.data_dir),),
+                max_workers=settings.warm_workers,
+                max_workers_per_key=settings.warm_workers_per_version,
+                max_calls_per_worker=settings.warm_worker_calls,
+                worker_idle_s=settings.warm_worker_idle_s,
             )
         self._sandbox = sandbox_host
 
@@ -234,7 +239,7 @@ class Invocations:
         started = time.monotonic()
         try:
             with self._admission.function_slot(version):
-                result = await self._run(job)
+                result = await self._run(job, self._worker_key(version))
         except asyncio.CancelledError:
             cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
             # Shielded: the record is written even though this task is being cancelled.
@@ -294,13 +299,26 @@ class Invocations:
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         return info
 
-    async def _run(self, job: sandbox.Job) -> sandbox.RunResult:
+    async def _run(self, job: sandbox.Job, worker_key: str | None) -> sandbox.RunResult:
         await self._admission.acquire()
         try:
             with self._tracer.start_as_current_span("sandbox"):
-                return await self._sandbox.run(job)
+                return await self._sandbox.run(job, worker_key=worker_key)
         finally:
             self._admission.release()
+
+    def _worker_key(self, version: VersionInfo) -> str | None:
+        """The warm workers that may run ``version``: its own, or None for a fresh process.
+
+        The key names the namespace (in the name), the version, its content and when it
+        was stored, so that a worker never serves another version, nor one published
+        again under the same number after its function was deleted. Workers of a deleted
+        version serve nothing more and retire when idle.
+        """
+        if self._settings.sandbox_mode == "fresh":
+            return None
+        stored = version.created_at.isoformat()
+        return f"{version.name}@{version.version}#{version.sha256}#{stored}"
 
     async def start_sandbox(self) -> tuple[sandbox.Layer, ...]:
         """Start the sandbox host; return the layers its probe sandbox found in effect."""

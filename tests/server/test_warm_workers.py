@@ -1,0 +1,92 @@
+"""The server runs each function version in warm workers of its own (issue 14).
+
+A worker keeps what the code leaves in imported modules between the calls it serves, so
+that state shows which worker served a call: here it is the code's own counter on the
+``random`` module, reachable because these sandboxes run without the language layer.
+It must never show across versions or namespaces, nor survive a function's deletion.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from tests.server import ACTOR
+from toolvault import sandbox
+from toolvault.server.config import Settings
+from toolvault.server.db.engine import Database
+from toolvault.server.domain.executions import CallContext, ExecutionStatus
+from toolvault.server.services.functions import FunctionStore, PublishRequest
+from toolvault.server.services.invocations import Invocations
+
+COUNTER = """\
+import random
+def main():
+    random.tv_calls = getattr(random, "tv_calls", 0) + 1
+    return random.tv_calls
+"""
+CALLER = CallContext(caller="test")
+
+
+@pytest.fixture(params=["warm", "fresh"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def invocations(
+    database: Database, functions: FunctionStore, settings: Settings, mode: str
+) -> Iterator[Invocations]:
+    host = sandbox.SandboxHost(
+        preload=(), hidden_paths=(str(settings.data_dir),), language_layer=False
+    )
+    invocations = Invocations(
+        database, functions, settings.model_copy(update={"sandbox_mode": mode}), sandbox_host=host
+    )
+    yield invocations
+    asyncio.run(invocations.close())
+
+
+def publish(functions: FunctionStore, name: str, source: str = COUNTER) -> None:
+    functions.publish(PublishRequest(name=name, source=source), actor=ACTOR)
+
+
+def counts(invocations: Invocations, *refs: str) -> list[int]:
+    """What each call of ``refs``, one after the other, returned."""
+
+    async def calls() -> list[int]:
+        results = []
+        for ref in refs:
+            execution = await invocations.invoke(ref, "{}", CALLER)
+            assert execution.status is ExecutionStatus.OK, execution
+            results.append(json.loads(execution.result_json))
+        return results
+
+    return asyncio.run(calls())
+
+
+def test_a_worker_serves_one_version_of_one_namespace(
+    invocations: Invocations, functions: FunctionStore, mode: str
+) -> None:
+    publish(functions, "f")
+    publish(functions, "team/f")
+    publish(functions, "f", COUNTER + "# version 2\n")
+    refs = ("f@1", "f@1", "team/f", "f@2", "f@1", "team/f", "f@2")
+    got = counts(invocations, *refs)
+    if mode == "fresh":
+        assert got == [1] * len(refs)
+    else:
+        assert got == [1, 2, 1, 1, 3, 2, 2]
+
+
+def test_a_deleted_function_published_again_gets_new_workers(
+    invocations: Invocations, functions: FunctionStore, mode: str
+) -> None:
+    publish(functions, "f")
+    assert counts(invocations, "f", "f") == ([1, 2] if mode == "warm" else [1, 1])
+    functions.delete("f", actor=ACTOR)
+    publish(functions, "f")  # the same content, version 1 again
+    assert counts(invocations, "f") == [1]
