@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
@@ -225,6 +226,32 @@ def test_peak_memory_is_the_kernels_figure_per_call(open_host: SandboxHost) -> N
     peaks = [r.peak_memory_bytes >> 20 for r in results]
     assert peaks[0] >= 80 and peaks[2] >= 80
     assert peaks[1] < 60, peaks  # reset after each call
+
+
+def test_where_the_peak_cannot_be_reset_it_is_the_workers_whole_lifes(
+    open_host: SandboxHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As for a server that is not root: clear_refs takes ptrace rights over the worker.
+    real_open = os.open
+
+    def no_clear_refs(path: str, flags: int, *args: int) -> int:
+        if str(path).endswith("/clear_refs"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_clear_refs)
+    big = "def main(key='', **_):\n    data = bytearray(80 << 20)\n    return len(data)\n"
+
+    async def steps() -> list[RunResult]:
+        return [
+            await open_host.run(plain(source, {"key": "k"}), worker_key="k")
+            for source in (big, WHO, WHO)
+        ]
+
+    results = scenario(open_host, steps)
+    assert [r.status for r in results] == [RunStatus.OK] * 3
+    assert [json.loads(r.result_json)[1] for r in results[1:]] == [1, 2]  # one worker
+    assert all(r.peak_memory_bytes >> 20 >= 80 for r in results)  # a bound from above
 
 
 def test_pools_stay_within_their_bounds() -> None:

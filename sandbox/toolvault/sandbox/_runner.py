@@ -821,13 +821,18 @@ class _Worker:
         for candidate in candidates:
             try:
                 fds = [
-                    os.open(f"/proc/{candidate}/{name}", flags | os.O_CLOEXEC)
-                    for name, flags in _PROC_FILES
+                    os.open(f"/proc/{candidate}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+                    for name in ("status", "schedstat")
                 ]
             except OSError:
                 continue
             nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
             if len(nspid) > level and int(nspid[level]) == pid:
+                # Writing it takes ptrace rights over the worker, which a server that is
+                # not root lacks: the peak is then the worker's whole life's, a bound
+                # from above.
+                with contextlib.suppress(OSError):
+                    fds.append(os.open(f"/proc/{candidate}/clear_refs", os.O_WRONLY | os.O_CLOEXEC))
                 self.proc_fds[:] = fds
                 return
             _close_all(fds)
@@ -835,16 +840,18 @@ class _Worker:
     def figures(self) -> tuple[float, int] | None:
         """The kernel's CPU time so far (ms) and peak RSS since the last figures (KiB).
 
-        None when the worker is gone (a zombie has no VmHWM) or was not found.
+        The peak is since the worker started where this process may not reset it. None
+        when the worker is gone (a zombie has no VmHWM) or was not found.
         """
         if not self.proc_fds:
             return None
-        status, schedstat, clear_refs = self.proc_fds
+        status, schedstat, *clear_refs = self.proc_fds
         try:
             cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
             hwm = _status_field(os.pread(status, 4096, 0), b"VmHWM:")
             # "5" resets VmHWM to the resident size now: the next call's peak starts here.
-            os.write(clear_refs, b"5")
+            for fd in clear_refs:
+                os.write(fd, b"5")
         except (OSError, ValueError, IndexError):
             return None
         if not hwm:
@@ -855,9 +862,6 @@ class _Worker:
         """Let go of the server's end of the channel and of the /proc files."""
         self.alive = False
         self._release()
-
-
-_PROC_FILES = (("status", os.O_RDONLY), ("schedstat", os.O_RDONLY), ("clear_refs", os.O_WRONLY))
 
 
 def _status_field(status: bytes, name: bytes) -> list[bytes]:
