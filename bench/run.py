@@ -63,7 +63,9 @@ def timed(call: Callable[[], object]) -> float:
 class Server:
     """A `toolvault serve` process on a free loopback port with its own data directory."""
 
-    def __init__(self, data_dir: Path, toolvault: str = TOOLVAULT) -> None:
+    def __init__(
+        self, data_dir: Path, toolvault: str = TOOLVAULT, env: dict[str, str] | None = None
+    ) -> None:
         with socket.socket() as probe:  # a free port; the server logs nothing below WARNING
             probe.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{probe.getsockname()[1]}"
@@ -73,6 +75,7 @@ class Server:
                 **os.environ,
                 "TOOLVAULT_LOG_LEVEL": "WARNING",
                 "TOOLVAULT_MAX_QUEUED_RUNS": "10000",
+                **(env or {}),
             },
         )
         health = [toolvault, "--server", self.address, "health", "--timeout", "1"]
@@ -302,15 +305,22 @@ def main() -> None:
     options = parser.parse_args()
     calls, seconds, runs = (200, 2.0, 3) if options.quick else (1000, 5.0, 7)
     with tempfile.TemporaryDirectory() as data:
-        server, echo = Server(Path(data)), EchoServer()
+        server = Server(Path(data) / "warm", env={"TOOLVAULT_SANDBOX_MODE": "warm"})
+        echo = EchoServer()
+        fresh = Server(Path(data) / "fresh", env={"TOOLVAULT_SANDBOX_MODE": "fresh"})
         try:
+            with Client(fresh.address, timeout=120) as client:
+                client.publish("noop", NOOP)
             with Client(server.address, timeout=120) as client:
                 client.publish("noop", NOOP)
                 client.publish("sieve", SIEVE)
                 client.publish("spin", SPIN, timeout_ms=60_000)
                 ours, floor = toolvault_caller(server.address), echo_caller(echo.address)
                 times, echo_times = latency(ours, calls), latency(floor, calls)
+                fresh_times = latency(toolvault_caller(fresh.address), calls)
                 spawned = spawn_per_call(max(10, calls // 20))
+                fresh_rate = throughput(toolvault_caller(fresh.address), 16, seconds)[0]
+                fresh.stop()
                 rates = {c: throughput(ours, c, seconds) for c in (1, 4, 16)}
                 invoked = 50 + calls + sum(count for _, count in rates.values())
                 recorded = len(client.history("noop", limit=None))
@@ -319,9 +329,11 @@ def main() -> None:
                 work = compute(client, 100_000, runs)
                 idle, loaded = memory(server, client, server.address)
         finally:
-            server.stop()
-            echo.stop()
-    p50, echo_p50, spawn_p50 = (statistics.median(t) for t in (times, echo_times, spawned))
+            for process in (server, fresh, echo):
+                process.stop()
+    p50, echo_p50, spawn_p50, fresh_p50 = (
+        statistics.median(t) for t in (times, echo_times, spawned, fresh_times)
+    )
     mib = 1024 * 1024
     report = (
         f"""# Benchmark results
@@ -333,12 +345,14 @@ on {machine()}. Medians unless marked; every ratio compares figures taken in the
 
 | path | p50 | p99 | p50 vs the echo |
 | --- | --- | --- | --- |
-| toolvault: SDK -> gRPC on loopback -> warm sandbox host -> history row | {p50:.2f} ms | {percentile(times, 99):.2f} ms | {p50 / echo_p50:.1f}x |
+| toolvault, `TOOLVAULT_SANDBOX_MODE=warm`: SDK -> gRPC on loopback -> the version's warm worker -> history row | {p50:.2f} ms | {percentile(times, 99):.2f} ms | {p50 / echo_p50:.1f}x |
+| toolvault, `TOOLVAULT_SANDBOX_MODE=fresh` (the default): a process forked per call | {fresh_p50:.2f} ms | {percentile(fresh_times, 99):.2f} ms | {fresh_p50 / echo_p50:.1f}x |
 | floor: a bare gRPC unary echo server (bench/echo.py; same grpcio, loopback, client library) | {echo_p50:.2f} ms | {percentile(echo_times, 99):.2f} ms | 1.0x |
 | floor of spawning per call: a fresh interpreter that does nothing (`python -I -c pass`) | {spawn_p50:.1f} ms | {percentile(spawned, 99):.1f} ms | {spawn_p50 / echo_p50:.0f}x |
 
 toolvault is **{spawn_p50 / p50:.1f}x** faster at the median than spawning an interpreter per
-call ({calls} calls of each after 50 warm-up calls; {len(spawned)} spawns).
+call ({spawn_p50 / fresh_p50:.1f}x in fresh mode; {calls} calls of each after 50 warm-up
+calls; {len(spawned)} spawns).
 
 ## 2. Throughput (trivial function, {seconds:.0f} s per row)
 
@@ -350,6 +364,8 @@ call ({calls} calls of each after 50 warm-up calls; {len(spawned)} spawns).
             for c, (rate, _) in rates.items()
         )
         + f"""
+In fresh mode, with 16 clients: {fresh_rate:.0f} calls/s ({fresh_rate / echo_rates[16]:.0%} of the echo's).
+
 The history holds {recorded} rows for the {invoked} calls made: {"every call was recorded" if recorded == invoked else "MISMATCH"}.
 Clients and server share the machine's {os.cpu_count()} cores.
 
