@@ -37,12 +37,20 @@ def mode(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def invocations(
-    database: Database, functions: FunctionStore, settings: Settings, mode: str
-) -> Iterator[Invocations]:
-    host = sandbox.SandboxHost(
+def host(settings: Settings) -> sandbox.SandboxHost:
+    return sandbox.SandboxHost(
         preload=(), hidden_paths=(str(settings.data_dir),), language_layer=False
     )
+
+
+@pytest.fixture
+def invocations(
+    database: Database,
+    functions: FunctionStore,
+    settings: Settings,
+    host: sandbox.SandboxHost,
+    mode: str,
+) -> Iterator[Invocations]:
     invocations = Invocations(
         database, functions, settings.model_copy(update={"sandbox_mode": mode}), sandbox_host=host
     )
@@ -82,11 +90,19 @@ def test_a_worker_serves_one_version_of_one_namespace(
         assert got == [1, 2, 1, 1, 3, 2, 2]
 
 
+@pytest.mark.parametrize("retired", [True, False])
 def test_a_deleted_function_published_again_gets_new_workers(
-    invocations: Invocations, functions: FunctionStore, mode: str
+    invocations: Invocations,
+    functions: FunctionStore,
+    host: sandbox.SandboxHost,
+    mode: str,
+    retired: bool,
 ) -> None:
     publish(functions, "f")
     assert counts(invocations, "f", "f") == ([1, 2] if mode == "warm" else [1, 1])
-    functions.delete("f", actor=ACTOR)
+    deleted = functions.delete("f", actor=ACTOR)
+    if retired:  # as DeleteFunction does; without it the key alone keeps them apart
+        invocations.retire(deleted)
+        assert host.workers == {}
     publish(functions, "f")  # the same content, version 1 again
     assert counts(invocations, "f") == [1]

@@ -201,11 +201,13 @@ class SandboxHost:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
                 sandbox and everything it started are killed and reaped.
         """
+        # Compiled first: nothing may be awaited between _live() and submit(), or the host
+        # could die in between, leaving the call on a process nobody watches any more.
+        program = await self._program(job)
         try:
             process = await self._live()
         except HostFailed as exc:
             return _crashed(f"the sandbox host could not start: {exc}")
-        program = await self._program(job)
         worker = None if worker_key is None else self._worker_for(job, worker_key, process)
         if worker is None:
             slot = self._take_slot()
@@ -560,6 +562,8 @@ class _Process:
 
     def _measure(self, call: _Call) -> None:
         assert call.worker is not None
+        # CPU it still spends until the signal lands counts towards its next call.
+        call.worker.pause(True)
         figures = call.worker.figures()
         if figures is None:
             # Gone (its exited frame follows), or not found in /proc: no figures, no result.
@@ -828,6 +832,11 @@ class _Worker:
                 continue
             nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
             if len(nspid) > level and int(nspid[level]) == pid:
+                try:
+                    fds.append(os.pidfd_open(int(candidate)))
+                except OSError:
+                    _close_all(fds)
+                    return
                 # Writing it takes ptrace rights over the worker, which a server that is
                 # not root lacks: the peak is then the worker's whole life's, a bound
                 # from above.
@@ -845,7 +854,7 @@ class _Worker:
         """
         if not self.proc_fds:
             return None
-        status, schedstat, *clear_refs = self.proc_fds
+        status, schedstat, _, *clear_refs = self.proc_fds
         try:
             cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
             hwm = _status_field(os.pread(status, 4096, 0), b"VmHWM:")
@@ -857,6 +866,19 @@ class _Worker:
         if not hwm:
             return None
         return cpu_ns / 1e6, int(hwm[0])
+
+    def pause(self, paused: bool) -> None:
+        """Stop the worker between calls, or let it go on for the next one.
+
+        Between calls it must not run: code that escaped the language layer could say
+        its call is done and go on computing, past its call's limits, on other calls'
+        cores. SIGSTOP reaches PID 1 of a namespace from outside it, unlike most signals.
+        """
+        if self.proc_fds:
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(
+                    self.proc_fds[2], signal.SIGCONT if not paused else signal.SIGSTOP
+                )
 
     def close(self) -> None:
         """Let go of the server's end of the channel and of the /proc files."""
@@ -948,6 +970,7 @@ class _Call:
         worker = self.worker
         assert worker is not None
         stdout, stderr, report, job = fds
+        worker.pause(False)
         try:
             socket.send_fds(worker.sock, [b"r"], [job, stdout, stderr, report])
         except OSError:

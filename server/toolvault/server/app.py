@@ -183,7 +183,7 @@ async def serve(settings: Settings) -> None:
     invocations = Invocations(db, functions, settings, plugins=plugins, tracer=tracer)
     agents = Agents(db, functions, invocations, settings, plugins=plugins)
     function_pb2_grpc.add_FunctionServiceServicer_to_server(
-        FunctionServicer(functions, FunctionStatistics(db)), server
+        FunctionServicer(functions, FunctionStatistics(db), invocations), server
     )
     invocation_pb2_grpc.add_InvocationServiceServicer_to_server(
         InvocationServicer(invocations), server

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, select, tuple_
+from sqlalchemy import Connection, Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
@@ -215,9 +215,10 @@ def delete_alias(session: Session, function: Function, alias: str) -> bool:
     return True
 
 
-def delete_function(session: Session, function: Function) -> int:
-    """Delete ``function`` with its versions and aliases (the history stays); count versions."""
-    count = session.scalar(select(func.count()).where(FunctionVersion.function_id == function.id))
+def delete_function(session: Session, function: Function) -> list[VersionInfo]:
+    """Delete ``function`` with its versions and aliases (the history stays); say which."""
+    versions = select(FunctionVersion).where(FunctionVersion.function_id == function.id)
+    deleted = [_version_info(row, function.name) for row in session.scalars(versions)]
     session.delete(function)
     session.flush()
-    return count or 0
+    return deleted

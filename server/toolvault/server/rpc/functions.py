@@ -11,16 +11,23 @@ from toolvault.server.rpc import convert
 from toolvault.server.rpc.auth import actor, principal
 from toolvault.server.rpc.status import rpc_method
 from toolvault.server.services.functions import FunctionStore, PublishRequest
+from toolvault.server.services.invocations import Invocations
 from toolvault.server.services.stats import FunctionStatistics
 from toolvault.v1 import function_pb2, function_pb2_grpc
 
 
 class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
-    """FunctionService over :class:`FunctionStore` and :class:`FunctionStatistics`."""
+    """FunctionService over :class:`FunctionStore` and :class:`FunctionStatistics`.
 
-    def __init__(self, functions: FunctionStore, statistics: FunctionStatistics) -> None:
+    A deletion also retires the deleted versions' warm workers in ``invocations``.
+    """
+
+    def __init__(
+        self, functions: FunctionStore, statistics: FunctionStatistics, invocations: Invocations
+    ) -> None:
         self._functions = functions
         self._statistics = statistics
+        self._invocations = invocations
 
     @rpc_method
     async def PublishFunction(
@@ -144,8 +151,10 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
         ],
     ) -> function_pb2.DeleteFunctionResponse:
         """See the .proto."""
-        count = await asyncio.to_thread(self._functions.delete, request.name, actor=actor(context))
-        return function_pb2.DeleteFunctionResponse(deleted_versions=count)
+        caller = actor(context)
+        deleted = await asyncio.to_thread(self._functions.delete, request.name, actor=caller)
+        self._invocations.retire(deleted)
+        return function_pb2.DeleteFunctionResponse(deleted_versions=len(deleted))
 
     @rpc_method
     async def GetFunctionStats(

@@ -175,13 +175,13 @@ class FunctionStore:
                 raise NotFound(f"function {name!r} has no alias {alias!r}")
             audit.record(session, actor, "alias.delete", name, alias=alias)
 
-    def delete(self, name: str, *, actor: Actor) -> int:
-        """Delete a function with its versions and aliases; returns how many versions."""
+    def delete(self, name: str, *, actor: Actor) -> list[VersionInfo]:
+        """Delete a function with its versions and aliases; returns the versions."""
         with self._db.write.begin() as session:
             function = self._function(session, check_name(name), lock=True)
-            count = functions.delete_function(session, function)
-            audit.record(session, actor, "function.delete", name, versions=count)
-            return count
+            deleted = functions.delete_function(session, function)
+            audit.record(session, actor, "function.delete", name, versions=len(deleted))
+            return deleted
 
     def _function(self, session: Session, name: str, *, lock: bool = False) -> Function:
         function = functions.find_function(session, name, lock=lock)

@@ -307,6 +307,12 @@ class Invocations:
         finally:
             self._admission.release()
 
+    def retire(self, versions: list[VersionInfo]) -> None:
+        """Retire the warm workers of ``versions``, which no call can name any more."""
+        for version in versions:
+            if (key := self._worker_key(version)) is not None:
+                self._sandbox.retire(key)
+
     def _worker_key(self, version: VersionInfo) -> str | None:
         """The warm workers that may run ``version``: its own, or None for a fresh process.
 
