@@ -857,10 +857,15 @@ class _Worker:
         status, schedstat, _, *clear_refs = self.proc_fds
         try:
             cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
-            hwm = _status_field(os.pread(status, 4096, 0), b"VmHWM:")
+            text = os.pread(status, 4096, 0)
+            hwm = _status_field(text, b"VmHWM:")
             # "5" resets VmHWM to the resident size now: the next call's peak starts here.
-            for fd in clear_refs:
-                os.write(fd, b"5")
+            # Only once the stop has taken effect: inside a long syscall the worker holds
+            # its memory map's lock, and the write would wait for it on the event loop.
+            # Otherwise the next call's peak also covers this one's, a bound from above.
+            if _status_field(text, b"State:")[:1] == [b"T"]:
+                for fd in clear_refs:
+                    os.write(fd, b"5")
         except (OSError, ValueError, IndexError):
             return None
         if not hwm:
