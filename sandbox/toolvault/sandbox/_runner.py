@@ -21,7 +21,9 @@ Warm workers (``run`` with a ``worker_key``): the server makes a socket pair per
 and passes one end to the host with a ``spawn`` frame; the host forks a worker, confined
 exactly as a call's sandbox, that holds it. Per call the server sends the job's memfd and
 the call's pipes straight to the worker over its end (the host never sees them); the
-worker answers with one byte when it has written the report and let go of them. The
+worker answers with one byte when it has written the report and let go of them; the
+server then stops it (SIGSTOP through a pidfd) and it is idle once the stop has landed
+(killed if that takes longer than a grace). The
 figures of the call are the kernel's, never the worker's claim: the server reads the
 worker's CPU time (/proc/<pid>/schedstat, since the end of its last call) and peak
 resident size (VmHWM, reset after each call through clear_refs) from its own /proc,
@@ -84,6 +86,10 @@ _START_TIMEOUT_S = 60.0
 # How long a host may take to report a killed sandbox gone, or to exit when told to,
 # before it is killed itself.
 _KILL_GRACE_S = 5.0
+# How long a warm worker's stop may take to land after its call; one still running then
+# (inside a long system call, which a stop waits for) is killed rather than kept.
+_STOP_GRACE_S = 0.1
+_STOP_POLL_S = 0.001
 _STDERR_TAIL_CHARS = 1_000
 _CACHED_PROGRAMS = 256
 _REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
@@ -204,6 +210,8 @@ class SandboxHost:
         # Compiled first: nothing may be awaited between _live() and submit(), or the host
         # could die in between, leaving the call on a process nobody watches any more.
         program = await self._program(job)
+        if worker_key is not None:
+            await self._settled((worker_key, job.allowed_imports, job.limits))
         try:
             process = await self._live()
         except HostFailed as exc:
@@ -237,10 +245,18 @@ class SandboxHost:
         """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends."""
         for worker in list(self._workers.values()):
             if worker.key == worker_key:
-                if worker.id in self._idle:
+                if worker.id in self._idle or worker.settling is not None:
                     self._retire(worker)
                 else:
                     worker.retiring = True
+
+    async def _settled(self, kind: tuple[str, tuple[str, ...], Limits]) -> None:
+        """Unless a worker of ``kind`` is idle, wait for one whose stop is landing."""
+        if any(worker.kind == kind for worker in self._idle.values()):
+            return
+        landing = [w.settling for w in self._workers.values() if w.kind == kind and w.settling]
+        if landing:
+            await asyncio.wait(landing, return_when=asyncio.FIRST_COMPLETED)
 
     def _take_slot(self) -> int:
         slot = next(n for n in itertools.count() if n not in self._busy_slots)
@@ -296,11 +312,31 @@ class SandboxHost:
         if not keep:
             self._retire(worker)
             return
+        worker.settling = asyncio.get_running_loop().create_future()
+        self._settle(worker, time.monotonic() + _STOP_GRACE_S)
+
+    def _settle(self, worker: _Worker, deadline: float) -> None:
+        """Make ``worker`` idle once its stop has landed; kill it if that takes too long.
+
+        Until then it may serve no call: it is still running, perhaps in a system call
+        that holds its memory map locked and that the stop waits for.
+        """
+        if not worker.alive or worker.id not in self._workers:
+            worker.settled()
+            return
+        stopped = worker.stopped()
+        if worker.retiring or stopped is None or (not stopped and time.monotonic() >= deadline):
+            self._retire(worker)
+            return
+        loop = asyncio.get_running_loop()
+        if not stopped:
+            worker.idle_timer = loop.call_later(_STOP_POLL_S, self._settle, worker, deadline)
+            return
+        worker.settled()
+        worker.reset_peak()
         worker.idle_since = time.monotonic()
         self._idle[worker.id] = worker
-        worker.idle_timer = asyncio.get_running_loop().call_later(
-            self._worker_idle_s, self._retire_if_idle, worker
-        )
+        worker.idle_timer = loop.call_later(self._worker_idle_s, self._retire_if_idle, worker)
 
     def _retire_if_idle(self, worker: _Worker) -> None:
         if worker.id in self._idle:
@@ -313,6 +349,7 @@ class SandboxHost:
             return
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
+        worker.settled()
         worker.process.kill_worker(worker)
 
     def _worker_gone(self, worker: _Worker) -> None:
@@ -321,6 +358,7 @@ class SandboxHost:
         self._workers.pop(worker.id, None)
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
+        worker.settled()
         worker.close()
         self._busy_slots.discard(worker.slot)
 
@@ -793,6 +831,8 @@ class _Worker:
     cpu_ms: float = 0.0
     idle_since: float = 0.0
     idle_timer: asyncio.TimerHandle | None = None
+    # Done when it is idle (its stop landed) or gone, while its call's stop is landing.
+    settling: asyncio.Future[None] | None = None
     retiring: bool = False
     alive: bool = True
     # The host said which process it is; its status, schedstat and clear_refs in this
@@ -830,7 +870,12 @@ class _Worker:
                 ]
             except OSError:
                 continue
-            nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
+            try:
+                nspid = _status_field(os.pread(fds[0], 4096, 0), b"NSpid:")
+            except OSError:
+                # Another child (an evicted worker, an ended call) went since it was listed.
+                _close_all(fds)
+                continue
             if len(nspid) > level and int(nspid[level]) == pid:
                 try:
                     fds.append(os.pidfd_open(int(candidate)))
@@ -854,23 +899,41 @@ class _Worker:
         """
         if not self.proc_fds:
             return None
-        status, schedstat, _, *clear_refs = self.proc_fds
+        status, schedstat = self.proc_fds[:2]
         try:
             cpu_ns = int(os.pread(schedstat, 256, 0).split()[0])
-            text = os.pread(status, 4096, 0)
-            hwm = _status_field(text, b"VmHWM:")
-            # "5" resets VmHWM to the resident size now: the next call's peak starts here.
-            # Only once the stop has taken effect: inside a long syscall the worker holds
-            # its memory map's lock, and the write would wait for it on the event loop.
-            # Otherwise the next call's peak also covers this one's, a bound from above.
-            if _status_field(text, b"State:")[:1] == [b"T"]:
-                for fd in clear_refs:
-                    os.write(fd, b"5")
+            hwm = _status_field(os.pread(status, 4096, 0), b"VmHWM:")
         except (OSError, ValueError, IndexError):
             return None
         if not hwm:
             return None
         return cpu_ns / 1e6, int(hwm[0])
+
+    def settled(self) -> None:
+        """Its stop landed, or it is gone: a call waiting for it may go on."""
+        if self.settling is not None:
+            if not self.settling.done():
+                self.settling.set_result(None)
+            self.settling = None
+
+    def stopped(self) -> bool | None:
+        """Whether the stop has landed (the worker cannot run); None when it is gone."""
+        try:
+            state = _status_field(os.pread(self.proc_fds[0], 4096, 0), b"State:")
+        except (OSError, IndexError):
+            return None
+        return None if not state or state[0] in (b"Z", b"X") else state[0] == b"T"
+
+    def reset_peak(self) -> None:
+        """Start the next call's peak resident size at the resident size now.
+
+        Only once the worker is stopped: inside a long system call it holds its memory
+        map's lock, and the write would wait for it on the event loop. Without clear_refs
+        (no ptrace rights) the peak stays the worker's whole life's, a bound from above.
+        """
+        for fd in self.proc_fds[3:]:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"5")
 
     def pause(self, paused: bool) -> None:
         """Stop the worker between calls, or let it go on for the next one.
