@@ -5,6 +5,10 @@ Every attack runs through the public API like any caller's code. ``Attack.run`` 
 checks what must hold whatever the attack was: the secrets appear in no field of the
 result (nor, at the end of the module, in any history row), no process of the call is
 left, and the server answers its next call correctly.
+
+Every module runs twice: against a server whose calls run in warm workers, and against
+one that forks a fresh sandbox per call. A warm worker may outlive its call, but only
+idle: stopped, with no process under it, and never after a call that failed.
 """
 
 from __future__ import annotations
@@ -24,37 +28,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TOOLVAULT, ServerProcess
-from toolvault.client import Client, Execution
+from tests.processes import children_by_parent, descendants, stopped
+from toolvault.client import Client, Execution, ExecutionStatus
 
 SECRET = f"tv-secret-{secrets.token_hex(16)}"
 UNSHARE = shutil.which("unshare")
-
-
-def children_by_parent() -> dict[int, list[int]]:
-    """The live processes' pids by their parent's pid, read from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live process below ``pid``."""
-    children = children_by_parent()
-    found: list[int] = []
-    stack = [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
 
 
 def sandbox_host(server_pid: int) -> set[int]:
@@ -72,6 +50,21 @@ def sandbox_host(server_pid: int) -> set[int]:
             continue
         found.add(spawned)
         found.update(c for c in children.get(spawned, []) if _namespace_depth(c) == depth + 1)
+    return found
+
+
+def idle_workers(server_pid: int) -> set[int]:
+    """The host's children that are stopped and have no children: warm workers between calls.
+
+    Anything else below the host (a worker running with no call, or with a process under
+    it) is a process of some call that survived.
+    """
+    children = children_by_parent()
+    found: set[int] = set()
+    for host in sandbox_host(server_pid):
+        for child in children.get(host, []):
+            if child not in children and stopped(child):
+                found.add(child)
     return found
 
 
@@ -109,7 +102,11 @@ class Attack:
     client: Client
     secret_file: Path
     listener: Listener
+    mode: str
     count: int = 0
+    # While bystanders call the probe, its workers come and go: which new idle worker
+    # is whose cannot be told from outside.
+    bystanders: bool = False
     names: list[str] = field(default_factory=list)
 
     def run(self, source: str, args: dict[str, object] | None = None, **limits: int) -> Execution:
@@ -118,9 +115,15 @@ class Attack:
         name = f"attack_{self.count}"
         self.names.append(name)
         self.client.publish(name, source, **limits)  # type: ignore[arg-type]
+        self.assert_nothing_survives()  # the last call's worker has stopped: it is idle
+        idle_before = idle_workers(self.server_pid)
         execution = self.client.invoke(name, args or {})
         self.assert_no_secret(execution)
         self.assert_nothing_survives()
+        kept = set() if self.bystanders else idle_workers(self.server_pid) - idle_before
+        if execution.status not in (ExecutionStatus.OK, ExecutionStatus.OUTPUT_SCHEMA_MISMATCH):
+            assert kept == set(), f"the worker of a failed call was kept: {kept}"
+        assert len(kept) <= 1, f"one call left several idle workers: {kept}"
         assert self.listener.connections == 0, "the function reached a loopback listener"
         assert self.client.invoke("probe", {"n": self.count}).result == self.count + 1
         return execution
@@ -144,11 +147,15 @@ class Attack:
 
     def processes_of_calls(self) -> list[int]:
         host = sandbox_host(self.server_pid)
+        if self.mode == "warm":
+            host |= idle_workers(self.server_pid)
         return [pid for pid in descendants(self.server_pid) if pid not in host]
 
 
-@pytest.fixture(scope="module")
-def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
+@pytest.fixture(scope="module", params=["warm", "fresh"])
+def attack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Attack]:
     """A server holding secrets in its environment and in a file, in a new PID namespace.
 
     The namespace means an attack that signals every process (``kill(-1)``) or its parent
@@ -165,7 +172,7 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     server = ServerProcess(
         db=f"sqlite:///{data_dir / 'toolvault.db'}",
         data_dir=data_dir,
-        env={"TOOLVAULT_TEST_SECRET": SECRET},
+        env={"TOOLVAULT_TEST_SECRET": SECRET, "TOOLVAULT_SANDBOX_MODE": request.param},
     )
     command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
     command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]
@@ -175,7 +182,7 @@ def attack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Attack]:
     threading.Thread(target=listener.serve, daemon=True).start()
     client = Client(server.address, timeout=60)
     client.publish("probe", "def main(n):\n    return n + 1\n")
-    attack = Attack(server, client, secret_file, listener)
+    attack = Attack(server, client, secret_file, listener, request.param)
     try:
         yield attack
         assert server.process is not None and server.process.poll() is None, "server died"
@@ -206,8 +213,12 @@ def bystanders(attack: Attack) -> Iterator[list[object]]:
 
     worker = threading.Thread(target=call)
     worker.start()
-    yield results
-    stop.set()
-    worker.join()
+    attack.bystanders = True
+    try:
+        yield results
+    finally:
+        attack.bystanders = False
+        stop.set()
+        worker.join()
     assert results, "no call ran alongside the attack"
     assert all(result == n + 1 for n, result in results), results  # type: ignore[misc]

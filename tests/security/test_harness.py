@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+import time
 
 import pytest
 
-from tests.security.conftest import SECRET, Attack
+from tests.security.conftest import SECRET, Attack, idle_workers
 
 
 def test_a_secret_in_any_field_of_a_result_is_caught(attack: Attack) -> None:
@@ -20,3 +23,19 @@ def test_a_secret_in_any_field_of_a_result_is_caught(attack: Attack) -> None:
 def test_bystander_calls_are_checked(attack: Attack, bystanders: list[object]) -> None:
     execution = attack.run("def main():\n    return sum(range(10**6))\n")
     assert execution.result == sum(range(10**6))
+
+
+def test_a_warm_worker_that_runs_between_calls_counts_as_a_survivor(attack: Attack) -> None:
+    if attack.mode != "warm":
+        pytest.skip("a fresh server keeps no process between calls")
+    attack.run("def main():\n    return 1\n")
+    worker = max(idle_workers(attack.server_pid))
+    os.kill(worker, signal.SIGCONT)
+    try:
+        deadline = time.monotonic() + 5
+        while worker not in attack.processes_of_calls() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert worker in attack.processes_of_calls()
+    finally:
+        os.kill(worker, signal.SIGSTOP)
+    attack.assert_nothing_survives()

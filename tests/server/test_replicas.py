@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ServerProcess
+from tests.processes import descendants, stopped
 from toolvault.client import Client, Execution, ToolvaultError, Unavailable
 
 T = TypeVar("T")
@@ -52,25 +53,9 @@ def source(tag: str) -> str:
     )
 
 
-def descendants(pid: int) -> list[int]:
-    """The processes below ``pid``: its sandbox host's, and one per running sandbox."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue  # it ended meanwhile
-            # The name in parentheses may hold spaces; the parent's pid follows the state.
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry.name))
-    found: list[int] = []
-    todo = [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+def running(pid: int) -> list[int]:
+    """The processes below ``pid`` that may run: its sandbox host's, and one per call."""
+    return [child for child in descendants(pid) if not stopped(child)]
 
 
 @dataclass
@@ -181,8 +166,8 @@ def test_replicas_keep_versions_dense_and_runs_once_when_one_is_killed_under_loa
     load = Load()
     killed = replicas[0]
     assert killed.process is not None
-    # Its sandbox host's processes, without a sandbox running.
-    idle = len(descendants(killed.process.pid))
+    # Its sandbox host's processes, without a call running (warm workers idle are stopped).
+    idle = len(running(killed.process.pid))
     with Client(target, timeout=30, retries=False) as client:
         for name in NAMES:
             first = client.publish(name, source("first"))
@@ -201,7 +186,7 @@ def test_replicas_keep_versions_dense_and_runs_once_when_one_is_killed_under_loa
             before_kill = len(load.acknowledged)
             assert before_kill >= 2 * INVOKERS, "the load did not start"
             # Kill it while it runs a sandbox, so that an invoke is surely in flight on it.
-            while len(descendants(killed.process.pid)) <= idle:
+            while len(running(killed.process.pid)) <= idle:
                 assert time.monotonic() < deadline, "the replica never ran a call"
                 time.sleep(0.005)
             assert killed.stop(signal.SIGKILL) == -signal.SIGKILL

@@ -40,9 +40,8 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_args_bytes: int = Field(1 * MiB, ge=1024)
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
-    # Fresh until the server-level attack suite runs against warm workers too (issue 14).
     sandbox_mode: Literal["warm", "fresh"] = Field(
-        "fresh",
+        "warm",
         description="warm: confined workers per function version serve its calls; "
         "fresh: a new sandbox process for every call",
     )
