@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,13 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
 
 MiB = 1024 * 1024
+SandboxMode = Literal["warm", "fresh"]
+# Fresh until the server-level attack suite runs against warm workers too (issue 14).
+DEFAULT_SANDBOX_MODE: SandboxMode = "fresh"
+# The domain's namespace rule (domain.names.NAMESPACE), which config may not import: the
+# layers contract keeps config and domain apart; tests/server/test_isolation_choice.py
+# checks that the two agree.
+_NAMESPACE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
 
 def default_data_dir() -> Path:
@@ -40,11 +48,13 @@ class Settings(BaseSettings):
     max_source_bytes: int = Field(256 * 1024, ge=1024)
     max_args_bytes: int = Field(1 * MiB, ge=1024)
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
-    # Fresh until the server-level attack suite runs against warm workers too (issue 14).
-    sandbox_mode: Literal["warm", "fresh"] = Field(
-        "fresh",
-        description="warm: confined workers per function version serve its calls; "
-        "fresh: a new sandbox process for every call",
+    sandbox_mode: SandboxMode = Field(
+        DEFAULT_SANDBOX_MODE,
+        description="warm: each version's calls run as it was published to (warm workers "
+        "of its own, or fresh); fresh: a new sandbox process for every call",
+    )
+    fresh_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="namespaces whose calls always run fresh, whatever their versions say"
     )
     warm_workers: int = Field(16, ge=1, le=4096, description="warm workers alive at once")
     warm_workers_per_version: int = Field(4, ge=1, le=1024)
@@ -79,12 +89,25 @@ class Settings(BaseSettings):
         (), description="sandbox layers (toolvault doctor's names, or all) needed to start"
     )
 
-    @field_validator("allowed_imports", "plugins", "require_isolation", mode="before")
+    @field_validator(
+        "allowed_imports", "plugins", "require_isolation", "fresh_namespaces", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # A comma-separated list reads better in an environment variable than JSON.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("fresh_namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _NAMESPACE.fullmatch(name):
+                raise ValueError(
+                    f"{name!r} is not a namespace: use 1 to 32 of a-z, 0-9, _ and -, "
+                    "starting with a letter"
+                )
         return value
 
     @field_validator("log_level", mode="before")
