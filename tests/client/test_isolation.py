@@ -35,17 +35,28 @@ _SEEDED_RANDOM.random()
 AFTER_SEEDING = _SEEDED_RANDOM.random()
 
 
-@pytest.fixture
-def warm_server(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """A server in warm mode whose operator made the namespace ``ops`` fresh."""
-    server = ServerProcess(
-        db=db_url,
-        data_dir=tmp_path / "data",
-        env={"TOOLVAULT_SANDBOX_MODE": "warm", "TOOLVAULT_FRESH_NAMESPACES": "ops"},
-    )
+def serve(db_url: str, data_dir: Path, **env: str) -> Iterator[str]:
+    server = ServerProcess(db=db_url, data_dir=data_dir, env=env)
     server.start()
     yield server.address
     server.stop()
+
+
+@pytest.fixture
+def warm_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A server in warm mode whose operator made the namespace ``ops`` fresh."""
+    yield from serve(
+        db_url,
+        tmp_path / "data",
+        TOOLVAULT_SANDBOX_MODE="warm",
+        TOOLVAULT_FRESH_NAMESPACES="ops",
+    )
+
+
+@pytest.fixture
+def fresh_server(db_url: str, tmp_path: Path) -> Iterator[str]:
+    """A server in fresh mode, said explicitly: the default mode may change."""
+    yield from serve(db_url, tmp_path / "data", TOOLVAULT_SANDBOX_MODE="fresh")
 
 
 def shares_a_process(client: Client, ref: str) -> bool:
@@ -77,8 +88,8 @@ def test_the_sdk_publishes_each_isolation_and_the_server_runs_each_as_published(
             client.publish("seeded", SEEDED, isolation="lukewarm")
 
 
-def test_a_server_in_fresh_mode_runs_warm_versions_fresh(server: str) -> None:
-    with Client(server, retries=False) as client:
+def test_a_server_in_fresh_mode_runs_warm_versions_fresh(fresh_server: str) -> None:
+    with Client(fresh_server, retries=False) as client:
         assert client.publish("seeded", SEEDED).isolation is Isolation.WARM
         assert not shares_a_process(client, "seeded")
 

@@ -18,7 +18,7 @@ SandboxMode = Literal["warm", "fresh"]
 # Fresh until the server-level attack suite runs against warm workers too (issue 14).
 DEFAULT_SANDBOX_MODE: SandboxMode = "fresh"
 # The domain's namespace rule (domain.names.NAMESPACE), which config may not import: the
-# layers contract keeps config and domain apart; tests/server/test_isolation_choice.py
+# layers contract keeps config and domain apart; tests/server/test_version_isolation.py
 # checks that the two agree.
 _NAMESPACE = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 
@@ -50,8 +50,8 @@ class Settings(BaseSettings):
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
     sandbox_mode: SandboxMode = Field(
         DEFAULT_SANDBOX_MODE,
-        description="warm: each version's calls run as it was published to (warm workers "
-        "of its own, or fresh); fresh: a new sandbox process for every call",
+        description="warm: each version's calls run as it was published: in warm workers "
+        "of its own, or fresh; fresh: a new sandbox process for every call",
     )
     fresh_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="namespaces whose calls always run fresh, whatever their versions say"

@@ -71,7 +71,7 @@ def isolation(value: int) -> Isolation:
         raise InvalidArgument(
             f"isolation {value} is not an Isolation (ISOLATION_WARM or ISOLATION_FRESH)"
         ) from e
-    return Isolation(name.removeprefix(_ISOLATION_PREFIX).lower())
+    return Isolation[name.removeprefix(_ISOLATION_PREFIX)]
 
 
 def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.FunctionVersion:
