@@ -77,6 +77,14 @@ def test_a_bad_setting_is_named_and_exits_2(tmp_path: Path) -> None:
     assert "listen (TOOLVAULT_LISTEN): Value error, expected HOST:PORT, got 'nowhere'" in (
         result.stderr
     )
+    result = run_cli(
+        "serve", "--data-dir", str(tmp_path), env={"TOOLVAULT_FRESH_NAMESPACES": "team,Ops"}
+    )
+    assert result.returncode == 2
+    assert (
+        "fresh_namespaces (TOOLVAULT_FRESH_NAMESPACES): Value error, 'Ops' is not a namespace"
+        in result.stderr
+    )
 
 
 def test_a_port_in_use_is_reported_and_exits_1(tmp_path: Path, busy_port: int) -> None:

@@ -3,7 +3,9 @@
 A worker keeps what the code leaves in imported modules between the calls it serves, so
 that state shows which worker served a call: here it is the code's own counter on the
 ``random`` module, reachable because these sandboxes run without the language layer.
-It must never show across versions or namespaces, nor survive a function's deletion.
+It must never show across versions or namespaces, nor survive a function's deletion; nor
+at all for a version published with isolation fresh, nor in a namespace the operator
+made fresh.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from toolvault import sandbox
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
 from toolvault.server.domain.executions import CallContext, ExecutionStatus
+from toolvault.server.domain.functions import Isolation
 from toolvault.server.services.functions import FunctionStore, PublishRequest
 from toolvault.server.services.invocations import Invocations
 
@@ -58,8 +61,13 @@ def invocations(
     asyncio.run(invocations.close())
 
 
-def publish(functions: FunctionStore, name: str, source: str = COUNTER) -> None:
-    functions.publish(PublishRequest(name=name, source=source), actor=ACTOR)
+def publish(
+    functions: FunctionStore,
+    name: str,
+    source: str = COUNTER,
+    isolation: Isolation = Isolation.WARM,
+) -> None:
+    functions.publish(PublishRequest(name=name, source=source, isolation=isolation), actor=ACTOR)
 
 
 def counts(invocations: Invocations, *refs: str) -> list[int]:
@@ -106,3 +114,31 @@ def test_a_deleted_function_published_again_gets_new_workers(
         assert host.workers == {}
     publish(functions, "f")  # the same content, version 1 again
     assert counts(invocations, "f") == [1]
+
+
+def test_a_version_published_fresh_never_shares_a_process_whatever_the_mode(
+    invocations: Invocations, functions: FunctionStore, host: sandbox.SandboxHost, mode: str
+) -> None:
+    publish(functions, "lone", isolation=Isolation.FRESH)
+    publish(functions, "shared")
+    got = counts(invocations, "lone", "shared", "lone", "shared", "lone")
+    assert got == ([1, 1, 1, 2, 1] if mode == "warm" else [1] * 5)
+    assert not any(key.startswith("lone@") for key in host.workers)
+
+
+def test_the_operators_fresh_namespaces_run_fresh_whatever_their_versions_say(
+    database: Database,
+    functions: FunctionStore,
+    settings: Settings,
+    host: sandbox.SandboxHost,
+) -> None:
+    operator = Settings(data_dir=settings.data_dir, sandbox_mode="warm", fresh_namespaces="ops")
+    invocations = Invocations(database, functions, operator, sandbox_host=host)
+    try:
+        publish(functions, "ops/f")
+        publish(functions, "team/f")
+        publish(functions, "f")
+        got = counts(invocations, "ops/f", "team/f", "f", "ops/f", "team/f", "f", "ops/f")
+    finally:
+        asyncio.run(invocations.close())
+    assert got == [1, 1, 1, 1, 2, 2, 1]

@@ -16,7 +16,7 @@ from toolvault.cli._output import (
     print_table,
     text,
 )
-from toolvault.client import Client
+from toolvault.client import Client, Isolation
 
 __all__ = ["add_commands"]
 
@@ -44,6 +44,12 @@ def add_commands(commands: Commands) -> None:
         "--deterministic",
         action="store_true",
         help="equal arguments always give the same result: allow the result cache",
+    )
+    cmd.add_argument(
+        "--isolation",
+        choices=[isolation.value for isolation in Isolation],
+        help="warm (default): calls may share warm workers of this version; "
+        "fresh: every call in a process of its own",
     )
     cmd.set_defaults(call=_publish)
 
@@ -99,6 +105,7 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         allowed_imports=args.allow_import,
         max_concurrency=args.max_concurrency,
         deterministic=args.deterministic,
+        isolation=args.isolation,
     )
     if args.json:
         print_json(version)

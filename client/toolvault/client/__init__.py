@@ -37,6 +37,7 @@ from toolvault.client._models import (
     FunctionFailure,
     FunctionStats,
     FunctionVersion,
+    Isolation,
     Limits,
 )
 from toolvault.client.errors import (
@@ -78,6 +79,7 @@ __all__ = [
     "FunctionVersion",
     "Internal",
     "InvalidArgument",
+    "Isolation",
     "Limits",
     "NotFound",
     "PermissionDenied",

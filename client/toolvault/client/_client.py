@@ -36,6 +36,7 @@ from toolvault.client._models import (
     Function,
     FunctionStats,
     FunctionVersion,
+    Isolation,
 )
 from toolvault.client.errors import InvalidArgument, from_rpc_error
 from toolvault.v1 import (
@@ -302,6 +303,7 @@ class Client:
         allowed_imports: Iterable[str] | None = None,
         max_concurrency: int | None = None,
         deterministic: bool = False,
+        isolation: Isolation | str | None = None,
     ) -> FunctionVersion:
         """Validate and store a function version.
 
@@ -325,6 +327,10 @@ class Client:
                 fail with `ResourceExhausted`); None or 0 means unlimited.
             deterministic: Declare that equal arguments always give the same result, so
                 the server may answer calls from its result cache.
+            isolation: "warm" (None's default: calls may share warm workers of this
+                version, which keep module state between calls) or "fresh" (every
+                call in a process of its own). Part of the content, so it changes the
+                sha256.
 
         Returns:
             The stored version, with its number and sha256.
@@ -332,8 +338,14 @@ class Client:
         Raises:
             InvalidArgument: The server rejected the name, source, schemas or limits, or
                 the source is larger than `max_source_bytes` (checked before sending).
+            ValueError: `isolation` is not an isolation name.
         """
         _refuse_over("source", len(source.encode()), self._max_source_bytes)
+        isolation_pb = (
+            function_pb2.ISOLATION_UNSPECIFIED
+            if isolation is None
+            else Isolation(isolation).to_proto()
+        )
         request = function_pb2.PublishFunctionRequest(
             name=name,
             source=source,
@@ -349,6 +361,7 @@ class Client:
             ),
             allowed_imports=allowed_imports or (),
             deterministic=deterministic,
+            isolation=isolation_pb,
         )
         response = self._call(self._functions.PublishFunction, request)
         return FunctionVersion.from_proto(response.version, created=response.created)

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 _STATUS_PREFIX = "EXECUTION_STATUS_"
+_ISOLATION_PREFIX = "ISOLATION_"
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -60,6 +61,37 @@ class ExecutionStatus(enum.StrEnum):
         return execution_pb2.ExecutionStatus.Value(_STATUS_PREFIX + self.value)
 
 
+class Isolation(enum.StrEnum):
+    """Where a version's calls run; `Isolation("FRESH")` ignores case.
+
+    `WARM` lets calls of the version share warm worker processes of its own, where what a
+    call leaves in imported modules may be seen by later calls of the same version;
+    `FRESH` gives every call a sandbox process of its own. The server's operator may
+    force fresh whatever the version says.
+    """
+
+    WARM = "warm"
+    FRESH = "fresh"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Isolation:
+        if isinstance(value, str) and value.upper() in cls.__members__:
+            return cls[value.upper()]
+        valid = ", ".join(member.value for member in cls)
+        raise ValueError(f"unknown isolation {value!r}; valid values: {valid}")
+
+    @classmethod
+    def from_proto(cls, value: function_pb2.Isolation.ValueType) -> Isolation:
+        """Return the isolation for a `toolvault.v1.Isolation` value (unset: warm)."""
+        if value == function_pb2.ISOLATION_UNSPECIFIED:
+            return cls.WARM
+        return cls[function_pb2.Isolation.Name(value).removeprefix(_ISOLATION_PREFIX)]
+
+    def to_proto(self) -> function_pb2.Isolation.ValueType:
+        """Return the `toolvault.v1.Isolation` value of this isolation."""
+        return function_pb2.Isolation.Value(_ISOLATION_PREFIX + self.name)
+
+
 @dataclass(frozen=True)
 class Limits:
     """Resource limits of a version, with the server's defaults filled in.
@@ -80,7 +112,8 @@ class FunctionVersion:
 
     `source` is empty when the version comes from a list; `created` is only meaningful for
     the result of `Client.publish`: False when identical content was already stored.
-    `deterministic` versions may be answered from the server's result cache.
+    `deterministic` versions may be answered from the server's result cache; `isolation`
+    says whether its calls may share warm workers.
     """
 
     name: str
@@ -96,6 +129,7 @@ class FunctionVersion:
     created_at: datetime
     created: bool = False
     deterministic: bool = False
+    isolation: Isolation = Isolation.WARM
 
     @classmethod
     def from_proto(
@@ -121,6 +155,7 @@ class FunctionVersion:
             created_at=_datetime(pb.create_time),
             created=created,
             deterministic=pb.deterministic,
+            isolation=Isolation.from_proto(pb.isolation),
         )
 
 

@@ -82,6 +82,8 @@ export class ToolvaultError extends Error {
  * @property {string[]} allowedImports
  * @property {Date | null} createTime
  * @property {boolean} deterministic
+ * @property {"ISOLATION_WARM" | "ISOLATION_FRESH"} isolation Whether calls may share warm
+ *   workers of this version, or each runs in a process of its own.
  */
 
 /**
@@ -214,6 +216,8 @@ export class ToolvaultClient {
    * @param {Limits} [options.limits] Unset limits take the server's defaults.
    * @param {string[]} [options.allowedImports] A subset of the server's allow-list.
    * @param {boolean} [options.deterministic] Results may come from the server's cache.
+   * @param {"ISOLATION_WARM" | "ISOLATION_FRESH"} [options.isolation] "ISOLATION_FRESH" runs
+   *   every call in a process of its own; by default calls may share warm workers.
    * @returns {Promise<{version: FunctionVersion, created: boolean}>}
    * @throws {ToolvaultError} INVALID_ARGUMENT naming the field, or the source's line.
    */
@@ -228,6 +232,7 @@ export class ToolvaultClient {
       limits: options.limits ?? {},
       allowedImports: options.allowedImports ?? [],
       deterministic: options.deterministic ?? false,
+      isolation: options.isolation ?? "ISOLATION_UNSPECIFIED",
     };
     const response = await this.#call(this.#functions, "PublishFunction", request);
     return { version: fromVersion(response.version), created: response.created };

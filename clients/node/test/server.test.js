@@ -65,6 +65,19 @@ describe(
       assert.equal((await client.getExecution(execution.id)).argsJson, '{"a":2,"b":40}');
     });
 
+    test("a version published with fresh isolation says so, and is a new version", async () => {
+      const warm = await client.publish(`${name}_iso`, ADD);
+      assert.equal(warm.version.isolation, "ISOLATION_WARM");
+      const fresh = await client.publish(`${name}_iso`, ADD, { isolation: "ISOLATION_FRESH" });
+      assert.deepEqual([fresh.created, fresh.version.version], [true, 2]);
+      assert.equal(fresh.version.isolation, "ISOLATION_FRESH");
+      assert.notEqual(fresh.version.sha256, warm.version.sha256);
+      assert.equal(
+        (await client.getFunction(`${name}_iso@2`)).version.isolation,
+        "ISOLATION_FRESH",
+      );
+    });
+
     test("a failing function is a successful call whose execution carries the error", async () => {
       await client.publish(`${name}_div`, "def main(x):\n    return 1 / x\n");
       const execution = await client.invoke(`${name}_div`, { x: 0 });

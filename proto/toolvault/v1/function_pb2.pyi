@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from toolvault.v1 import execution_pb2 as _execution_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,34 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _Isolation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IsolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Isolation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ISOLATION_UNSPECIFIED: _Isolation.ValueType  # 0
+    """In a request, the default: warm. Never in a reply."""
+    ISOLATION_WARM: _Isolation.ValueType  # 1
+    """Calls may run in warm workers of this version alone, confined once and reused."""
+    ISOLATION_FRESH: _Isolation.ValueType  # 2
+    """Every call runs in a sandbox process of its own."""
+
+class Isolation(_Isolation, metaclass=_IsolationEnumTypeWrapper):
+    """Where a version's calls run. Fresh keeps every call's process to itself; warm lets calls
+    of the version share confined worker processes, where what a call leaves in imported
+    modules may be seen by later calls of the same version (SECURITY.md, "Warm workers").
+    The server's operator may force fresh for every version or for chosen namespaces.
+    """
+
+ISOLATION_UNSPECIFIED: Isolation.ValueType  # 0
+"""In a request, the default: warm. Never in a reply."""
+ISOLATION_WARM: Isolation.ValueType  # 1
+"""Calls may run in warm workers of this version alone, confined once and reused."""
+ISOLATION_FRESH: Isolation.ValueType  # 2
+"""Every call runs in a sandbox process of its own."""
+Global___Isolation: _TypeAlias = Isolation  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
@@ -76,13 +105,14 @@ class FunctionVersion(_message.Message):
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
     version: _builtins.int
     """Version number, 1 for the first, dense and increasing."""
     sha256: _builtins.str
     """Hex sha256 of the canonical content: source, entrypoint, description, schemas,
-    limits, allowed imports and the deterministic flag.
+    limits, allowed imports, the deterministic flag and the isolation.
     """
     source: _builtins.str
     """The Python source. Empty in list responses."""
@@ -98,6 +128,8 @@ class FunctionVersion(_message.Message):
     """True if the publisher declared that equal arguments always give the same result:
     the server may then answer a call from its result cache.
     """
+    isolation: Global___Isolation.ValueType
+    """Whether calls may share warm workers (ISOLATION_WARM) or each get a fresh process."""
     @_builtins.property
     def limits(self) -> Global___Limits:
         """Resource limits with the server's defaults filled in."""
@@ -125,10 +157,11 @@ class FunctionVersion(_message.Message):
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         deterministic: _builtins.bool = ...,
+        isolation: Global___Isolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -219,6 +252,7 @@ class PublishFunctionRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name, [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"."""
     source: _builtins.str
@@ -234,6 +268,10 @@ class PublishFunctionRequest(_message.Message):
     deterministic: _builtins.bool
     """Declares that equal arguments always give the same result (no randomness, no clock),
     so successful results may be served from the server's result cache.
+    """
+    isolation: Global___Isolation.ValueType
+    """ISOLATION_FRESH gives every call a process of its own; unset means ISOLATION_WARM.
+    Part of the content: the same source with another isolation is a new version.
     """
     @_builtins.property
     def limits(self) -> Global___Limits:
@@ -257,10 +295,11 @@ class PublishFunctionRequest(_message.Message):
         limits: Global___Limits | None = ...,
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         deterministic: _builtins.bool = ...,
+        isolation: Global___Isolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

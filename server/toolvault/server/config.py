@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
+from toolvault.server.domain.names import NAMESPACE, NAMESPACE_RULE
 
 MiB = 1024 * 1024
 
@@ -42,8 +43,11 @@ class Settings(BaseSettings):
     allowed_imports: Annotated[tuple[str, ...], NoDecode] = DEFAULT_ALLOWED_IMPORTS
     sandbox_mode: Literal["warm", "fresh"] = Field(
         "warm",
-        description="warm: confined workers per function version serve its calls; "
-        "fresh: a new sandbox process for every call",
+        description="warm: each version's calls run as it was published: in warm workers "
+        "of its own, or fresh; fresh: a new sandbox process for every call",
+    )
+    fresh_namespaces: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="namespaces whose calls always run fresh, whatever their versions say"
     )
     warm_workers: int = Field(16, ge=1, le=4096, description="warm workers alive at once")
     warm_workers_per_version: int = Field(4, ge=1, le=1024)
@@ -78,12 +82,22 @@ class Settings(BaseSettings):
         (), description="sandbox layers (toolvault doctor's names, or all) needed to start"
     )
 
-    @field_validator("allowed_imports", "plugins", "require_isolation", mode="before")
+    @field_validator(
+        "allowed_imports", "plugins", "require_isolation", "fresh_namespaces", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         # A comma-separated list reads better in an environment variable than JSON.
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("fresh_namespaces")
+    @classmethod
+    def _check_namespaces(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not NAMESPACE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a namespace: use {NAMESPACE_RULE}")
         return value
 
     @field_validator("log_level", mode="before")

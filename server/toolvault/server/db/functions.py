@@ -15,7 +15,12 @@ from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
 from toolvault.server.db.tables import Alias, Function, FunctionVersion, utcnow
-from toolvault.server.domain.functions import FunctionInfo, VersionContent, VersionInfo
+from toolvault.server.domain.functions import (
+    FunctionInfo,
+    Isolation,
+    VersionContent,
+    VersionInfo,
+)
 from toolvault.server.domain.names import Scope, namespace_of
 
 
@@ -34,6 +39,7 @@ def _version_info(row: FunctionVersion | Row[Any], name: str) -> VersionInfo:
             allowed_imports=tuple(json.loads(row.allowed_imports)),
             max_concurrency=row.max_concurrency,
             deterministic=row.deterministic,
+            isolation=Isolation(row.isolation),
         ),
         created_at=row.created_at,
     )
@@ -160,6 +166,7 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
         created_at=now,
         max_concurrency=content.max_concurrency,
         deterministic=content.deterministic,
+        isolation=content.isolation.value,
     )
     session.add(row)
     session.flush()

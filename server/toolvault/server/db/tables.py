@@ -117,6 +117,7 @@ class FunctionVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     max_concurrency: Mapped[int] = mapped_column(Integer, server_default="0")
     deterministic: Mapped[bool] = mapped_column(server_default=false())
+    isolation: Mapped[str] = mapped_column(String(8), server_default="warm")  # warm or fresh
 
     function: Mapped[Function] = relationship(back_populates="versions")
 

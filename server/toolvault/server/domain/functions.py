@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import json
 from dataclasses import dataclass
 
 from toolvault.sandbox import Limits
+
+
+class Isolation(enum.StrEnum):
+    """Where a version's calls run: warm workers of its own may serve many, or each fresh."""
+
+    WARM = "warm"
+    FRESH = "fresh"
 
 
 @dataclass(frozen=True)
@@ -23,12 +31,14 @@ class VersionContent:
     allowed_imports: tuple[str, ...]
     max_concurrency: int = 0
     deterministic: bool = False
+    isolation: Isolation = Isolation.WARM
 
     def sha256(self) -> str:
         """Hex sha256 of the canonical form: sorted-key compact JSON of every field.
 
-        ``max_concurrency`` and ``deterministic`` join the document only when set, so
-        versions stored before these fields existed keep their hash.
+        ``max_concurrency``, ``deterministic`` and ``isolation`` join the document only
+        when they differ from their defaults, so versions stored before these fields
+        existed keep their hash.
         """
         document: dict[str, object] = {
             "source": self.source,
@@ -47,6 +57,8 @@ class VersionContent:
             document["max_concurrency"] = self.max_concurrency
         if self.deterministic:
             document["deterministic"] = True
+        if self.isolation is not Isolation.WARM:
+            document["isolation"] = self.isolation.value
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -17,11 +17,12 @@ from toolvault.server.domain.agents import AgentDefinition, AgentInfo, Chain, To
 from toolvault.server.domain.audit import AuditEventInfo
 from toolvault.server.domain.errors import InvalidArgument
 from toolvault.server.domain.executions import ExecutionInfo, ExecutionStatus
-from toolvault.server.domain.functions import FunctionInfo, VersionInfo
+from toolvault.server.domain.functions import FunctionInfo, Isolation, VersionInfo
 from toolvault.server.domain.stats import FunctionStatsInfo
 from toolvault.v1 import access_pb2, agent_pb2, execution_pb2, function_pb2
 
 _STATUS_PREFIX = "EXECUTION_STATUS_"
+_ISOLATION_PREFIX = "ISOLATION_"
 
 
 def timestamp(value: dt.datetime) -> Timestamp:
@@ -60,6 +61,19 @@ def status_filter(value: int) -> ExecutionStatus | None:
     return ExecutionStatus(name.removeprefix(_STATUS_PREFIX))
 
 
+def isolation(value: int) -> Isolation:
+    """A publish request's isolation; ISOLATION_UNSPECIFIED is the default, warm."""
+    if value == function_pb2.ISOLATION_UNSPECIFIED:
+        return Isolation.WARM
+    try:
+        name = function_pb2.Isolation.Name(value)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise InvalidArgument(
+            f"isolation {value} is not an Isolation (ISOLATION_WARM or ISOLATION_FRESH)"
+        ) from e
+    return Isolation[name.removeprefix(_ISOLATION_PREFIX)]
+
+
 def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.FunctionVersion:
     """A version as a reply carries it; lists leave the source out."""
     content = info.content
@@ -81,6 +95,7 @@ def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.Function
         allowed_imports=content.allowed_imports,
         create_time=timestamp(info.created_at),
         deterministic=content.deterministic,
+        isolation=function_pb2.Isolation.Value(_ISOLATION_PREFIX + content.isolation.name),
     )
 
 

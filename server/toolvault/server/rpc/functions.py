@@ -51,6 +51,7 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
             allowed_imports=tuple(request.allowed_imports),
             max_concurrency=request.limits.max_concurrency,
             deterministic=request.deterministic,
+            isolation=convert.isolation(request.isolation),
         )
         version, created = await asyncio.to_thread(
             self._functions.publish, publish, actor=actor(context)

@@ -21,7 +21,12 @@ from toolvault.server.db.engine import Database
 from toolvault.server.db.tables import Function
 from toolvault.server.domain.audit import Actor
 from toolvault.server.domain.errors import InvalidArgument, NotFound, not_found
-from toolvault.server.domain.functions import FunctionInfo, VersionContent, VersionInfo
+from toolvault.server.domain.functions import (
+    FunctionInfo,
+    Isolation,
+    VersionContent,
+    VersionInfo,
+)
 from toolvault.server.domain.names import ALIAS, EVERYWHERE, LATEST, Scope, check_name, parse_ref
 from toolvault.server.domain.paging import decode_token, encode_token, page_size
 from toolvault.server.domain.schemas import checked_schema
@@ -50,6 +55,7 @@ class PublishRequest:
     allowed_imports: tuple[str, ...] = ()
     max_concurrency: int = 0
     deterministic: bool = False
+    isolation: Isolation = Isolation.WARM
 
 
 class FunctionStore:
@@ -231,6 +237,7 @@ class FunctionStore:
             allowed_imports=allowed,
             max_concurrency=_max_concurrency(request.max_concurrency),
             deterministic=request.deterministic,
+            isolation=request.isolation,
         )
 
 

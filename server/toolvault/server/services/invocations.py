@@ -34,7 +34,7 @@ from toolvault.server.db.executions import history_row
 from toolvault.server.db.tables import utcnow
 from toolvault.server.domain.errors import InvalidArgument
 from toolvault.server.domain.executions import CallContext, ExecutionInfo, ExecutionStatus
-from toolvault.server.domain.functions import VersionInfo
+from toolvault.server.domain.functions import Isolation, VersionInfo
 from toolvault.server.domain.names import namespace_of
 from toolvault.server.domain.schemas import parse_json, problems
 from toolvault.server.domain.toolspec import derived_schema_json
@@ -316,12 +316,19 @@ class Invocations:
     def _worker_key(self, version: VersionInfo) -> str | None:
         """The warm workers that may run ``version``: its own, or None for a fresh process.
 
+        Fresh when the version was published so, or the operator forces it for every
+        call (``sandbox_mode``) or for the version's namespace (``fresh_namespaces``).
+
         The key names the namespace (in the name), the version, its content and when it
         was stored, so that a worker never serves another version, nor one published
         again under the same number after its function was deleted. Workers of a deleted
         version serve nothing more and retire when idle.
         """
-        if self._settings.sandbox_mode == "fresh":
+        if (
+            version.content.isolation is Isolation.FRESH
+            or self._settings.sandbox_mode == "fresh"
+            or namespace_of(version.name) in self._settings.fresh_namespaces
+        ):
             return None
         stored = version.created_at.isoformat()
         return f"{version.name}@{version.version}#{version.sha256}#{stored}"
