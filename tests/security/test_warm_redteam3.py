@@ -33,6 +33,7 @@ from tests.server import ACTOR
 from toolvault.client import Client, ExecutionStatus
 from toolvault.sandbox import RunResult, RunStatus, SandboxHost
 from toolvault.sandbox._isolation import PRIVATE_WORKDIR
+from toolvault.sandbox._runner import _status_field
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
 from toolvault.server.domain.executions import CallContext
@@ -104,8 +105,8 @@ def main(seconds=3.0):
     event = Sigevent(None, signal.SIGCONT, 0)  # SIGEV_SIGNAL
     if libc.timer_create(1, ctypes.byref(event), ctypes.byref(timer)):  # CLOCK_MONOTONIC
         return ["timer_create", ctypes.get_errno()]
-    every = Timespec(0, 50_000_000)
-    if libc.timer_settime(timer, 0, ctypes.byref(Itimerspec(every, Timespec(0, 200_000_000))), None):
+    spec = Itimerspec(Timespec(0, 50_000_000), Timespec(0, 200_000_000))  # every 50 ms from 200
+    if libc.timer_settime(timer, 0, ctypes.byref(spec), None):
         return ["timer_settime", ctypes.get_errno()]
     return "armed"
 """
@@ -120,8 +121,8 @@ def main(seconds=3.0):
 )
 def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: SandboxHost) -> None:
     async def steps() -> tuple[RunResult, float, RunResult]:
+        # No assertion on this call: a filter that refuses the timer defeats the attack.
         armed = await open_host.run(plain(TIMER_WAKES_THE_WORKER, timeout_ms=500), worker_key="k")
-        assert armed.status is RunStatus.OK and armed.result_json == '"armed"', armed
         (worker,) = worker_pids(open_host)
         before = cpu_seconds(worker)
         await asyncio.sleep(2)
@@ -131,6 +132,7 @@ def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: Sandb
         return armed, after - before, following
 
     armed, idle_cpu_s, following = scenario(open_host, steps)
+    assert armed.status is RunStatus.OK, armed.error_message
     # Held idle for 2 s after a call of 0.5 s of wall clock: it must not have run.
     assert idle_cpu_s < 0.2, f"the idle worker used {idle_cpu_s:.2f} s of CPU"
     # Nor may the next call of the key be billed past its own CPU budget (2 s) and pass.
@@ -341,3 +343,431 @@ def test_a_uid_a_retired_worker_ran_as_carries_nothing_to_another_key(
     assert wrote == [PRIVATE_WORKDIR], wrote  # only its working directory
     assert own_seen, "the search cannot see its own marker"
     assert found == []
+
+
+# --- Host death ------------------------------------------------------------------------
+
+# The host dies right after it said it is ready (as it would if the kernel's OOM killer
+# picked it then): the call that started it resumes after the process object saw the
+# death. The call must end (on a new host, or CRASHED), and the pool must count no worker
+# that no process backs.
+HOST_DIES_AS_IT_STARTS = """\
+    import asyncio, json, os, signal, sys, time
+    from pathlib import Path
+    from toolvault.sandbox import Job, Limits, SandboxHost, _runner
+
+    real = _runner._Process._dispatch
+
+    def dispatch(self, message):
+        real(self, message)
+        if message["op"] == "ready":
+            os.kill(self.pid, signal.SIGKILL)
+            # Until it is a zombie: its pidfd is readable at the event loop's next select.
+            while Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z":
+                time.sleep(0.001)
+            _runner._Process._dispatch = real
+
+    _runner._Process._dispatch = dispatch
+
+    def children(pid):
+        if pid is None:
+            return []
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+    async def scenario(key):
+        host = SandboxHost(preload=(), language_layer=False)
+        limits = Limits(timeout_ms=1000, memory_mb=256, max_output_bytes=1024)
+        job = Job("def main():\\n    return 1\\n", "main", "{}", (), limits)
+        task = asyncio.create_task(host.run(job, worker_key=key or None))
+        done, _ = await asyncio.wait([task], timeout=3)  # three times the call's clock
+        found = {"ended": bool(done), "pool": sum(host.workers.values())}
+        if done:
+            found["status"] = task.result().status.name
+        found["processes"] = len(children(host.pid))
+        print(json.dumps(found), flush=True)
+        os._exit(0)  # close() would wait for the call too
+
+    asyncio.run(scenario(sys.argv[1]))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a host that dies between its ready frame and the resumption of the "
+    "call that started it (SandboxHost.run after `await self._live()`) leaves that call "
+    "on a dead _Process: submit/spawn close the fds unsent, the clock's kill() does "
+    "nothing on a dead process and no exited frame comes, so the call never ends (fresh "
+    "and warm), and in warm mode a worker no process backs stays in the pool with its slot",
+)
+@pytest.mark.parametrize("key", ["", "k"], ids=["fresh", "warm"])
+def test_a_call_ends_when_its_host_dies_as_it_starts(key: str) -> None:
+    found = in_a_pid_namespace(HOST_DIES_AS_IT_STARTS, key)
+    assert found["ended"], f"the call hung: {found}"
+    assert found["status"] in ("OK", "CRASHED"), found
+    assert found["pool"] == found["processes"], found
+
+
+# --- Outliving deletion -------------------------------------------------------------------
+
+# About a second of CPU for the default ``n``, and code the server's validation accepts.
+SPINS = """\
+def main(n=10_000_000):
+    total = 0
+    for i in range(n):
+        total += i
+    return 7
+"""
+
+
+@pytest.fixture
+def warm_invocations(tmp_path: Path) -> Iterator[tuple[Invocations, FunctionStore, SandboxHost]]:
+    """The server's invocation service in warm mode, one sandbox at a time, full Python."""
+    database = Database(f"sqlite:///{tmp_path / 'toolvault.db'}")
+    database.upgrade()
+    settings = Settings(data_dir=tmp_path, sandbox_mode="warm", max_concurrent_runs=1)
+    functions = FunctionStore(database, settings)
+    host = SandboxHost(preload=(), hidden_paths=(str(tmp_path),), language_layer=False)
+    invocations = Invocations(database, functions, settings, sandbox_host=host)
+    yield invocations, functions, host
+    asyncio.run(invocations.close())
+    database.dispose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: a call of a function that waits (for a sandbox slot, or for its "
+    "compilation) while the function is deleted starts a worker after DeleteFunction's "
+    "retire() ran; that worker of a deleted version stays in the pool, idle, until "
+    "worker_idle_s",
+)
+def test_a_function_deleted_while_its_call_waits_leaves_no_worker(
+    warm_invocations: tuple[Invocations, FunctionStore, SandboxHost],
+) -> None:
+    invocations, functions, host = warm_invocations
+    for name, source in (("busy", SPINS), ("doomed", "def main():\n    return 1\n")):
+        functions.publish(PublishRequest(name=name, source=source), actor=ACTOR)
+    caller = CallContext(caller="test")
+
+    async def steps() -> tuple[bool, list[str], dict[str, int]]:
+        await invocations.start_sandbox()
+        busy = asyncio.create_task(invocations.invoke("busy", '{"n": 20000000}', caller))
+        await asyncio.sleep(0.2)
+        # Queued behind the busy call (one sandbox at a time), resolved already.
+        doomed = asyncio.create_task(invocations.invoke("doomed", "{}", caller))
+        await asyncio.sleep(0.1)
+        queued = not busy.done()
+        invocations.retire(functions.delete("doomed", actor=ACTOR))  # as DeleteFunction does
+        executions = await asyncio.gather(busy, doomed)
+        await asyncio.sleep(0.2)
+        return queued, [e.status.name for e in executions], dict(host.workers)
+
+    queued, statuses, workers = asyncio.run(steps())
+    if not queued:
+        pytest.skip("the busy call ended before the deletion: the doomed call was not queued")
+    assert statuses == ["OK", "OK"]  # it was resolved before the deletion: it runs
+    assert not [key for key in workers if key.startswith("doomed@")], workers
+
+
+# --- End to end: a real server in warm mode -------------------------------------------------
+
+
+class WarmServer:
+    """A server in warm mode in a throw-away PID namespace, and what its sandboxes are."""
+
+    def __init__(self, server: ServerProcess, client: Client, data_dir: Path) -> None:
+        self.server = server
+        self.client = client
+        self.data_dir = data_dir
+
+    @property
+    def pid(self) -> int:
+        """The server process: the only child of the ``unshare`` that started it."""
+        assert self.server.process is not None
+        (pid,) = children_by_parent()[self.server.process.pid]
+        return pid
+
+    def host_pids(self) -> tuple[int, int]:
+        """The process the server spawned (the relay) and the host it relays for."""
+        for spawned in children_by_parent().get(self.pid, []):
+            if b"toolvault.sandbox._host" in Path(f"/proc/{spawned}/cmdline").read_bytes():
+                (host,) = children_by_parent()[spawned]
+                return spawned, host
+        raise AssertionError("the server has no sandbox host")
+
+    def sandboxes(self) -> set[int]:
+        """The live processes below the host: its warm workers and fresh calls."""
+        return set(descendants(self.host_pids()[1]))
+
+    def rows(self, execution_id: str) -> list[tuple[str, str]]:
+        """The history rows of one execution: (status, error message)."""
+        with sqlite3.connect(self.data_dir / "toolvault.db") as db:
+            query = "SELECT status, error_message FROM executions WHERE id = ?"
+            rows = db.execute(query, (execution_id.replace("-", ""),)).fetchall()
+            if not rows:
+                rows = db.execute(query, (execution_id,)).fetchall()
+        return [(str(status), str(message)) for status, message in rows]
+
+
+@pytest.fixture(scope="module")
+def warm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServer]:
+    if UNSHARE is None:
+        pytest.skip("util-linux unshare is needed to contain signalling attacks")
+    data_dir = tmp_path_factory.mktemp("warm") / "data"
+    data_dir.mkdir(mode=0o700)
+    server = ServerProcess(
+        db=f"sqlite:///{data_dir / 'toolvault.db'}",
+        data_dir=data_dir,
+        env={"TOOLVAULT_SANDBOX_MODE": "warm"},
+    )
+    command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
+    command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]
+    server.start(command=command)
+    client = Client(server.address, timeout=60)
+    client.publish("probe", "def main(n):\n    return n + 1\n")
+    warm = WarmServer(server, client, data_dir)
+    try:
+        yield warm
+        assert server.process is not None and server.process.poll() is None, "server died"
+        os.kill(warm.pid, signal.SIGTERM)  # unshare ignores SIGTERM
+    finally:
+        client.close()
+        server.stop(signal.SIGKILL)
+
+
+def answers(warm: WarmServer, n: int = 41) -> None:
+    """The server still answers a call correctly."""
+    assert warm.client.invoke("probe", {"n": n}).result == n + 1
+
+
+# Under the language layer: the state of ``random`` is what a call leaves in its worker.
+SEEDS = """\
+import random
+def main(seed=0):
+    if seed:
+        random.seed(seed)
+    return random.random()
+"""
+
+
+def test_state_a_function_leaves_in_its_worker_shows_in_no_other_version_or_namespace(
+    warm_server: WarmServer,
+) -> None:
+    import random
+
+    client = warm_server.client
+    client.publish("seeds", SEEDS)
+    client.publish("seeds", SEEDS + "# version 2\n")
+    client.publish("other-team/seeds", SEEDS)
+    client.publish("seeds_copy", SEEDS)
+    seed = secrets.randbelow(2**32) + 1
+    drawn = random.Random(seed)
+    first, second = drawn.random(), drawn.random()
+
+    assert client.invoke("seeds@1", {"seed": seed}).result == first
+    others = [client.invoke(ref).result for ref in ("seeds@2", "other-team/seeds", "seeds_copy")]
+    # The seeded worker still holds its state (so a crossing would show) ...
+    assert client.invoke("seeds@1").result == second
+    # ... and no other version, namespace or function drew from it.
+    assert not {first, second} & set(others), others
+    answers(warm_server)
+
+
+def test_two_hundred_functions_called_at_once_each_get_their_own_answers(
+    warm_server: WarmServer,
+) -> None:
+    client = warm_server.client
+    names = [f"many_{n}" for n in range(200)]
+    for name in names:
+        client.publish(name, f"def main(n):\n    return [{name!r}, n]\n")
+    wrong: list[Any] = []
+
+    def calls(share: list[str]) -> None:
+        with Client(warm_server.server.address, timeout=60) as own:
+            for n, name in enumerate(share * 2):
+                execution = own.invoke(name, {"n": n})
+                if execution.status is not ExecutionStatus.OK or execution.result != [name, n]:
+                    wrong.append((name, n, execution.status, execution.result))
+
+    threads = [threading.Thread(target=calls, args=(names[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    # The pool's bound (16 workers) held through the churn, fresh calls included.
+    assert len(warm_server.sandboxes()) <= 16
+    history = client.history(limit=None)
+    assert sum(1 for e in history if e.function_name.startswith("many_")) == 400
+    answers(warm_server)
+
+
+def test_deleting_functions_while_they_are_called_leaves_none_of_their_workers(
+    warm_server: WarmServer,
+) -> None:
+    client = warm_server.client
+    names = [f"storm_{n}" for n in range(8)]
+    for name in names:
+        client.publish(name, SEEDS)
+    before = warm_server.sandboxes()
+    seed = secrets.randbelow(2**32) + 1
+    for name in names:
+        assert client.invoke(name, {"seed": seed}).status is ExecutionStatus.OK
+    client.publish("storm_spin", SPINS)
+    theirs = warm_server.sandboxes() - before
+    assert theirs, "the calls left no warm worker to attack"
+    spun: list[Any] = []
+    spinning = threading.Thread(target=lambda: spun.append(client.invoke("storm_spin")))
+    spinning.start()
+    time.sleep(0.3)
+    theirs |= warm_server.sandboxes() - before
+    results: list[Any] = []
+    stop = threading.Event()
+
+    def bystander() -> None:
+        with Client(warm_server.server.address, timeout=60) as own:
+            n = 0
+            while not stop.is_set():
+                results.append((n, own.invoke("probe", {"n": n}).result))
+                n += 1
+
+    beside = threading.Thread(target=bystander)
+    beside.start()
+    deleters = [
+        threading.Thread(target=client.delete, args=(name,)) for name in [*names, "storm_spin"]
+    ]
+    for thread in deleters:
+        thread.start()
+    for thread in deleters:
+        thread.join()
+    spinning.join()
+    stop.set()
+    beside.join()
+    assert spun[0].status is ExecutionStatus.OK and spun[0].result == 7  # resolved before
+    assert results and all(result == n + 1 for n, result in results), results
+    deadline = time.monotonic() + 5
+    while (left := theirs & warm_server.sandboxes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == set(), "workers of deleted functions survived"
+    # Published again with the same content: a new worker, none of the old one's state.
+    client.publish(names[0], SEEDS)
+    drawn = random_after(seed)
+    assert client.invoke(names[0]).result != drawn
+    answers(warm_server)
+
+
+def random_after(seed: int) -> float:
+    """What ``random.random()`` gives after ``random.seed(seed)`` and one draw."""
+    import random
+
+    drawn = random.Random(seed)
+    drawn.random()
+    return drawn.random()
+
+
+@pytest.mark.parametrize(
+    ("victim", "message"),
+    [
+        ("host", "the sandbox host died while the function ran"),
+        ("worker", "the sandbox process was killed by SIGKILL without reporting a result"),
+    ],
+)
+def test_a_call_whose_host_or_worker_is_killed_ends_crashed_with_its_history_row(
+    warm_server: WarmServer, victim: str, message: str
+) -> None:
+    client = warm_server.client
+    name = f"killed_{victim}"
+    client.publish(name, "def main():\n    while True:\n        pass\n", timeout_ms=20_000)
+    assert client.invoke("probe", {"n": 1}).result == 2  # a host to kill
+    before = warm_server.sandboxes()
+    executions: list[Any] = []
+    started = time.monotonic()
+    call = threading.Thread(target=lambda: executions.append(client.invoke(name)))
+    call.start()
+    deadline = time.monotonic() + 10
+    while not (new := warm_server.sandboxes() - before) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert new, "the call never started"
+    time.sleep(0.2)
+    if victim == "host":
+        os.kill(warm_server.host_pids()[1], signal.SIGKILL)
+    else:
+        for pid in new:
+            os.kill(pid, signal.SIGKILL)
+    call.join(timeout=15)
+    assert not call.is_alive(), "the call hung"
+    (execution,) = executions
+    assert time.monotonic() - started < 10
+    assert execution.status is ExecutionStatus.CRASHED
+    assert execution.error is not None and execution.error.message == message
+    assert warm_server.rows(execution.execution_id) == [("CRASHED", message)]
+    answers(warm_server)
+
+
+# Keeps memory in its idle worker under the language layer: typing's cache of Literal
+# types (128 entries) holds their arguments, here a string of ``mb`` MiB per call.
+HOARDS = """\
+import typing
+def main(n, mb=100):
+    typing.Literal["x" * (mb << 20) + str(n)]
+    return n
+"""
+
+
+def anonymous_rss_mib(pid: int) -> float:
+    """What ``pid`` holds resident that is its own (RssAnon), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.partition("RssAnon:")[2].split()[0]) / 1024
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding: the pool has no memory budget; what a call leaves allocated (here, "
+    "under the language layer, typing's Literal cache) stays resident in its idle worker, "
+    "so warm_workers x memory_mb (16 x 4 GiB by default) can be held while no call runs, "
+    "where fresh mode holds nothing between calls and max_concurrent_runs x memory_mb at most",
+)
+def test_idle_workers_hold_no_more_memory_than_one_call_may(warm_server: WarmServer) -> None:
+    client = warm_server.client
+    names = [f"hoards_{n}" for n in range(4)]
+    before = warm_server.sandboxes()
+    for name in names:
+        client.publish(name, HOARDS, memory_mb=512)
+        for n in range(2):
+            client.invoke(name, {"n": n})  # OK, or refused by a fix: either way no hoard
+    workers = warm_server.sandboxes() - before
+    held = sum(anonymous_rss_mib(pid) for pid in workers)
+    for name in names:
+        client.delete(name)
+    deadline = time.monotonic() + 5
+    while (left := workers & warm_server.sandboxes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == set(), "the workers of deleted functions survived"
+    answers(warm_server)
+    # No call runs: together the idle workers hold less than one call's limit (512 MiB).
+    assert held < 512, f"idle workers hold {held:.0f} MiB"
+
+
+def test_a_worker_cannot_forge_the_state_the_runner_reads_from_its_status(
+    open_host: SandboxHost,
+) -> None:
+    # The runner takes a worker for stopped when its /proc status says State: T. The
+    # first line of that file is the process's name, which the process sets itself.
+    forges = """\
+import ctypes, time
+def main():
+    ctypes.CDLL(None).prctl(15, b"\\nState:\\tT", 0, 0, 0)  # PR_SET_NAME
+    time.sleep(1)
+    return 1
+"""
+
+    async def steps() -> tuple[list[bytes], RunResult]:
+        await open_host.run(plain("def main():\n    return 0\n"), worker_key="k")
+        (worker,) = worker_pids(open_host)
+        call = asyncio.create_task(open_host.run(plain(forges), worker_key="k"))
+        await asyncio.sleep(0.5)
+        status = Path(f"/proc/{worker}/status").read_bytes()
+        return _status_field(status, b"State:"), await call
+
+    state, result = scenario(open_host, steps)
+    assert result.status is RunStatus.OK
+    assert state[:1] == [b"S"], state  # sleeping, as it is, not stopped
