@@ -272,6 +272,47 @@ def test_calls_of_keys_running_at_once_get_only_their_own_results_output_and_fig
     assert not (uids["a"] & uids["b"]) and not (uids["burner"] & (uids["a"] | uids["b"]))
 
 
+# Faults in ``mb`` MiB in one system call, then computes until the clock kills it: the
+# host must reap a worker that large well within the grace it gets before the runner
+# kills the host itself (with every other call in flight).
+HEAVY_TO_REAP = """\
+import ctypes
+def main(mb):
+    libc = ctypes.CDLL(None)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    addr = libc.mmap(None, mb << 20, 3, 0x22, -1, 0)  # PROT_READ|WRITE, MAP_PRIVATE|ANONYMOUS
+    libc.madvise(addr, mb << 20, 23)  # MADV_POPULATE_WRITE
+    while True:
+        pass
+"""
+
+
+def test_a_worker_too_heavy_to_reap_quickly_harms_no_call_of_another_key(
+    open_host: SandboxHost,
+) -> None:
+    async def steps() -> tuple[RunResult, float, RunResult, int | None, int | None]:
+        await open_host.start()
+        host_pid = open_host.pid
+        heavy = plain(HEAVY_TO_REAP, {"mb": 1024}, timeout_ms=1500, memory_mb=1200)
+        started = time.monotonic()
+        killed, beside = await asyncio.gather(
+            open_host.run(heavy, worker_key="heavy"),
+            open_host.run(
+                plain(NAMED, {"key": "b", "n": 0, "burn": 0.3}, timeout_ms=5000), worker_key="b"
+            ),
+        )
+        return killed, time.monotonic() - started, beside, host_pid, open_host.pid
+
+    killed, took, beside, host_before, host_after = scenario(open_host, steps)
+    assert killed.status is RunStatus.TIMEOUT, killed.error_message
+    assert took < 1.5 + 1.0, f"the heavy worker took {took - 1.5:.2f} s past its clock to go"
+    assert beside.status is RunStatus.OK and json.loads(beside.result_json)[:2] == ["b", 0]
+    assert host_after == host_before, "the host was killed"
+
+
 # --- Crossing keys through a reused uid --------------------------------------------------
 
 # Leaves a marker in every directory it can write to (the working directory included)
