@@ -40,7 +40,7 @@ from toolvault.server.domain.executions import CallContext
 from toolvault.server.services.functions import FunctionStore, PublishRequest
 from toolvault.server.services.invocations import Invocations
 
-# What every attack that writes its own report sends: an OK report of ``value``.
+# An OK report of ``value``, as code that escaped writes it in place of the runtime's.
 OWN_REPORT = """\
 def own_report(value):
     return json.dumps({"status": "ok", "result_json": json.dumps(value), "error_type": "",
@@ -139,6 +139,40 @@ def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: Sandb
     assert following.status is not RunStatus.OK or following.cpu_time_ms < 2000, following
 
 
+def test_a_worker_cannot_forge_the_state_the_runner_reads_from_its_status(
+    open_host: SandboxHost,
+) -> None:
+    # The runner takes a worker for stopped when its /proc status says State: T. The
+    # first line of that file is the process's name, which the process sets itself.
+    forges = """\
+import ctypes, time
+def main():
+    ctypes.CDLL(None).prctl(15, b"\\nState:\\tT", 0, 0, 0)  # PR_SET_NAME
+    time.sleep(3)
+    return 1
+"""
+
+    async def steps() -> tuple[list[bytes], bytes, RunResult]:
+        # The same limits for both calls: the same worker.
+        await open_host.run(plain("def main():\n    return 0\n", timeout_ms=10_000), worker_key="k")
+        (worker,) = worker_pids(open_host)
+        call = asyncio.create_task(open_host.run(plain(forges, timeout_ms=10_000), worker_key="k"))
+        status = b""
+        deadline = time.monotonic() + 5
+        # Once it has renamed itself and sleeps.
+        while b"Name:\t\\nState" not in status and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            status = Path(f"/proc/{worker}/status").read_bytes()
+        await asyncio.sleep(0.2)
+        status = Path(f"/proc/{worker}/status").read_bytes()
+        stat = Path(f"/proc/{worker}/stat").read_bytes()
+        return _status_field(status, b"State:"), stat.rpartition(b")")[2].split()[0], await call
+
+    state, kernels, result = scenario(open_host, steps)
+    assert result.status is RunStatus.OK
+    assert state[:1] == [kernels] and kernels != b"T", (state, kernels)
+
+
 # --- The per-call channel ----------------------------------------------------------------
 
 # Writes its own report, sends the done byte with fds attached the runner never asked
@@ -179,19 +213,25 @@ def test_bytes_and_fds_a_worker_sends_back_reach_nothing(open_host: SandboxHost)
             open_host.run(plain(FLOODS_THE_CHANNEL, {"n": 2}), worker_key="k"),
             open_host.run(plain(WHO, {"key": "other"}), worker_key="other"),
         )
-        results += [*beside, await open_host.run(plain(WHO, {"key": "k"}), worker_key="k")]
+        results += beside
+        # Until one succeeds: a call that a stale done byte ended early retires the worker.
+        for _ in range(3):
+            results.append(await open_host.run(plain(WHO, {"key": "k"}), worker_key="k"))
+            if results[-1].status is RunStatus.OK:
+                break
         for key in ("k", "other"):
             open_host.retire(key)
         await reaped(open_host)
         return results, fds, [fd_count(), fd_count(open_host.pid)]
 
-    (first, second, other, last), before, after = scenario(open_host, steps)
+    (first, second, other, *later), before, after = scenario(open_host, steps)
     assert first.status is RunStatus.OK and first.result_json == "1"
-    # A stale done byte may end the key's next call early, never with another call's result.
+    # A stale done byte may end a later call of the key early, never with another's result.
     assert second.status is not RunStatus.OK or second.result_json == "2", second
+    assert [r.status for r in later[:-1]] == [RunStatus.CRASHED] * (len(later) - 1), later
+    assert later[-1].status is RunStatus.OK, later
+    assert json.loads(later[-1].result_json)[2] == ["k"] * json.loads(later[-1].result_json)[1]
     assert other.status is RunStatus.OK and json.loads(other.result_json)[1:] == [1, ["other"]]
-    # A new worker: a call that broke the protocol retires its worker.
-    assert last.status is RunStatus.OK and json.loads(last.result_json)[1:] == [1, ["k"]]
     assert after == before, "the server or the host holds fds the worker sent"
 
 
@@ -229,7 +269,7 @@ def test_a_call_cannot_shrink_the_peak_memory_the_runner_reads(open_host: Sandbo
     assert result.peak_memory_bytes >= 300 << 20, result.peak_memory_bytes
 
 
-# Calls of three keys at once: one computes 0.4 s, the others print and return what
+# Calls of three keys at once: one computes 0.25 s, the others print and return what
 # names them. Each call's result, output and CPU time are its own.
 NAMED = """\
 import os, sys, time
@@ -249,9 +289,10 @@ def test_calls_of_keys_running_at_once_get_only_their_own_results_output_and_fig
 ) -> None:
     async def steps() -> list[tuple[str, int, RunResult]]:
         calls = []
-        for n in range(6):
-            for key, burn in (("burner", 0.4), ("a", 0.0), ("b", 0.0)):
-                job = plain(NAMED, {"key": key, "n": n, "burn": burn}, timeout_ms=3000)
+        for n in range(4):
+            for key, burn in (("burner", 0.25), ("a", 0.0), ("b", 0.0)):
+                # A wall clock that a loaded machine's two cores meet.
+                job = plain(NAMED, {"key": key, "n": n, "burn": burn}, timeout_ms=10_000)
                 calls.append((key, n, open_host.run(job, worker_key=key)))
         results = await asyncio.gather(*(call for _, _, call in calls))
         return [(key, n, result) for (key, n, _), result in zip(calls, results, strict=True)]
@@ -264,10 +305,10 @@ def test_calls_of_keys_running_at_once_get_only_their_own_results_output_and_fig
         assert result.stdout == f"{key}:{n}\n"
         uids.setdefault(key, set()).add(found[3])
         if key == "burner":
-            assert result.cpu_time_ms >= 350, result.cpu_time_ms
+            assert result.cpu_time_ms >= 200, result.cpu_time_ms
         else:
             # The burner's CPU is never billed to a call of another key.
-            assert result.cpu_time_ms < 300, (key, n, result.cpu_time_ms)
+            assert result.cpu_time_ms < 100, (key, n, result.cpu_time_ms)
     # Workers of different keys never run as one uid at the same time.
     assert not (uids["a"] & uids["b"]) and not (uids["burner"] & (uids["a"] | uids["b"]))
 
@@ -298,17 +339,25 @@ def test_a_worker_too_heavy_to_reap_quickly_harms_no_call_of_another_key(
         host_pid = open_host.pid
         heavy = plain(HEAVY_TO_REAP, {"mb": 1024}, timeout_ms=1500, memory_mb=1200)
         started = time.monotonic()
+
+        async def timed() -> RunResult:
+            result = await open_host.run(heavy, worker_key="heavy")
+            ended.append(time.monotonic())
+            return result
+
+        ended: list[float] = []
         killed, beside = await asyncio.gather(
-            open_host.run(heavy, worker_key="heavy"),
+            timed(),
             open_host.run(
                 plain(NAMED, {"key": "b", "n": 0, "burn": 0.3}, timeout_ms=5000), worker_key="b"
             ),
         )
-        return killed, time.monotonic() - started, beside, host_pid, open_host.pid
+        return killed, ended[0] - started, beside, host_pid, open_host.pid
 
     killed, took, beside, host_before, host_after = scenario(open_host, steps)
     assert killed.status is RunStatus.TIMEOUT, killed.error_message
-    assert took < 1.5 + 1.0, f"the heavy worker took {took - 1.5:.2f} s past its clock to go"
+    # Well within the host's grace of 5 s, on a loaded machine too.
+    assert took < 1.5 + 2.5, f"the heavy worker took {took - 1.5:.2f} s past its clock to go"
     assert beside.status is RunStatus.OK and json.loads(beside.result_json)[:2] == ["b", 0]
     assert host_after == host_before, "the host was killed"
 
@@ -476,17 +525,18 @@ def warm_invocations(tmp_path: Path) -> Iterator[tuple[Invocations, FunctionStor
 
 @pytest.mark.xfail(
     strict=True,
-    reason="finding: a call of a function that waits (for a sandbox slot, or for its "
-    "compilation) while the function is deleted starts a worker after DeleteFunction's "
-    "retire() ran; that worker of a deleted version stays in the pool, idle, until "
-    "worker_idle_s",
+    reason="finding: a call of a function that waits (for a sandbox slot in Admission, "
+    "for its compilation, or for a worker's stop to land) while the function is deleted "
+    "starts a worker after DeleteFunction's retire() ran; that worker of a deleted version "
+    "stays in the pool, idle, until worker_idle_s",
 )
 def test_a_function_deleted_while_its_call_waits_leaves_no_worker(
     warm_invocations: tuple[Invocations, FunctionStore, SandboxHost],
 ) -> None:
     invocations, functions, host = warm_invocations
     for name, source in (("busy", SPINS), ("doomed", "def main():\n    return 1\n")):
-        functions.publish(PublishRequest(name=name, source=source), actor=ACTOR)
+        request = PublishRequest(name=name, source=source, timeout_ms=30_000)
+        functions.publish(request, actor=ACTOR)
     caller = CallContext(caller="test")
 
     async def steps() -> tuple[bool, list[str], dict[str, int]]:
@@ -568,8 +618,9 @@ def warm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmServer
     warm = WarmServer(server, client, data_dir)
     try:
         yield warm
-        assert server.process is not None and server.process.poll() is None, "server died"
-        os.kill(warm.pid, signal.SIGTERM)  # unshare ignores SIGTERM
+        assert server.process is not None
+        if server.process.poll() is None:  # the last test stops it itself
+            os.kill(warm.pid, signal.SIGTERM)  # unshare ignores SIGTERM
     finally:
         client.close()
         server.stop(signal.SIGKILL)
@@ -653,7 +704,7 @@ def test_deleting_functions_while_they_are_called_leaves_none_of_their_workers(
     seed = secrets.randbelow(2**32) + 1
     for name in names:
         assert client.invoke(name, {"seed": seed}).status is ExecutionStatus.OK
-    client.publish("storm_spin", SPINS)
+    client.publish("storm_spin", SPINS, timeout_ms=30_000)
     theirs = warm_server.sandboxes() - before
     assert theirs, "the calls left no warm worker to attack"
     spun: list[Any] = []
@@ -703,6 +754,25 @@ def random_after(seed: int) -> float:
     drawn = random.Random(seed)
     drawn.random()
     return drawn.random()
+
+
+def test_a_host_killed_while_its_workers_are_idle_leaves_their_functions_answering(
+    warm_server: WarmServer,
+) -> None:
+    client = warm_server.client
+    client.publish("after_host", SEEDS)
+    seed = secrets.randbelow(2**32) + 1
+    assert client.invoke("after_host", {"seed": seed}).status is ExecutionStatus.OK
+    relay, host = warm_server.host_pids()
+    os.kill(host, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while relay in children_by_parent().get(warm_server.pid, []) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # A new host and a new worker: an answer, with none of the old worker's state.
+    execution = client.invoke("after_host")
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result != random_after(seed)
+    answers(warm_server)
 
 
 @pytest.mark.parametrize(
@@ -788,27 +858,17 @@ def test_idle_workers_hold_no_more_memory_than_one_call_may(warm_server: WarmSer
     assert held < 512, f"idle workers hold {held:.0f} MiB"
 
 
-def test_a_worker_cannot_forge_the_state_the_runner_reads_from_its_status(
-    open_host: SandboxHost,
+def test_the_server_stops_promptly_with_its_idle_workers_held_stopped(
+    warm_server: WarmServer,
 ) -> None:
-    # The runner takes a worker for stopped when its /proc status says State: T. The
-    # first line of that file is the process's name, which the process sets itself.
-    forges = """\
-import ctypes, time
-def main():
-    ctypes.CDLL(None).prctl(15, b"\\nState:\\tT", 0, 0, 0)  # PR_SET_NAME
-    time.sleep(1)
-    return 1
-"""
-
-    async def steps() -> tuple[list[bytes], RunResult]:
-        await open_host.run(plain("def main():\n    return 0\n"), worker_key="k")
-        (worker,) = worker_pids(open_host)
-        call = asyncio.create_task(open_host.run(plain(forges), worker_key="k"))
-        await asyncio.sleep(0.5)
-        status = Path(f"/proc/{worker}/status").read_bytes()
-        return _status_field(status, b"State:"), await call
-
-    state, result = scenario(open_host, steps)
-    assert result.status is RunStatus.OK
-    assert state[:1] == [b"S"], state  # sleeping, as it is, not stopped
+    # Last in this module: it stops the module's server.
+    client = warm_server.client
+    client.publish("before_stop", SEEDS)
+    assert client.invoke("before_stop").status is ExecutionStatus.OK
+    idle = warm_server.sandboxes()
+    assert idle, "no idle worker to stop with"
+    assert warm_server.server.process is not None
+    started = time.monotonic()
+    os.kill(warm_server.pid, signal.SIGTERM)
+    assert warm_server.server.process.wait(timeout=20) == 0
+    assert time.monotonic() - started < 15  # the drain's grace (10 s) and a margin
