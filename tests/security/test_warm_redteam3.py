@@ -139,6 +139,44 @@ def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: Sandb
     assert following.status is not RunStatus.OK or following.cpu_time_ms < 2000, following
 
 
+# The one-shot variant, with no timer: the call keeps its stdout's write end with O_ASYNC
+# and F_SETSIG SIGCONT, so the kernel sends it SIGCONT when the runner closes the read end
+# after the call, right after the stop. Its handler computes: the worker runs again, so it
+# is never idle; its stop does not land within the grace, so it is killed.
+PIPE_WAKES_THE_WORKER = """\
+import fcntl, os, signal, time
+def main(seconds=3.0):
+    end = time.monotonic() + seconds
+    def compute(*_):
+        while time.monotonic() < end:
+            pass
+    signal.signal(signal.SIGCONT, compute)
+    kept = os.dup(1)
+    fcntl.fcntl(kept, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(kept, 10, signal.SIGCONT)  # F_SETSIG
+    fcntl.fcntl(kept, fcntl.F_SETFL, fcntl.fcntl(kept, fcntl.F_GETFL) | os.O_ASYNC)
+    return "armed"
+"""
+
+
+def test_a_worker_woken_by_its_own_pipe_after_its_call_gets_no_cpu_while_idle(
+    open_host: SandboxHost,
+) -> None:
+    async def steps() -> tuple[RunResult, float, RunResult]:
+        armed = await open_host.run(plain(PIPE_WAKES_THE_WORKER, timeout_ms=500), worker_key="k")
+        (worker,) = worker_pids(open_host)
+        before = cpu_seconds(worker) or 0.0
+        await asyncio.sleep(2)
+        after = cpu_seconds(worker)  # None once killed and reaped
+        following = await open_host.run(plain(WHO, timeout_ms=500), worker_key="k")
+        return armed, (after if after is not None else before) - before, following
+
+    armed, idle_cpu_s, following = scenario(open_host, steps)
+    assert armed.status is RunStatus.OK, armed.error_message
+    assert idle_cpu_s < 0.2, f"the idle worker used {idle_cpu_s:.2f} s of CPU"
+    assert following.status is RunStatus.OK and following.cpu_time_ms < 2000, following
+
+
 def test_a_worker_cannot_forge_the_state_the_runner_reads_from_its_status(
     open_host: SandboxHost,
 ) -> None:
