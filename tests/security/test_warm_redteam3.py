@@ -63,6 +63,17 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
+async def cpu_while_idle(pid: int, seconds: float) -> float:
+    """The CPU time ``pid`` uses over ``seconds``, or until it is killed and reaped."""
+    before = last = cpu_seconds(pid)
+    assert before is not None
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and (now := cpu_seconds(pid)) is not None:
+        last = now
+        await asyncio.sleep(0.05)
+    return last - before
+
+
 async def reaped(host: SandboxHost, seconds: float = 5.0) -> None:
     """Wait until the host has no worker process left, and the runner has heard so."""
     deadline = time.monotonic() + seconds
@@ -72,6 +83,7 @@ async def reaped(host: SandboxHost, seconds: float = 5.0) -> None:
 
 
 def fd_count(pid: int | str = "self") -> int:
+    """How many fds ``pid`` holds."""
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
@@ -124,12 +136,9 @@ def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: Sandb
         # No assertion on this call: a filter that refuses the timer defeats the attack.
         armed = await open_host.run(plain(TIMER_WAKES_THE_WORKER, timeout_ms=500), worker_key="k")
         (worker,) = worker_pids(open_host)
-        before = cpu_seconds(worker)
-        await asyncio.sleep(2)
-        after = cpu_seconds(worker)
-        assert before is not None and after is not None
+        idle_cpu_s = await cpu_while_idle(worker, 2)
         following = await open_host.run(plain(WHO, timeout_ms=500), worker_key="k")
-        return armed, after - before, following
+        return armed, idle_cpu_s, following
 
     armed, idle_cpu_s, following = scenario(open_host, steps)
     assert armed.status is RunStatus.OK, armed.error_message
@@ -165,11 +174,9 @@ def test_a_worker_woken_by_its_own_pipe_after_its_call_gets_no_cpu_while_idle(
     async def steps() -> tuple[RunResult, float, RunResult]:
         armed = await open_host.run(plain(PIPE_WAKES_THE_WORKER, timeout_ms=500), worker_key="k")
         (worker,) = worker_pids(open_host)
-        before = cpu_seconds(worker) or 0.0
-        await asyncio.sleep(2)
-        after = cpu_seconds(worker)  # None once killed and reaped
+        idle_cpu_s = await cpu_while_idle(worker, 2)
         following = await open_host.run(plain(WHO, timeout_ms=500), worker_key="k")
-        return armed, (after if after is not None else before) - before, following
+        return armed, idle_cpu_s, following
 
     armed, idle_cpu_s, following = scenario(open_host, steps)
     assert armed.status is RunStatus.OK, armed.error_message
