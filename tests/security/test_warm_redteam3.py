@@ -526,14 +526,6 @@ HOST_DIES_AS_IT_STARTS = """\
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a host that dies between its ready frame and the resumption of the "
-    "call that started it (SandboxHost.run after `await self._live()`) leaves that call "
-    "on a dead _Process: submit/spawn close the fds unsent, the clock's kill() does "
-    "nothing on a dead process and no exited frame comes, so the call never ends (fresh "
-    "and warm), and in warm mode a worker no process backs stays in the pool with its slot",
-)
 @pytest.mark.parametrize("key", ["", "k"], ids=["fresh", "warm"])
 def test_a_call_ends_when_its_host_dies_as_it_starts(key: str) -> None:
     found = in_a_pid_namespace(HOST_DIES_AS_IT_STARTS, key)
@@ -568,13 +560,6 @@ def warm_invocations(tmp_path: Path) -> Iterator[tuple[Invocations, FunctionStor
     database.dispose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a call of a function that waits (for a sandbox slot in Admission, "
-    "for its compilation, or for a worker's stop to land) while the function is deleted "
-    "starts a worker after DeleteFunction's retire() ran; that worker of a deleted version "
-    "stays in the pool, idle, until worker_idle_s",
-)
 def test_a_function_deleted_while_its_call_waits_leaves_no_worker(
     warm_invocations: tuple[Invocations, FunctionStore, SandboxHost],
 ) -> None:

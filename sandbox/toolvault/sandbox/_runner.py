@@ -83,6 +83,9 @@ _CHUNK = 64 * 1024
 _RECEIVE_BYTES = 1024 * 1024
 # How long a host may take to start (imports, confinement, the probe sandbox).
 _START_TIMEOUT_S = 60.0
+_START_TRIES = 3
+# Retired keys remembered, so that a call already on its way gets no worker for one.
+_RETIRED_KEYS = 4096
 # How long a host may take to report a killed sandbox gone, or to exit when told to,
 # before it is killed itself.
 _KILL_GRACE_S = 5.0
@@ -150,6 +153,8 @@ class SandboxHost:
         # recently used first.
         self._workers: dict[int, _Worker] = {}
         self._idle: OrderedDict[int, _Worker] = OrderedDict()
+        # Keys retire() was given, the oldest first: none gets a worker again.
+        self._retired: OrderedDict[str, None] = OrderedDict()
         self._preload = list(preload)
         self._hidden = [str(path) for path in hidden_paths]
         self._language_layer = language_layer
@@ -242,13 +247,20 @@ class SandboxHost:
                 self._done_with(worker, ok)
 
     def retire(self, worker_key: str) -> None:
-        """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends."""
+        """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends.
+
+        The key is never served by a worker again: a call of it that was already on its
+        way (waiting for a slot, say) runs fresh.
+        """
+        self._retired[worker_key] = None
+        if len(self._retired) > _RETIRED_KEYS:
+            del self._retired[next(iter(self._retired))]
         for worker in list(self._workers.values()):
-            if worker.key == worker_key:
-                if worker.id in self._idle or worker.settling is not None:
-                    self._retire(worker)
-                else:
-                    worker.retiring = True
+            # A busy one is killed when its call ends (_done_with).
+            if worker.key == worker_key and (
+                worker.id in self._idle or worker.settling is not None
+            ):
+                self._retire(worker)
 
     async def _settled(self, kind: tuple[str, tuple[str, ...], Limits]) -> None:
         """Unless a worker of ``kind`` is idle, wait for one whose stop is landing."""
@@ -265,6 +277,8 @@ class SandboxHost:
 
     def _worker_for(self, job: Job, key: str, process: _Process) -> _Worker | None:
         """An idle worker for ``job``, or a new one; None when there is no room for one."""
+        if key in self._retired:
+            return None
         now = time.monotonic()
         for worker in list(self._idle.values()):
             if now - worker.idle_since >= self._worker_idle_s:
@@ -302,7 +316,7 @@ class SandboxHost:
         budget_s = cpu_limit_seconds(worker.kind[2])
         keep = (
             ok
-            and not worker.retiring
+            and worker.key not in self._retired
             and worker.alive
             and worker.id in self._workers
             and worker.calls < self._max_calls_per_worker
@@ -325,7 +339,11 @@ class SandboxHost:
             worker.settled()
             return
         stopped = worker.stopped()
-        if worker.retiring or stopped is None or (not stopped and time.monotonic() >= deadline):
+        if (
+            worker.key in self._retired
+            or stopped is None
+            or (not stopped and time.monotonic() >= deadline)
+        ):
             self._retire(worker)
             return
         loop = asyncio.get_running_loop()
@@ -388,20 +406,29 @@ class SandboxHost:
             self._worker_gone(worker)
 
     async def _live(self) -> _Process:
-        """The running host process, started (again) if there is none."""
+        """The running host process, started (again) if there is none.
+
+        Raises:
+            HostFailed: When it cannot start, or dies as it starts, time after time.
+        """
         loop = asyncio.get_running_loop()
-        process = self._process
-        if process is not None and process.alive:
-            process.bind(loop)
-            return process
-        if self._starting is None or self._starting.get_loop() is not loop:
-            self._starting = loop.create_task(self._spawn())
-        try:
-            # Shielded: a caller that goes away must not abandon a half-started host.
-            return await asyncio.shield(self._starting)
-        finally:
-            if self._starting is not None and self._starting.done():
-                self._starting = None
+        for _ in range(_START_TRIES):
+            process = self._process
+            if process is not None and process.alive:
+                process.bind(loop)
+                return process
+            if self._starting is None or self._starting.get_loop() is not loop:
+                self._starting = loop.create_task(self._spawn())
+            try:
+                # Shielded: a caller that goes away must not abandon a half-started host.
+                process = await asyncio.shield(self._starting)
+            finally:
+                if self._starting is not None and self._starting.done():
+                    self._starting = None
+            # It may have died between its ready frame and this task's turn.
+            if process.alive:
+                return process
+        raise HostFailed(f"the sandbox host died as it started, {_START_TRIES} times")
 
     async def _spawn(self) -> _Process:
         restart = self._isolation is not None
@@ -564,6 +591,9 @@ class _Process:
 
     def submit(self, call: _Call) -> None:
         """Have the host fork a sandbox for ``call``, or send it to the call's worker."""
+        if not self.alive:
+            call.host_died()  # nothing would ever end it
+            return
         self.calls[call.target] = call
         fds = call.give_away()
         if call.worker is not None:
@@ -579,6 +609,10 @@ class _Process:
 
     def spawn(self, worker: _Worker, channel: int) -> None:
         """Have the host fork ``worker``, which serves calls on ``channel`` (closed here)."""
+        if not self.alive:
+            os.close(channel)
+            self._worker_gone(worker)
+            return
         self.workers[worker.id] = worker
         _, allowed_imports, limits = worker.kind
         message = {
@@ -833,7 +867,6 @@ class _Worker:
     idle_timer: asyncio.TimerHandle | None = None
     # Done when it is idle (its stop landed) or gone, while its call's stop is landing.
     settling: asyncio.Future[None] | None = None
-    retiring: bool = False
     alive: bool = True
     # The host said which process it is; its status, schedstat and clear_refs in this
     # process's /proc, if found then.
