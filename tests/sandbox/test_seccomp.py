@@ -461,6 +461,33 @@ def test_cant_type_into_a_terminal() -> None:
 
 
 @LIVE
+def test_cant_choose_a_signal_for_the_kernel_to_send_later() -> None:
+    # SIGCONT, sent by a timer or an fd's event, would resume a warm worker held stopped.
+    result = probe("""
+        import fcntl, signal
+        F_SETSIG = 10
+        read_end, _ = os.pipe()
+        event = (ctypes.c_int * 16)(0, int(signal.SIGCONT), 0)  # sigevent: SIGEV_SIGNAL
+        timer = ctypes.c_long()
+        install()
+        print(json.dumps({
+            "timer_create": call("timer_create", 1, ctypes.byref(event), ctypes.byref(timer)),
+            "F_SETSIG": call("fcntl", read_end, F_SETSIG, int(signal.SIGCONT)),
+            "F_SETSIG in high bits": call("fcntl", read_end, F_SETSIG | 1 << 32, 18),
+            "other fcntls": fcntl.fcntl(read_end, fcntl.F_GETFD) >= 0,
+            "setitimer": signal.setitimer(signal.ITIMER_REAL, 0) == (0.0, 0.0),
+        }))
+    """)
+    assert result == {
+        "timer_create": "EPERM",
+        "F_SETSIG": "EPERM",
+        "F_SETSIG in high bits": "EPERM",
+        "other fcntls": True,
+        "setitimer": True,
+    }
+
+
+@LIVE
 def test_ordinary_python_still_works() -> None:
     result = probe("""
         import asyncio, datetime, hashlib, pathlib, random, tempfile, time
@@ -710,7 +737,12 @@ def header_numbers(arch: str) -> dict[str, int]:
         if os.environ.get("CI"):
             pytest.fail(f"{path} is missing; install linux-libc-dev")
         pytest.skip(f"{path} is missing")
-    found = re.findall(r"^#define __NR_(\w+)\s+(\d+)$", path.read_text(), re.MULTILINE)
+    text = path.read_text()
+    found = re.findall(r"^#define __NR_(\w+)\s+(\d+)$", text, re.MULTILINE)
+    # asm-generic names the calls whose 32- and 64-bit forms differ __NR3264_*.
+    generic = dict(re.findall(r"^#define __NR3264_(\w+)\s+(\d+)$", text, re.MULTILINE))
+    aliased = re.findall(r"^#define __NR_(\w+)\s+__NR3264_(\w+)$", text, re.MULTILINE)
+    found += [(name, generic[target]) for name, target in aliased if target in generic]
     return {name: int(number) for name, number in found if name != "syscalls"}
 
 

@@ -124,13 +124,6 @@ def main(seconds=3.0):
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: a POSIX timer (timer_create, allowed by the filter) with SIGEV_SIGNAL "
-    "SIGCONT resumes the stopped worker between calls; it computes while idle up to its "
-    "hard CPU limit (budget x max_calls_per_worker + 1 s) or worker_idle_s, and that CPU "
-    "is charged to the key's next call, over that call's own budget",
-)
 def test_a_worker_cannot_wake_itself_between_calls_with_a_timer(open_host: SandboxHost) -> None:
     async def steps() -> tuple[RunResult, float, RunResult]:
         # No assertion on this call: a filter that refuses the timer defeats the attack.
@@ -860,13 +853,6 @@ def anonymous_rss_mib(pid: int) -> float:
     return int(status.partition("RssAnon:")[2].split()[0]) / 1024
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding: the pool has no memory budget; what a call leaves allocated (here, "
-    "under the language layer, typing's Literal cache) stays resident in its idle worker, "
-    "so warm_workers x memory_mb (16 x 4 GiB by default) can be held while no call runs, "
-    "where fresh mode holds nothing between calls and max_concurrent_runs x memory_mb at most",
-)
 def test_idle_workers_hold_no_more_memory_than_one_call_may(warm_server: WarmServer) -> None:
     client = warm_server.client
     names = [f"hoards_{n}" for n in range(4)]

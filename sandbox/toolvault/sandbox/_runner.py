@@ -58,7 +58,7 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._child import CALL_DONE, Program, compile_job, encode_job
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
@@ -93,6 +93,8 @@ _KILL_GRACE_S = 5.0
 # (inside a long system call, which a stop waits for) is killed rather than kept.
 _STOP_GRACE_S = 0.1
 _STOP_POLL_S = 0.001
+# How often an idle worker is checked for having run while it should have been stopped.
+_IDLE_CHECK_S = 0.25
 _STDERR_TAIL_CHARS = 1_000
 _CACHED_PROGRAMS = 256
 _REPORT_FIELDS = ("status", "result_json", "error_type", "error_message", "traceback")
@@ -130,6 +132,9 @@ class SandboxHost:
             beyond it, with every worker of the key busy, run fresh).
         max_calls_per_worker: Calls a worker serves before it is retired.
         worker_idle_s: How long a worker may wait for its next call.
+        idle_memory_bytes: What the idle workers may hold together beyond what they held
+            when they started (their resident anonymous memory: what calls left in
+            their heaps); past it the least recently used are retired.
     """
 
     def __init__(
@@ -142,13 +147,18 @@ class SandboxHost:
         max_workers_per_key: int = 4,
         max_calls_per_worker: int = 1_000,
         worker_idle_s: float = 60.0,
+        idle_memory_bytes: int = 256 << 20,
     ) -> None:
-        if min(max_workers, max_workers_per_key, max_calls_per_worker) < 1 or worker_idle_s <= 0:
+        if (
+            min(max_workers, max_workers_per_key, max_calls_per_worker, idle_memory_bytes) < 1
+            or worker_idle_s <= 0
+        ):
             raise ValueError("pool bounds must be positive")
         self._max_workers = max_workers
         self._max_workers_per_key = max_workers_per_key
         self._max_calls_per_worker = max_calls_per_worker
         self._worker_idle_s = worker_idle_s
+        self._idle_memory_bytes = idle_memory_bytes
         # Every worker that may serve a call (busy or idle), and the idle ones, least
         # recently used first.
         self._workers: dict[int, _Worker] = {}
@@ -285,8 +295,10 @@ class SandboxHost:
                 self._retire(worker)
         kind = (key, job.allowed_imports, job.limits)
         # The most recently used: its memory is the likeliest to be resident.
-        for worker in reversed(self._idle.values()):
-            if worker.kind == kind:
+        for worker in reversed(list(self._idle.values())):
+            if worker.kind == kind and worker.woken():
+                self._retire(worker)  # it ran while it should have been stopped
+            elif worker.kind == kind:
                 del self._idle[worker.id]
                 if worker.idle_timer is not None:
                     worker.idle_timer.cancel()
@@ -338,27 +350,59 @@ class SandboxHost:
         if not worker.alive or worker.id not in self._workers:
             worker.settled()
             return
-        stopped = worker.stopped()
+        state = worker.state()
         if (
             worker.key in self._retired
-            or stopped is None
-            or (not stopped and time.monotonic() >= deadline)
+            or state is None
+            or (not state.stopped and time.monotonic() >= deadline)
         ):
             self._retire(worker)
             return
         loop = asyncio.get_running_loop()
-        if not stopped:
+        if not state.stopped:
             worker.idle_timer = loop.call_later(_STOP_POLL_S, self._settle, worker, deadline)
             return
         worker.settled()
         worker.reset_peak()
+        worker.idle_state = state
+        if not self._room_for(worker):
+            self._retire(worker)
+            return
         worker.idle_since = time.monotonic()
         self._idle[worker.id] = worker
-        worker.idle_timer = loop.call_later(self._worker_idle_s, self._retire_if_idle, worker)
+        worker.idle_timer = loop.call_later(_IDLE_CHECK_S, self._watch_idle, worker)
 
-    def _retire_if_idle(self, worker: _Worker) -> None:
-        if worker.id in self._idle:
+    def _room_for(self, worker: _Worker) -> bool:
+        """Whether the idle workers may hold what ``worker`` holds, within the budget.
+
+        The least recently used idle workers make room; a worker that alone holds more
+        than the budget has none.
+        """
+        held = worker.held_bytes()
+        if held > self._idle_memory_bytes:
+            return False
+        total = held + sum(w.held_bytes() for w in self._idle.values())
+        while total > self._idle_memory_bytes:
+            victim = next(iter(self._idle.values()))
+            total -= victim.held_bytes()
+            self._retire(victim)
+        return True
+
+    def _watch_idle(self, worker: _Worker) -> None:
+        """Retire ``worker`` once it has been idle too long, or if it ran while idle.
+
+        Held stopped, it cannot run, unless something resumed it (a SIGCONT it arranged
+        for itself): then it is killed rather than trusted with another call.
+        """
+        if worker.id not in self._idle:
+            return
+        idle_s = time.monotonic() - worker.idle_since
+        if worker.woken() or idle_s >= self._worker_idle_s:
             self._retire(worker)
+            return
+        worker.idle_timer = asyncio.get_running_loop().call_later(
+            min(_IDLE_CHECK_S, self._worker_idle_s - idle_s), self._watch_idle, worker
+        )
 
     def _retire(self, worker: _Worker) -> None:
         """Kill ``worker``; its slot is free again once the host has reaped it."""
@@ -849,6 +893,15 @@ class _Pipe:
     reading: bool = True
 
 
+class _WorkerState(NamedTuple):
+    """A worker as its /proc files show it."""
+
+    stopped: bool
+    cpu_ns: int
+    # Resident anonymous memory (RssAnon): the heap and what it copied from the host.
+    anon_bytes: int
+
+
 @dataclass(eq=False)
 class _Worker:
     """A warm worker: its key, its slot (its uid) and the server's end of its channel."""
@@ -867,6 +920,9 @@ class _Worker:
     idle_timer: asyncio.TimerHandle | None = None
     # Done when it is idle (its stop landed) or gone, while its call's stop is landing.
     settling: asyncio.Future[None] | None = None
+    # The kernel's figures when it was last stopped, and its anonymous memory at start.
+    idle_state: _WorkerState | None = None
+    start_anon_bytes: int = 0
     alive: bool = True
     # The host said which process it is; its status, schedstat and clear_refs in this
     # process's /proc, if found then.
@@ -921,6 +977,8 @@ class _Worker:
                 with contextlib.suppress(OSError):
                     fds.append(os.open(f"/proc/{candidate}/clear_refs", os.O_WRONLY | os.O_CLOEXEC))
                 self.proc_fds[:] = fds
+                state = self.state()
+                self.start_anon_bytes = 0 if state is None else state.anon_bytes
                 return
             _close_all(fds)
 
@@ -949,13 +1007,34 @@ class _Worker:
                 self.settling.set_result(None)
             self.settling = None
 
-    def stopped(self) -> bool | None:
-        """Whether the stop has landed (the worker cannot run); None when it is gone."""
+    def state(self) -> _WorkerState | None:
+        """What the kernel says of the worker now; None when it is gone (or was not found)."""
         try:
-            state = _status_field(os.pread(self.proc_fds[0], 4096, 0), b"State:")
-        except (OSError, IndexError):
+            status = os.pread(self.proc_fds[0], 4096, 0)
+            cpu_ns = int(os.pread(self.proc_fds[1], 256, 0).split()[0])
+        except (OSError, IndexError, ValueError):
             return None
-        return None if not state or state[0] in (b"Z", b"X") else state[0] == b"T"
+        state = _status_field(status, b"State:")
+        anon = _status_field(status, b"RssAnon:")
+        if not state or state[0] in (b"Z", b"X") or not anon:
+            return None
+        return _WorkerState(state[0] == b"T", cpu_ns, int(anon[0]) * 1024)
+
+    def woken(self) -> bool:
+        """Whether an idle worker is gone, or ran (or runs) since it was last stopped."""
+        now = self.state()
+        return (
+            now is None
+            or self.idle_state is None
+            or not now.stopped
+            or now.cpu_ns != self.idle_state.cpu_ns
+        )
+
+    def held_bytes(self) -> int:
+        """What the worker holds, idle, beyond what it held when it started."""
+        if self.idle_state is None:
+            return 0
+        return max(0, self.idle_state.anon_bytes - self.start_anon_bytes)
 
     def reset_peak(self) -> None:
         """Start the next call's peak resident size at the resident size now.

@@ -24,6 +24,10 @@ What it refuses, by class (a call an architecture does not have is skipped there
   ``pidfd_getfd``, ``kcmp``, ``process_madvise``, ``process_mrelease``, ``move_pages``,
   ``migrate_pages``, ``get_robust_list``.
 - Starting programs: ``execve``, ``execveat``, ``uselib``; a sandbox never needs them.
+- Signals the kernel sends the process later, of its choosing: ``timer_create`` (POSIX
+  timers; ``setitimer``'s fixed signals stay) and ``fcntl(F_SETSIG)`` (the signal of an
+  fd's O_ASYNC events, leases and dnotify). Either could have SIGCONT resume a warm
+  worker that the runner holds stopped between calls.
 - System V shared memory, message queues and semaphores, and POSIX message queues:
   what they hold stays in the call's IPC namespace after every detach, uncounted by
   RLIMIT_AS, so they would let a call hold memory far beyond its limit.
@@ -52,8 +56,8 @@ How: the program checks the arch, then binary-searches the call's number over ru
 numbers with the same verdict (six or seven comparisons, 10 to 14 instructions a call).
 A verdict that depends on the number alone is one the kernel's action cache (Linux 5.11
 and later) remembers, so the program runs only for the four calls whose arguments it
-reads (``socketpair``, ``clone``, ``personality``, ``ioctl``). Arguments are compared on
-their low 32 bits only: all four are ``int`` arguments, which the kernel truncates the
+reads (``socketpair``, ``clone``, ``personality``, ``ioctl``, ``fcntl``). Arguments are
+compared on their low 32 bits only: all five are ``int`` arguments, which the kernel truncates the
 same way, so high bits the caller sets change nothing (a 64-bit comparison would read
 AF_INET | 1 << 32 as some other family while the kernel saw AF_INET).
 
@@ -113,7 +117,8 @@ DESCRIPTION = (
     "seccomp-BPF deny-list: no socket (any family), connect, bind, listen or accept, "
     "only AF_UNIX stream socketpairs; no namespaces (unshare, setns, clone with "
     "CLONE_NEW*, clone3) or mounts; no exec; no System V or POSIX IPC (memory the address "
-    "space limit misses); no ptrace, process_vm_*, pidfd_getfd or kcmp; "
+    "space limit misses); no ptrace, process_vm_*, pidfd_getfd or kcmp; no POSIX timers "
+    "or fcntl(F_SETSIG) (signals chosen for later); "
     "no bpf, perf_event_open, userfaultfd, io_uring, keyrings, personality changes, "
     "modules, kexec, reboot, swap, clocks, quotas, file handles, syslog or TIOCSTI; "
     "calls newer than Linux 6.17 fail with ENOSYS; other ABIs (i386, x32) kill"
@@ -155,6 +160,7 @@ _CLONE_NEW_ANY = 0x7E020000
 _PERSONALITY_QUERY = 0xFFFFFFFF
 _TIOCSTI, _TIOCLINUX = 0x5412, 0x541C  # the same on x86_64 and aarch64
 _USERFAULTFD_IOC_NEW = 0xAA00  # _IO(0xAA, 0): a userfaultfd from /dev/userfaultfd
+_F_SETSIG = 10  # the signal an fd's events (O_ASYNC, leases, dnotify) send
 
 # The last system call the lists below were reviewed against: file_setattr, Linux 6.17.
 # Calls from 424 on have the same number on every architecture.
@@ -184,6 +190,8 @@ _COMMON = {
 }
 _X86_64 = {
     **_COMMON,
+    "fcntl": 72,
+    "timer_create": 222,
     "shmget": 29,
     "shmat": 30,
     "shmctl": 31,
@@ -278,6 +286,8 @@ _X86_64 = {
 # The generic table (asm-generic/unistd.h), which aarch64 uses.
 _AARCH64 = {
     **_COMMON,
+    "fcntl": 25,
+    "timer_create": 107,
     "mq_open": 180,
     "mq_unlink": 181,
     "mq_timedsend": 182,
@@ -357,6 +367,7 @@ _AARCH64 = {
 # Refused outright (EPERM), by class.
 _REFUSED: Mapping[str, tuple[str, ...]] = {
     "network": ("socket", "connect", "bind", "listen", "accept", "accept4"),
+    "signals the kernel sends later": ("timer_create",),
     "namespaces and mounts": (
         "unshare",
         "setns",
@@ -487,6 +498,7 @@ _CONDITIONAL: Mapping[str, tuple[_Arg, ...]] = {
     "clone": (_Arg(0, (0,), mask=_CLONE_NEW_ANY),),
     "personality": (_Arg(0, (_PERSONALITY_QUERY,)),),
     "ioctl": (_Arg(1, (_TIOCSTI, _TIOCLINUX, _USERFAULTFD_IOC_NEW), among=False),),
+    "fcntl": (_Arg(1, (_F_SETSIG,), among=False),),
 }
 # Not implemented, as far as the sandbox can tell (ENOSYS): libc falls back to clone.
 _ABSENT_CALLS = ("clone3",)

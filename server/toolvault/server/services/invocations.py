@@ -105,6 +105,7 @@ class Invocations:
                 max_workers_per_key=settings.warm_workers_per_version,
                 max_calls_per_worker=settings.warm_worker_calls,
                 worker_idle_s=settings.warm_worker_idle_s,
+                idle_memory_bytes=settings.warm_idle_memory_mb << 20,
             )
         self._sandbox = sandbox_host
 
