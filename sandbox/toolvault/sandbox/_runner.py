@@ -1021,7 +1021,18 @@ class _Worker:
         return _WorkerState(state[0] == b"T", cpu_ns, int(anon[0]) * 1024)
 
     def woken(self) -> bool:
-        """Whether an idle worker is gone, or ran (or runs) since it was last stopped."""
+        """Whether an idle worker is gone, or ran (or runs) since it was last stopped.
+
+        Bytes it sent that nobody asked for (a second done byte, say) count: read with
+        its next call, they would end that call.
+        """
+        try:
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            return True  # unasked-for bytes, or its end closed
+        except BlockingIOError:
+            pass
+        except OSError:
+            return True
         now = self.state()
         return (
             now is None
