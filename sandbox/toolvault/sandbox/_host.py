@@ -121,7 +121,11 @@ class _Channel:
 
     def receive(self) -> list[dict[str, Any]] | None:
         """The messages completed by what one read returns; None at EOF."""
-        data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
+        try:
+            data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
+        except ConnectionResetError:
+            # The server closed its end with frames of ours unread: gone all the same.
+            return None
         self.fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
             raise RuntimeError("a frame came with more fds than it may carry")

@@ -101,6 +101,8 @@ _ERROR_TYPES = {
     RunStatus.CRASHED: "Crashed",
 }
 _HOST_DIED = "the sandbox host died while the function ran"
+# The trusted call that warms a spare up: it holds nothing of any call.
+_WARM_UP_SOURCE = "def main():\n    return None\n"
 
 
 class HostFailed(RuntimeError):
@@ -127,6 +129,9 @@ class SandboxHost:
             beyond it, with every worker of the key busy, run fresh).
         max_calls_per_worker: Calls a worker serves before it is retired.
         worker_idle_s: How long a worker may wait for its next call.
+        spares: Sandboxes kept ready for calls without a worker key: forked, confined
+            and warmed by a trusted no-op call ahead of time, each serving one call and
+            then killed (0: every such call forks a sandbox for itself).
     """
 
     def __init__(
@@ -139,9 +144,12 @@ class SandboxHost:
         max_workers_per_key: int = 4,
         max_calls_per_worker: int = 1_000,
         worker_idle_s: float = 60.0,
+        spares: int = 0,
     ) -> None:
         if min(max_workers, max_workers_per_key, max_calls_per_worker) < 1 or worker_idle_s <= 0:
             raise ValueError("pool bounds must be positive")
+        if spares < 0:
+            raise ValueError(f"spares must be 0 or more, not {spares}")
         self._max_workers = max_workers
         self._max_workers_per_key = max_workers_per_key
         self._max_calls_per_worker = max_calls_per_worker
@@ -150,6 +158,12 @@ class SandboxHost:
         # recently used first.
         self._workers: dict[int, _Worker] = {}
         self._idle: OrderedDict[int, _Worker] = OrderedDict()
+        # Every spare alive (warming up, ready or serving its call), and the ready ones,
+        # least recently made first; with the tasks that warm them up.
+        self._max_spares = spares
+        self._spares: dict[int, _Worker] = {}
+        self._ready: OrderedDict[int, _Worker] = OrderedDict()
+        self._warming: set[asyncio.Task[None]] = set()
         self._preload = list(preload)
         self._hidden = [str(path) for path in hidden_paths]
         self._language_layer = language_layer
@@ -190,6 +204,11 @@ class SandboxHost:
             counts[worker.key] = counts.get(worker.key, 0) + 1
         return counts
 
+    @property
+    def spares(self) -> int:
+        """How many spares are ready for a call without a worker key (for tests and metrics)."""
+        return len(self._ready)
+
     async def run(self, job: Job, *, worker_key: str | None = None) -> RunResult:
         """Run ``job`` in a sandbox under its limits; say what happened.
 
@@ -198,10 +217,11 @@ class SandboxHost:
 
         Args:
             job: What to run.
-            worker_key: None forks a fresh sandbox for this call alone. Otherwise the
-                call runs in a warm worker that serves only calls with this key (and
-                the same allowed imports and limits): one function version of one
-                namespace, say. Opaque here.
+            worker_key: None runs the call in a sandbox of its own: a ready spare of
+                its allowed imports and limits if there is one, else one forked for it.
+                Otherwise the call runs in a warm worker that serves only calls with
+                this key (and the same allowed imports and limits): one function
+                version of one namespace, say. Opaque here.
 
         Raises:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
@@ -216,7 +236,10 @@ class SandboxHost:
             process = await self._live()
         except HostFailed as exc:
             return _crashed(f"the sandbox host could not start: {exc}")
-        worker = None if worker_key is None else self._worker_for(job, worker_key, process)
+        if worker_key is None:
+            worker = self._spare_for(job)
+        else:
+            worker = self._worker_for(job, worker_key, process)
         if worker is None:
             slot = self._take_slot()
         else:
@@ -238,8 +261,12 @@ class SandboxHost:
             call.close()
             if worker is None:
                 self._busy_slots.discard(slot)
+            elif worker_key is None:
+                self._retire(worker)  # a spare serves one call
             else:
                 self._done_with(worker, ok)
+            if worker_key is None:
+                self._replenish(("", job.allowed_imports, job.limits), process)
 
     def retire(self, worker_key: str) -> None:
         """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends."""
@@ -312,6 +339,10 @@ class SandboxHost:
         if not keep:
             self._retire(worker)
             return
+        self._start_settling(worker)
+
+    def _start_settling(self, worker: _Worker) -> None:
+        """Make ``worker``, whose call has ended, idle (or ready) once its stop has landed."""
         worker.settling = asyncio.get_running_loop().create_future()
         self._settle(worker, time.monotonic() + _STOP_GRACE_S)
 
@@ -321,7 +352,7 @@ class SandboxHost:
         Until then it may serve no call: it is still running, perhaps in a system call
         that holds its memory map locked and that the stop waits for.
         """
-        if not worker.alive or worker.id not in self._workers:
+        if not worker.alive or (worker.id not in self._workers and worker.id not in self._spares):
             worker.settled()
             return
         stopped = worker.stopped()
@@ -335,17 +366,84 @@ class SandboxHost:
         worker.settled()
         worker.reset_peak()
         worker.idle_since = time.monotonic()
-        self._idle[worker.id] = worker
+        (self._ready if worker.id in self._spares else self._idle)[worker.id] = worker
         worker.idle_timer = loop.call_later(self._worker_idle_s, self._retire_if_idle, worker)
 
     def _retire_if_idle(self, worker: _Worker) -> None:
-        if worker.id in self._idle:
+        if worker.id in self._idle or worker.id in self._ready:
             self._retire(worker)
 
+    def _spare_for(self, job: Job) -> _Worker | None:
+        """A ready spare for ``job``'s allowed imports and limits, taken; None if there is none."""
+        kind = ("", job.allowed_imports, job.limits)
+        # The most recently made: the likeliest to be resident.
+        for spare in reversed(self._ready.values()):
+            if spare.kind == kind:
+                del self._ready[spare.id]
+                if spare.idle_timer is not None:
+                    spare.idle_timer.cancel()
+                return spare
+        return None
+
+    def _replenish(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
+        """After a call of ``kind`` without a key: have a spare of its kind made for the next.
+
+        At most ``spares`` live at once; when they are all taken by other kinds, the
+        least recently made ready one makes room. A kind that has a spare (ready, warming
+        up or serving) gets no second one while the bound is reached.
+        """
+        if not self._max_spares or not process.alive:
+            return
+        if len(self._spares) >= self._max_spares:
+            if any(spare.kind == kind for spare in self._spares.values()) or not self._ready:
+                return
+            self._retire(next(iter(self._ready.values())))
+        # One call's budget (plus its share of the warm-up): a spare serves one call.
+        cpu_hard_s = cpu_limit_seconds(kind[2]) + 2
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        spare = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
+        self._spares[spare.id] = spare
+        process.spawn(spare, theirs.detach())
+        task = asyncio.get_running_loop().create_task(self._warm_up(spare))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm_up(self, spare: _Worker) -> None:
+        """Run the trusted no-op call in ``spare``; it is ready once stopped, else killed.
+
+        The no-op faults in the pages a call touches (the job's reading, the run, the
+        report) in the spare's own memory, off the next call's path; it holds nothing of
+        any call. Its end sets the baseline of the kernel's figures of the spare's call.
+        """
+        _, allowed_imports, limits = spare.kind
+        job = Job(_WARM_UP_SOURCE, "main", "{}", allowed_imports, limits, filename="<warm-up>")
+        program = await self._program(job)
+        if spare.id not in self._spares or not spare.process.alive:
+            return
+        call = _Call(job, program, next(self._ids), spare.slot, spare.process, spare)
+        ok = False
+        try:
+            spare.process.submit(call)
+            try:
+                await asyncio.shield(call.exited)
+            except asyncio.CancelledError:
+                call.kill()
+                await _uncancellable(call.exited)
+                raise
+            ok = call.result().status is RunStatus.OK and call.clean
+        finally:
+            call.close()
+            if ok and spare.alive and spare.id in self._spares:
+                self._start_settling(spare)
+            else:
+                self._retire(spare)
+
     def _retire(self, worker: _Worker) -> None:
-        """Kill ``worker``; its slot is free again once the host has reaped it."""
+        """Kill ``worker`` (or a spare); its slot is free again once the host has reaped it."""
         self._idle.pop(worker.id, None)
-        if self._workers.pop(worker.id, None) is None:
+        self._ready.pop(worker.id, None)
+        if self._workers.pop(worker.id, None) is None and self._spares.pop(worker.id, None) is None:
             return
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
@@ -353,9 +451,11 @@ class SandboxHost:
         worker.process.kill_worker(worker)
 
     def _worker_gone(self, worker: _Worker) -> None:
-        """The host reaped ``worker`` (or died with it)."""
+        """The host reaped ``worker`` or a spare (or died with it)."""
         self._idle.pop(worker.id, None)
         self._workers.pop(worker.id, None)
+        self._ready.pop(worker.id, None)
+        self._spares.pop(worker.id, None)
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
         worker.settled()
@@ -384,7 +484,9 @@ class SandboxHost:
         if self._process is not None:
             await self._process.stop()
             self._process = None
-        for worker in list(self._workers.values()):
+        # Their calls ended with the host: each kills its spare, which is gone already.
+        await asyncio.gather(*self._warming, return_exceptions=True)
+        for worker in [*self._workers.values(), *self._spares.values()]:
             self._worker_gone(worker)
 
     async def _live(self) -> _Process:
