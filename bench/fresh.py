@@ -52,9 +52,9 @@ async def measure(
     job = Job(NOOP, "main", "{}", (), LIMITS, filename="noop@1")
     paces = {"paced": PAUSE_S, "back to back": 0.0}
     measures = ("wall", "result cpu", "runner cpu", "host cpu")
-    times = {
+    times: dict[str, dict[str, dict[str, list[float]]]] = {
         pace: {name: {what: [] for what in measures} for name in hosts} for pace in paces
-    }  # type: dict[str, dict[str, dict[str, list[float]]]]
+    }
     try:
         for host in hosts.values():
             await host.start()

@@ -386,19 +386,22 @@ class SandboxHost:
         return None
 
     def _replenish(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
-        """After a call of ``kind`` without a key: have a spare of its kind made for the next.
+        """After a call of ``kind`` without a key: have spares of its kind made for the next.
 
-        At most ``spares`` live at once; when they are all taken by other kinds, the
-        least recently made ready one makes room. A kind that has a spare (ready, warming
-        up or serving) gets no second one while the bound is reached.
+        The free room under the bound (``spares`` alive at once) fills with spares of
+        the kind called last. When there is none and the kind has no spare (ready,
+        warming up or serving), the least recently made ready one makes room for one.
         """
         if not self._max_spares or not process.alive:
             return
-        if len(self._spares) >= self._max_spares:
-            if any(spare.kind == kind for spare in self._spares.values()) or not self._ready:
-                return
-            self._retire(next(iter(self._ready.values())))
-        # One call's budget (plus its share of the warm-up): a spare serves one call.
+        if len(self._spares) >= self._max_spares and self._ready:
+            if all(spare.kind != kind for spare in self._spares.values()):
+                self._retire(next(iter(self._ready.values())))
+        while len(self._spares) < self._max_spares:
+            self._make_spare(kind, process)
+
+    def _make_spare(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
+        # One call's budget (and the warm-up's): a spare serves one call.
         cpu_hard_s = cpu_limit_seconds(kind[2]) + 2
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
