@@ -18,7 +18,8 @@ both ways on the socket:
   call's sandbox (``confine``, the rlimits, the filter), which serves calls of one
   function version on that socket, straight from the server (``_child.serve_calls``),
   and answers ``spawned`` {id, pid} (its pid in the host's PID namespace), by which the
-  server finds it in its own /proc to read the kernel's figures of each call;
+  server finds it in its own /proc to read the kernel's figures of each call (a fresh
+  call's spare is such a worker, made ahead of its call, that serves only that call);
 - ``kill`` {id}: SIGKILL for the call's process (or the worker), PID 1 of its own
   namespace, so that everything it started dies with it;
 - ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
@@ -121,11 +122,7 @@ class _Channel:
 
     def receive(self) -> list[dict[str, Any]] | None:
         """The messages completed by what one read returns; None at EOF."""
-        try:
-            data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
-        except ConnectionResetError:
-            # The server closed its end with frames of ours unread: gone all the same.
-            return None
+        data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
         self.fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
             raise RuntimeError("a frame came with more fds than it may carry")
@@ -185,18 +182,25 @@ class _Host:
     def serve(self) -> NoReturn:
         """Answer the server's frames and reap the sandboxes until the server goes away."""
         while True:
-            readable = select.select([self._channel.fileno(), self._wakeup], [], [])[0]
-            if self._wakeup in readable:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wakeup, 4096):
-                        pass
-                self._reap()
-            if self._channel.fileno() in readable:
-                messages = self._channel.receive()
-                if messages is None:
-                    self._shut_down()
-                for message in messages:
-                    self._handle(message)
+            try:
+                self._serve_once()
+            except (BrokenPipeError, ConnectionResetError):
+                # The server closed its end with frames unread either way: gone as at EOF.
+                self._shut_down()
+
+    def _serve_once(self) -> None:
+        readable = select.select([self._channel.fileno(), self._wakeup], [], [])[0]
+        if self._wakeup in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wakeup, 4096):
+                    pass
+            self._reap()
+        if self._channel.fileno() in readable:
+            messages = self._channel.receive()
+            if messages is None:
+                self._shut_down()
+            for message in messages:
+                self._handle(message)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message["op"] == "run":

@@ -34,6 +34,22 @@ after any outcome but OK, after ``max_calls_per_worker`` calls, after ``worker_i
 idle, on ``retire(key)``, and when the pool is full and a call of another key needs the
 room (the least recently used idle worker first). A call never waits for a worker: with
 no idle worker of its key and no room, it runs in a fresh sandbox as without a key.
+
+Spares (``SandboxHost(spares=N)``) take the host's fork and the confinement off a fresh
+call's path: a spare is a worker with no key that serves one call. After a call without a
+key, the free room under the bound fills with spares of its allowed imports and limits
+(the host forks and confines each with a ``spawn`` frame, as a worker); the server warms
+each up with a trusted no-op call (which faults in the pages a call touches, holds
+nothing of any call and sets the baseline of the kernel's figures), and it waits stopped
+until a call of its kind takes it. That call ends at the spare's done byte, which comes
+after the spare has written its report and closed the call's fds: the server stops the
+spare, reads the kernel's figures from /proc as for a worker's call, returns the result
+and has the spare killed, without waiting for the host to reap it (the teardown of its
+address space, ~2 ms, is off the path); its slot, hence its uid, stays taken until then.
+A spare that lets go of its pipes but never says it is done is bounded by the call's
+wall clock like any sandbox. A call that finds no spare of its kind ready forks as
+before, and never waits for one. A sandbox forked for a call ends only with the host's
+``exited`` frame (wait4's figures), so closing its pipes early would gain it nothing.
 """
 
 from __future__ import annotations
