@@ -6,7 +6,9 @@ machine, and differing only in how a call without a worker key gets its sandbox:
 
 - ``forked``: the host forks and confines a sandbox for the call (``spares=0``);
 - ``spares=N``: the call takes a spare forked, confined and warmed up ahead of time,
-  which is killed after it; the host makes the next one off the call's path.
+  which is killed after it; the host makes the next one off the call's path;
+- ``warm worker``, the floor: the calls have a worker key, so one confined worker
+  serves them all.
 
 Blocks of calls go to each host in turn, so that drift on this shared machine hits every
 variant alike. Two paces: ``paced`` calls with a pause between them (a server that is not
@@ -45,10 +47,11 @@ def host_cpu_ms(pid: int) -> float:
 
 
 async def measure(
-    variants: dict[str, int], blocks: int, per_block: int
+    variants: dict[str, tuple[int, str | None]], blocks: int, per_block: int
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """Figures in ms per call, by pace, variant and measure, interleaved in blocks."""
-    hosts = {name: SandboxHost(preload=(), spares=spares) for name, spares in variants.items()}
+    hosts = {name: SandboxHost(preload=(), spares=spares) for name, (spares, _) in variants.items()}
+    keys = {name: key for name, (_, key) in variants.items()}
     job = Job(NOOP, "main", "{}", (), LIMITS, filename="noop@1")
     paces = {"paced": PAUSE_S, "back to back": 0.0}
     measures = ("wall", "result cpu", "runner cpu", "host cpu")
@@ -58,8 +61,9 @@ async def measure(
     try:
         for host in hosts.values():
             await host.start()
+        for name, host in hosts.items():
             for _ in range(30):  # warm: compiled, cached, pages faulted in
-                await host.run(job)
+                await host.run(job, worker_key=keys[name])
                 await asyncio.sleep(PAUSE_S)
         for block in range(blocks):
             names = list(hosts)[:: 1 if block % 2 == 0 else -1]
@@ -75,7 +79,7 @@ async def measure(
                         if pause:
                             await asyncio.sleep(pause)
                         started = time.perf_counter()
-                        result = await host.run(job)
+                        result = await host.run(job, worker_key=keys[name])
                         figures["wall"].append((time.perf_counter() - started) * 1000)
                         figures["result cpu"].append(result.cpu_time_ms)
                         assert result.status.value == "ok", result
@@ -96,7 +100,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run")
     quick = parser.parse_args().quick
-    variants = {"forked": 0, "spares=1": 1, "spares=2": 2}
+    variants = {
+        "forked": (0, None),
+        "spares=1": (1, None),
+        "spares=2": (2, None),
+        "warm worker": (0, "noop@1"),
+    }
     blocks, per_block = (4, 25) if quick else (12, 50)
     times = asyncio.run(measure(variants, blocks, per_block))
     lines = [

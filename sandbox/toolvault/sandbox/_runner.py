@@ -263,14 +263,7 @@ class SandboxHost:
         call = _Call(job, program, next(self._ids), slot, process, worker)
         ok = False
         try:
-            process.submit(call)
-            try:
-                await asyncio.shield(call.exited)
-            except asyncio.CancelledError:
-                call.kill()
-                await _uncancellable(call.exited)
-                raise
-            result = call.result()
+            result = await call.run()
             ok = result.status is RunStatus.OK and call.clean
             return result
         finally:
@@ -443,14 +436,7 @@ class SandboxHost:
         call = _Call(job, program, next(self._ids), spare.slot, spare.process, spare)
         ok = False
         try:
-            spare.process.submit(call)
-            try:
-                await asyncio.shield(call.exited)
-            except asyncio.CancelledError:
-                call.kill()
-                await _uncancellable(call.exited)
-                raise
-            ok = call.result().status is RunStatus.OK and call.clean
+            ok = (await call.run()).status is RunStatus.OK and call.clean
         finally:
             call.close()
             if ok and spare.alive and spare.id in self._spares:
@@ -1128,6 +1114,22 @@ class _Call:
         self._verdict: tuple[RunStatus, str] | None = None
         self._report_void = False
         self._watching = False
+
+    async def run(self) -> RunResult:
+        """Submit the call, wait until its sandbox is done and say what happened.
+
+        Raises:
+            asyncio.CancelledError: When the awaiting task is cancelled, after the
+                sandbox and everything it started are killed and reaped.
+        """
+        self._process.submit(self)
+        try:
+            await asyncio.shield(self.exited)
+        except asyncio.CancelledError:
+            self.kill()
+            await _uncancellable(self.exited)
+            raise
+        return self.result()
 
     def give_away(self) -> list[int]:
         """Make the pipes and the job's memfd, start the clock; return what the host gets."""
