@@ -129,6 +129,24 @@ def test_a_spare_killed_for_a_limit_is_replaced(spare_host: SandboxHost) -> None
     assert scenario(spare_host, steps) == [RunStatus.TIMEOUT] * 3
 
 
+def test_a_cancelled_call_in_a_spare_leaves_only_new_spares(spare_host: SandboxHost) -> None:
+    async def steps() -> tuple[list[int], list[int]]:
+        await spare_host.run(plain(LOOK))
+        before = await ready(spare_host, 2)
+        task = asyncio.create_task(
+            spare_host.run(plain("import time\ndef main():\n    time.sleep(30)\n"))
+        )
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return before, await ready(spare_host, 2)
+
+    before, after = scenario(spare_host, steps)
+    # The spare that served the call was killed and reaped; the other one is still there.
+    assert len(set(before) & set(after)) == 1
+
+
 KILL_WITH_SPARES = """\
     import asyncio, json, os, signal, sys, time
     from pathlib import Path

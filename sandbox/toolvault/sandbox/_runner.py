@@ -403,6 +403,11 @@ class SandboxHost:
         """
         if not self._max_spares or not process.alive:
             return
+        loop = asyncio.get_running_loop()
+        for spare in list(self._spares.values()):
+            # Its stop was landing on an event loop that has ended: it never gets ready.
+            if spare.settling is not None and spare.settling.get_loop() is not loop:
+                self._retire(spare)
         if len(self._spares) >= self._max_spares and self._ready:
             if all(spare.kind != kind for spare in self._spares.values()):
                 self._retire(next(iter(self._ready.values())))
