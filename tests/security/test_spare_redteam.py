@@ -47,16 +47,17 @@ MIB = 1 << 20
 
 
 @pytest.fixture(params=[0, 2], ids=["forked", "spare"])
-def any_host(request: pytest.FixtureRequest) -> Iterator[SandboxHost]:
+def any_host(request: pytest.FixtureRequest) -> Iterator[tuple[SandboxHost, int]]:
+    """A host, and how many spares it keeps."""
     sandbox_host = SandboxHost(preload=(), language_layer=False, spares=request.param)
-    yield sandbox_host
+    yield sandbox_host, request.param
     asyncio.run(sandbox_host.close())
 
 
-async def spares_ready(host: SandboxHost) -> list[int]:
-    """Wait until every spare is ready and no other sandbox is left; their pids."""
+async def spares_ready(host: SandboxHost, count: int = 2) -> list[int]:
+    """Wait until ``count`` spares are ready and no other sandbox is left; their pids."""
     deadline = time.monotonic() + 10
-    while host.spares != 2 or len(children(host.pid)) != 2:
+    while host.spares != count or len(children(host.pid)) != count:
         assert time.monotonic() < deadline, (host.spares, children(host.pid))
         await asyncio.sleep(0.01)
     return children(host.pid)
@@ -87,28 +88,30 @@ def test_a_spare_that_says_done_and_goes_on_is_killed_and_billed_by_the_kernel()
     assert result.result_json == "1"
     assert result.cpu_time_ms >= 250, result.cpu_time_ms
     assert result.peak_memory_bytes >= 64 * MIB, result.peak_memory_bytes
-    # Ended at its done byte, not after the 10 s it went on for.
-    assert result.duration_ms < 2_000, result.duration_ms
-    assert gone_after < 1.0, gone_after
+    # Ended at its done byte, not after the 10 s it went on for (with room for a busy
+    # machine: it takes milliseconds).
+    assert result.duration_ms < 5_000, result.duration_ms
+    assert gone_after < 2.0, gone_after
 
 
 def test_a_call_that_lets_go_of_its_pipes_and_goes_on_ends_at_its_wall_clock(
-    any_host: SandboxHost,
+    any_host: tuple[SandboxHost, int],
 ) -> None:
-    async def steps() -> tuple[RunResult, list[int]]:
-        await any_host.run(plain("def main():\n    return 1\n"))
-        await asyncio.sleep(0.5)
-        result = await any_host.run(plain(EARLY_END, {"done": False}, timeout_ms=1_000))
-        await asyncio.sleep(0.5)
-        return result, children(any_host.pid)
+    host, spares = any_host
 
-    result, left = scenario(any_host, steps)
+    async def steps() -> tuple[RunResult, list[int], list[int]]:
+        await host.run(plain("def main():\n    return 1\n", timeout_ms=1_000))
+        before = await spares_ready(host, spares)
+        result = await host.run(plain(EARLY_END, {"done": False}, timeout_ms=1_000))
+        return result, before, await spares_ready(host, spares)
+
+    result, before, after = scenario(host, steps)
     # Its report came, its pipes closed: no result until the process is gone, which
     # takes the wall clock here.
     assert result.status is RunStatus.TIMEOUT, (result.status, result.error_message)
     assert result.error_message == "wall-clock limit of 1000 ms exceeded"
     assert result.result_json == ""
-    assert 1_000 <= result.duration_ms < 2_000
+    assert 1_000 <= result.duration_ms < 5_000
     assert result.cpu_time_ms >= 250
-    # Nothing of it survives; with spares, only the new ones are left.
-    assert len(left) == any_host.spares
+    # Nothing of it survives: with spares, one of those before it is gone.
+    assert len(set(before) - set(after)) == (1 if spares else 0)

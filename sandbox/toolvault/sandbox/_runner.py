@@ -76,7 +76,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._child import CALL_DONE, Program, compile_job, encode_job
+from ._child import CALL_DONE, WARM_UP_FILENAME, WARM_UP_SOURCE, Program, compile_job, encode_job
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
     CPU_LIMIT_EXIT,
@@ -117,8 +117,8 @@ _ERROR_TYPES = {
     RunStatus.CRASHED: "Crashed",
 }
 _HOST_DIED = "the sandbox host died while the function ran"
-# The trusted call that warms a spare up: it holds nothing of any call.
-_WARM_UP_SOURCE = "def main():\n    return None\n"
+# How long a spare may take to be forked, confined and warmed up.
+_WARM_UP_TIMEOUT_MS = 5_000
 
 
 class HostFailed(RuntimeError):
@@ -421,27 +421,28 @@ class SandboxHost:
         ours.setblocking(False)
         spare = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
         self._spares[spare.id] = spare
-        process.spawn(spare, theirs.detach())
+        process.spawn(spare, theirs.detach(), warm_up=True)
         task = asyncio.get_running_loop().create_task(self._warm_up(spare))
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
 
     async def _warm_up(self, spare: _Worker) -> None:
-        """Run the trusted no-op call in ``spare``; it is ready once stopped, else killed.
+        """Wait for ``spare``'s warm-up; it is ready once stopped after it, else killed.
 
-        The no-op faults in the pages a call touches (the job's reading, the run, the
-        report) in the spare's own memory, off the next call's path; it holds nothing of
-        any call. Its end sets the baseline of the kernel's figures of the spare's call.
+        The spare runs a trusted no-op as it starts (``serve_calls``), which faults in
+        the pages a call touches in its own memory, off its call's path, and holds
+        nothing of any call. Its end sets the baseline of the kernel's figures of the
+        spare's call.
         """
         _, allowed_imports, limits = spare.kind
-        job = Job(_WARM_UP_SOURCE, "main", "{}", allowed_imports, limits, filename="<warm-up>")
-        program = await self._program(job)
-        if spare.id not in self._spares or not spare.process.alive:
-            return
-        call = _Call(job, program, next(self._ids), spare.slot, spare.process, spare)
+        # Only the clock and the caps matter here: the spare runs the no-op itself.
+        timed = dataclasses.replace(limits, timeout_ms=_WARM_UP_TIMEOUT_MS)
+        job = Job(WARM_UP_SOURCE, "main", "{}", allowed_imports, timed, filename=WARM_UP_FILENAME)
+        call = _Call(job, _NO_PROGRAM, next(self._ids), spare.slot, spare.process, spare)
         ok = False
         try:
-            ok = (await call.run()).status is RunStatus.OK and call.clean
+            await call.wait(warm_up=True)
+            ok = call.warmed_up()
         finally:
             call.close()
             if ok and spare.alive and spare.id in self._spares:
@@ -674,9 +675,15 @@ class _Process:
         if self._pidfd >= 0:
             self._loop.remove_reader(self._pidfd)
 
-    def submit(self, call: _Call) -> None:
-        """Have the host fork a sandbox for ``call``, or send it to the call's worker."""
+    def submit(self, call: _Call, *, warm_up: bool = False) -> None:
+        """Have the host fork a sandbox for ``call``, or send it to the call's worker.
+
+        With ``warm_up`` the call is a spare's warm-up, which the spare runs by itself.
+        """
         self.calls[call.target] = call
+        if warm_up:
+            call.watch_warm_up()
+            return
         fds = call.give_away()
         if call.worker is not None:
             call.send_to_worker(fds)
@@ -689,8 +696,11 @@ class _Process:
         }
         self.send(message, fds)
 
-    def spawn(self, worker: _Worker, channel: int) -> None:
-        """Have the host fork ``worker``, which serves calls on ``channel`` (closed here)."""
+    def spawn(self, worker: _Worker, channel: int, *, warm_up: bool = False) -> None:
+        """Have the host fork ``worker``, which serves calls on ``channel`` (closed here).
+
+        With ``warm_up`` (a spare) it runs the trusted no-op first, then says it is done.
+        """
         self.workers[worker.id] = worker
         _, allowed_imports, limits = worker.kind
         message = {
@@ -700,6 +710,7 @@ class _Process:
             "allowed_imports": allowed_imports,
             "limits": vars(limits),
             "cpu_hard_s": worker.cpu_hard_s,
+            "warm_up": warm_up,
         }
         self.send(message, [channel])
 
@@ -899,6 +910,10 @@ def _release(sock: socket.socket, pidfd: int, workdir: str) -> None:
     sock.close()
     os.close(pidfd)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# A spare's warm-up as the runner knows it: the spare has the program itself.
+_NO_PROGRAM = Program(b"", "", "")
 
 
 def _crashed(message: str) -> RunResult:
@@ -1127,14 +1142,33 @@ class _Call:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
                 sandbox and everything it started are killed and reaped.
         """
-        self._process.submit(self)
+        await self.wait()
+        return self.result()
+
+    async def wait(self, *, warm_up: bool = False) -> None:
+        """Submit the call (a spare's warm-up with ``warm_up``) and wait until it is done.
+
+        Raises:
+            asyncio.CancelledError: As for run.
+        """
+        self._process.submit(self, warm_up=warm_up)
         try:
             await asyncio.shield(self.exited)
         except asyncio.CancelledError:
             self.kill()
             await _uncancellable(self.exited)
             raise
-        return self.result()
+
+    def watch_warm_up(self) -> None:
+        """Start the clock and wait for the spare's byte after its warm-up."""
+        self._start_clock()
+        assert self.worker is not None
+        self._loop.add_reader(self.worker.sock.fileno(), self._on_channel)
+        self._watching = True
+
+    def warmed_up(self) -> bool:
+        """Whether the spare finished its warm-up in time, its figures read, and lives."""
+        return self.finished and self.clean and self._verdict is None
 
     def give_away(self) -> list[int]:
         """Make the pipes and the job's memfd, start the clock; return what the host gets."""
@@ -1150,6 +1184,11 @@ class _Call:
         while data:
             data = data[os.write(job, data) :]
         os.lseek(job, 0, os.SEEK_SET)
+        self._start_clock()
+        write_ends, self._write_ends = self._write_ends, []
+        return write_ends
+
+    def _start_clock(self) -> None:
         self._started = time.monotonic()
         limits = self.job.limits
         self._timer = self._loop.call_later(
@@ -1158,8 +1197,6 @@ class _Call:
             RunStatus.TIMEOUT,
             f"wall-clock limit of {limits.timeout_ms} ms exceeded",
         )
-        write_ends, self._write_ends = self._write_ends, []
-        return write_ends
 
     def send_to_worker(self, fds: list[int]) -> None:
         """Send the job's memfd and the call's pipes to the worker (closed here)."""
