@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -145,6 +146,24 @@ def test_a_cancelled_call_in_a_spare_leaves_only_new_spares(spare_host: SandboxH
     before, after = scenario(spare_host, steps)
     # The spare that served the call was killed and reaped; the other one is still there.
     assert len(set(before) & set(after)) == 1
+
+
+def test_a_host_closed_while_its_spares_are_made_leaves_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = SandboxHost(preload=(), language_layer=False, spares=2)
+
+    async def steps() -> list[int]:
+        await host.start()
+        host_pid = host.pid
+        await host.run(plain(LOOK))  # the spares are being made when it returns
+        await host.close()
+        await asyncio.sleep(0.1)
+        return children(host_pid)
+
+    with caplog.at_level(logging.ERROR):
+        assert asyncio.run(steps()) == []
+    assert [record.getMessage() for record in caplog.records] == []
 
 
 KILL_WITH_SPARES = """\

@@ -434,6 +434,8 @@ class SandboxHost:
         nothing of any call. Its end sets the baseline of the kernel's figures of the
         spare's call.
         """
+        if spare.id not in self._spares:
+            return  # retired or gone (with its host) before this task began
         _, allowed_imports, limits = spare.kind
         # Only the clock and the caps matter here: the spare runs the no-op itself.
         timed = dataclasses.replace(limits, timeout_ms=_WARM_UP_TIMEOUT_MS)
