@@ -38,14 +38,16 @@ no idle worker of its key and no room, it runs in a fresh sandbox as without a k
 Spares (``SandboxHost(spares=N)``) take the host's fork and the confinement off a fresh
 call's path: a spare is a worker with no key that serves one call. After a call without a
 key, the free room under the bound fills with spares of its allowed imports and limits
-(the host forks and confines each with a ``spawn`` frame, as a worker); the server warms
-each up with a trusted no-op call (which faults in the pages a call touches, holds
-nothing of any call and sets the baseline of the kernel's figures), and it waits stopped
-until a call of its kind takes it. That call ends at the spare's done byte, which comes
-after the spare has written its report and closed the call's fds: the server stops the
-spare, reads the kernel's figures from /proc as for a worker's call, returns the result
-and has the spare killed, without waiting for the host to reap it (the teardown of its
-address space, ~2 ms, is off the path); its slot, hence its uid, stays taken until then.
+(the host forks and confines each with a ``spawn`` frame, as a worker). Each first
+serves a trusted no-op that the host compiled, as a call from a memfd of its own (which
+faults in the pages a call touches and holds nothing of any call), and says it is done
+as after a call: the server reads the kernel's figures then (the baseline of its call's)
+and stops it, and it waits stopped until a call of its kind takes it. That call ends at
+the spare's done byte, which comes after the spare has written its report and closed the
+call's fds: the server stops the spare, reads the kernel's figures from /proc as for a
+worker's call, returns the result and has the spare killed, without waiting for the
+host to reap it (the teardown of its address space, ~2 ms, is off the path); its slot,
+hence its uid, stays taken until then. Unused spares retire after ``worker_idle_s``.
 A spare that lets go of its pipes but never says it is done is bounded by the call's
 wall clock like any sandbox. A call that finds no spare of its kind ready forks as
 before, and never waits for one. A sandbox forked for a call ends only with the host's
