@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     warm_workers_per_version: int = Field(4, ge=1, le=1024)
     warm_worker_calls: int = Field(1_000, ge=1, description="calls before a worker retires")
     warm_worker_idle_s: float = Field(60.0, gt=0, description="idle time before it retires")
+    fresh_spares: int = Field(
+        0, ge=0, le=64, description="sandboxes made ahead of time for fresh calls, one call each"
+    )
     default_max_chain_depth: int = Field(3, ge=0)
     max_chain_depth: int = Field(10, ge=0)
     shutdown_grace_s: float = Field(10.0, ge=0)

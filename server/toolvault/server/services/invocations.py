@@ -105,6 +105,7 @@ class Invocations:
                 max_workers_per_key=settings.warm_workers_per_version,
                 max_calls_per_worker=settings.warm_worker_calls,
                 worker_idle_s=settings.warm_worker_idle_s,
+                spares=settings.fresh_spares,
             )
         self._sandbox = sandbox_host
 
