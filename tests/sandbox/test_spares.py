@@ -23,7 +23,7 @@ from toolvault.sandbox import RunStatus, SandboxHost
 
 # What a call finds of earlier calls in its process, and what it leaves for later ones.
 LOOK = """\
-import os, sys
+import os, resource, sys
 def main(n=0):
     state = sys.__dict__.setdefault("tv_state", {"calls": []})
     state["calls"].append(n)
@@ -33,6 +33,8 @@ def main(n=0):
         "fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd")),
         "pids": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
         "uid": os.getuid(),
+        "limits": [resource.getrlimit(getattr(resource, name))[1] for name in
+                   ("RLIMIT_AS", "RLIMIT_CPU", "RLIMIT_FSIZE", "RLIMIT_NOFILE", "RLIMIT_NPROC")],
     }
     with open(f"left-by-{n}", "w") as left:
         left.write("x")
@@ -85,13 +87,13 @@ def test_a_spare_serves_one_call_and_is_replaced(spare_host: SandboxHost) -> Non
 
 def test_a_spares_call_has_a_process_of_its_own(spare_host: SandboxHost) -> None:
     async def steps() -> list[dict[str, Any]]:
-        await spare_host.run(plain(LOOK))
+        forked = await spare_host.run(plain(LOOK))
         await ready(spare_host, 2)
         # Two calls at once, each in a spare of its own.
         results = await asyncio.gather(*(spare_host.run(plain(LOOK, {"n": n})) for n in (1, 2)))
-        return [json.loads(result.result_json) for result in results]
+        return [json.loads(result.result_json) for result in (forked, *results)]
 
-    first, second = scenario(spare_host, steps)
+    forked, first, second = scenario(spare_host, steps)
     for found, n in ((first, 1), (second, 2)):
         assert found["calls"] == [n]
         assert found["files"] == []
@@ -99,6 +101,8 @@ def test_a_spares_call_has_a_process_of_its_own(spare_host: SandboxHost) -> None
         assert found["pids"] == [1]
         # The job's memfd was read and closed: its channel and the call's three pipes.
         assert found["fds"] == [0, 1, 2, 3, 4]  # 4: the listing's own
+        # The hard limits of a sandbox forked for the call, the CPU time's included.
+        assert found["limits"] == forked["limits"]
     assert first["uid"] != second["uid"]
 
 

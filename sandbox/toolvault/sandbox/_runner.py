@@ -417,8 +417,9 @@ class SandboxHost:
             self._make_spare(kind, process)
 
     def _make_spare(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
-        # One call's budget (and the warm-up's): a spare serves one call.
-        cpu_hard_s = cpu_limit_seconds(kind[2]) + 2
+        # A forked call's hard limit (the one that stops the init of a PID namespace):
+        # a spare serves one call, and its warm-up takes milliseconds of it.
+        cpu_hard_s = cpu_limit_seconds(kind[2]) + 1
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ours.setblocking(False)
         spare = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
