@@ -115,16 +115,17 @@ class Host:
             pytest.skip(f"this host does not allow {missing} (toolvault doctor says why)")
 
 
-@pytest.fixture(scope="module", params=["fresh", "warm"])
+@pytest.fixture(scope="module", params=["fresh", "spares", "warm"])
 def host(request: pytest.FixtureRequest) -> Iterator[Host]:
     """An unrestricted sandbox host in a new PID namespace, with secrets planted around it.
 
     The secret is in the host's environment, in a 0600 file in the directory it is told to
     hide, in a 0644 file beside it, and behind a pathname Unix socket, an abstract one and
-    TCP listeners on loopback. Every attack runs twice: in a sandbox forked for the call,
+    TCP listeners on loopback. Every attack runs three times: in a sandbox forked for the
+    call, in a spare made ahead of it (but for the first call of each kind of limits),
     and in warm workers (keyed by the job's filename) that serve call after call.
     """
-    options = ("--warm",) if request.param == "warm" else ()
+    options = {"fresh": (), "spares": ("--spares",), "warm": ("--warm",)}[request.param]
     with unrestricted_host(*options) as started:
         yield started
 

@@ -7,7 +7,9 @@ every other layer exactly as the server's sandboxes run. Each line on stdin is a
 list of jobs to run at once; each line on stdout is the list of their results.
 ``--without-seccomp`` after DATA_DIR leaves the system-call filter out, as on a machine
 it has no program for, to attack the other layers alone. ``--warm`` runs every job in a
-warm worker, keyed by its filename, as the server runs the calls of a function version.
+warm worker, keyed by its filename, as the server runs the calls of a function version;
+``--spares`` keeps two spares ready for the jobs (``SandboxHost(spares=2)``) and waits for
+them before each line.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ def _encode(result: RunResult) -> dict[str, Any]:
     return {**dataclasses.asdict(result), "status": result.status.value}
 
 
-async def _serve(data_dir: str, warm: bool) -> None:
-    host = SandboxHost(preload=(), hidden_paths=[data_dir], language_layer=False)
+async def _serve(data_dir: str, warm: bool, spares: int) -> None:
+    host = SandboxHost(preload=(), hidden_paths=[data_dir], language_layer=False, spares=spares)
     loop = asyncio.get_running_loop()
     try:
         isolation = await host.start()
@@ -53,6 +55,11 @@ async def _serve(data_dir: str, warm: bool) -> None:
         print(json.dumps({"layers": layers, "host_pid": host.pid}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
             jobs = [_job(fields) for fields in json.loads(line)]
+            # Every spare ready (but before the first line): each job of the kind last
+            # called runs in one.
+            deadline = loop.time() + 2
+            while host.spares < spares and loop.time() < deadline:
+                await asyncio.sleep(0.005)
             results = await asyncio.gather(
                 *(host.run(job, worker_key=job.filename if warm else None) for job in jobs)
             )
@@ -67,4 +74,6 @@ if __name__ == "__main__":
         from toolvault.sandbox import _seccomp
 
         _seccomp.program = lambda: None  # type: ignore[assignment]
-    asyncio.run(_serve(sys.argv[1], "--warm" in sys.argv[2:]))
+    asyncio.run(
+        _serve(sys.argv[1], "--warm" in sys.argv[2:], 2 if "--spares" in sys.argv[2:] else 0)
+    )

@@ -68,6 +68,9 @@ CALL_DONE = b"d"
 CALL_DONE_DIRTY = b"x"
 # The job's memfd, then the call's stdout, stderr and report pipes.
 _FDS_PER_CALL = 4
+# The trusted call a spare runs before its call, to fault in the pages a call touches.
+WARM_UP_SOURCE = "def main():\n    return None\n"
+WARM_UP_FILENAME = "<warm-up>"
 _LENGTH_BYTES = 4
 
 
@@ -160,7 +163,13 @@ def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoRet
     os._exit(0)
 
 
-def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: int) -> NoReturn:
+def serve_calls(
+    limits: Limits,
+    prepared: ModuleType,
+    plan: Plan,
+    cpu_hard_s: int,
+    warm_up: bytes = b"",
+) -> NoReturn:
     """Serve the calls of one function version, one at a time, in this confined worker.
 
     Set up once: the rlimits (``limits``, with ``cpu_hard_s`` as the hard CPU limit, the
@@ -171,6 +180,11 @@ def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: in
     call's budget, writes the report, closes the call's fds (the runner's EOF), wipes the
     working directory and sends CALL_DONE (CALL_DONE_DIRTY if something stayed there).
     It exits when the runner closes the channel.
+
+    A spare (``warm_up``: a job of WARM_UP_SOURCE, encoded) first serves that trusted
+    no-op exactly as a call, from a memfd of its own, with /dev/null as its stdout,
+    stderr and report, and sends the same byte: the pages a call touches are then its
+    own, off its one call's path.
     """
     channel = socket.socket(fileno=CHANNEL_FD)
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
@@ -181,27 +195,46 @@ def serve_calls(limits: Limits, prepared: ModuleType, plan: Plan, cpu_hard_s: in
     signal.signal(signal.SIGXCPU, lambda *_: os._exit(CPU_LIMIT_EXIT))
     seal(plan)
     workdir = os.getcwd()
+    if warm_up:
+        job_fd = os.memfd_create("warm-up", os.MFD_CLOEXEC)
+        os.write(job_fd, warm_up)
+        os.lseek(job_fd, 0, os.SEEK_SET)
+        # fds 1 to 3 are /dev/null until the first call.
+        fds = [job_fd, os.dup(1), os.dup(2), os.dup(REPORT_FD)]
+        _serve_call(channel, fds, prepared, out_of_memory, cpu_hard_s, workdir)
     while True:
         _, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_CALL)
         if len(fds) != _FDS_PER_CALL:
             os._exit(0)  # the runner closed the channel: retired
-        # Out of the way first: with fds 1 to 3 closed between calls, they arrive there.
-        job_fd, *outputs = [_move_up(fd) for fd in fds]
-        for target, fd in zip((1, 2, REPORT_FD), outputs, strict=True):
-            os.dup2(fd, target)
-            os.close(fd)
-        job, program = read_job(job_fd)
-        used = resource.getrusage(resource.RUSAGE_SELF)
-        soft = math.ceil(used.ru_utime + used.ru_stime) + cpu_limit_seconds(job.limits)
-        resource.setrlimit(resource.RLIMIT_CPU, (min(soft, cpu_hard_s), cpu_hard_s))
-        data = _run(job, program, fresh_module(prepared), out_of_memory)
-        with os.fdopen(REPORT_FD, "wb") as report:
-            report.write(data)
-        sys.stderr.flush()
-        # Between calls the worker holds no fd but its channel.
-        os.close(1)
-        os.close(2)
-        channel.sendall(CALL_DONE if _wipe(workdir) else CALL_DONE_DIRTY)
+        _serve_call(channel, fds, prepared, out_of_memory, cpu_hard_s, workdir)
+
+
+def _serve_call(
+    channel: socket.socket,
+    fds: list[int],
+    prepared: ModuleType,
+    out_of_memory: bytes,
+    cpu_hard_s: int,
+    workdir: str,
+) -> None:
+    """Serve one call: its job's memfd and its output pipes in ``fds``, which it closes."""
+    # Out of the way first: with fds 1 to 3 closed between calls, they arrive there.
+    job_fd, *outputs = [_move_up(fd) for fd in fds]
+    for target, fd in zip((1, 2, REPORT_FD), outputs, strict=True):
+        os.dup2(fd, target)
+        os.close(fd)
+    job, program = read_job(job_fd)
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(used.ru_utime + used.ru_stime) + cpu_limit_seconds(job.limits)
+    resource.setrlimit(resource.RLIMIT_CPU, (min(soft, cpu_hard_s), cpu_hard_s))
+    data = _run(job, program, fresh_module(prepared), out_of_memory)
+    with os.fdopen(REPORT_FD, "wb") as report:
+        report.write(data)
+    sys.stderr.flush()
+    # Between calls the worker holds no fd but its channel.
+    os.close(1)
+    os.close(2)
+    channel.sendall(CALL_DONE if _wipe(workdir) else CALL_DONE_DIRTY)
 
 
 def _move_up(fd: int) -> int:

@@ -13,12 +13,14 @@ both ways on the socket:
   and report pipes and a memfd holding the job attached (SCM_RIGHTS): the host forks a
   sandbox, which confines itself, reads the job from the memfd and runs it
   (``_child.run_job``);
-- ``spawn`` {id, slot, allowed_imports, limits, cpu_hard_s} with one end of a socket
+- ``spawn`` {id, slot, allowed_imports, limits, cpu_hard_s, warm_up} with one end of a socket
   pair the server made attached: the host forks a warm worker, confined exactly as a
   call's sandbox (``confine``, the rlimits, the filter), which serves calls of one
   function version on that socket, straight from the server (``_child.serve_calls``),
   and answers ``spawned`` {id, pid} (its pid in the host's PID namespace), by which the
-  server finds it in its own /proc to read the kernel's figures of each call;
+  server finds it in its own /proc to read the kernel's figures of each call (a fresh
+  call's spare is such a worker, made ahead of its call, that serves only that call;
+  with ``warm_up`` it first runs a trusted no-op that the host compiled);
 - ``kill`` {id}: SIGKILL for the call's process (or the worker), PID 1 of its own
   namespace, so that everything it started dies with it;
 - ``exited`` {id, status, cpu_ms, maxrss_kb, error}: the host reaped the call's process
@@ -29,7 +31,8 @@ At EOF on the socket (the server closed it, or died) the host kills every sandbo
 exits. The host never runs user code, and never reads a job: its memory, which every
 sandbox is a copy of, holds no call's source, code, arguments or results (the server
 compiles, and the memfd goes to the sandbox unread). What it keeps between calls are the
-restricted globals per allow-list, which hold nothing of any call.
+restricted globals per allow-list and the spares' warm-up (a constant no-op), which hold
+nothing of any call.
 """
 
 import builtins
@@ -50,7 +53,18 @@ from types import ModuleType
 from typing import Any, NoReturn
 
 from . import _seccomp
-from ._child import JOB_FD, preload, read_job, run_job, serve_calls
+from ._child import (
+    JOB_FD,
+    WARM_UP_FILENAME,
+    WARM_UP_SOURCE,
+    Program,
+    compile_job,
+    encode_job,
+    preload,
+    read_job,
+    run_job,
+    serve_calls,
+)
 from ._globals import restricted_module
 from ._isolation import (
     PROBE_LIMITS,
@@ -62,7 +76,7 @@ from ._isolation import (
     seal,
     set_limits,
 )
-from ._models import Limits, decode_frames, encode_frame
+from ._models import Job, Limits, decode_frames, encode_frame
 from ._modules import USER_MODULE
 
 CONTROL_FD = 3
@@ -149,6 +163,7 @@ class _Host:
         self._modules: collections.OrderedDict[tuple[str, ...], ModuleType] = (
             collections.OrderedDict()
         )
+        self._warm_up: Program | None = None
         self._calls: dict[int, int] = {}  # call id -> pid
         self._slots: dict[int, tuple[int, int]] = {}  # pid -> call id, slot
         # SIGCHLD wakes select through this pipe: no signal handler does any work.
@@ -181,18 +196,25 @@ class _Host:
     def serve(self) -> NoReturn:
         """Answer the server's frames and reap the sandboxes until the server goes away."""
         while True:
-            readable = select.select([self._channel.fileno(), self._wakeup], [], [])[0]
-            if self._wakeup in readable:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(self._wakeup, 4096):
-                        pass
-                self._reap()
-            if self._channel.fileno() in readable:
-                messages = self._channel.receive()
-                if messages is None:
-                    self._shut_down()
-                for message in messages:
-                    self._handle(message)
+            try:
+                self._serve_once()
+            except (BrokenPipeError, ConnectionResetError):
+                # The server closed its end with frames unread either way: gone as at EOF.
+                self._shut_down()
+
+    def _serve_once(self) -> None:
+        readable = select.select([self._channel.fileno(), self._wakeup], [], [])[0]
+        if self._wakeup in readable:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self._wakeup, 4096):
+                    pass
+            self._reap()
+        if self._channel.fileno() in readable:
+            messages = self._channel.receive()
+            if messages is None:
+                self._shut_down()
+            for message in messages:
+                self._handle(message)
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message["op"] == "run":
@@ -228,12 +250,16 @@ class _Host:
         module = self._module(tuple(message["allowed_imports"]))
         limits = Limits(**message["limits"])
         cpu_hard_s: int = message["cpu_hard_s"]
+        warm_up = b""
+        if message["warm_up"]:
+            job = Job(WARM_UP_SOURCE, "main", "{}", (), limits, filename=WARM_UP_FILENAME)
+            warm_up = encode_job(job, self._warm_up_program())
         null = os.open(os.devnull, os.O_WRONLY)
         try:
             pid = self._fork(
                 slot,
                 (null, null, null, channel),
-                lambda: serve_calls(limits, module, self._plan, cpu_hard_s),
+                lambda: serve_calls(limits, module, self._plan, cpu_hard_s, warm_up),
             )
         except OSError as exc:
             self._finish(slot)
@@ -245,6 +271,13 @@ class _Host:
         self._calls[worker_id] = pid
         self._slots[pid] = (worker_id, slot)
         self._channel.send({"op": "spawned", "id": worker_id, "pid": pid})
+
+    def _warm_up_program(self) -> Program:
+        """The spares' warm-up compiled, once: a constant of this module, no call's code."""
+        if self._warm_up is None:
+            restricted = self._language_layer
+            self._warm_up = compile_job(WARM_UP_SOURCE, WARM_UP_FILENAME, restricted=restricted)
+        return self._warm_up
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
         """Fork a sandbox with ``fds`` as its stdout, stderr, report and job; it runs ``body``."""

@@ -34,6 +34,24 @@ after any outcome but OK, after ``max_calls_per_worker`` calls, after ``worker_i
 idle, on ``retire(key)``, and when the pool is full and a call of another key needs the
 room (the least recently used idle worker first). A call never waits for a worker: with
 no idle worker of its key and no room, it runs in a fresh sandbox as without a key.
+
+Spares (``SandboxHost(spares=N)``) take the host's fork and the confinement off a fresh
+call's path: a spare is a worker with no key that serves one call. After a call without a
+key, the free room under the bound fills with spares of its allowed imports and limits
+(the host forks and confines each with a ``spawn`` frame, as a worker). Each first
+serves a trusted no-op that the host compiled, as a call from a memfd of its own (which
+faults in the pages a call touches and holds nothing of any call), and says it is done
+as after a call: the server reads the kernel's figures then (the baseline of its call's)
+and stops it, and it waits stopped until a call of its kind takes it. That call ends at
+the spare's done byte, which comes after the spare has written its report and closed the
+call's fds: the server stops the spare, reads the kernel's figures from /proc as for a
+worker's call, returns the result and has the spare killed, without waiting for the
+host to reap it (the teardown of its address space, ~2 ms, is off the path); its slot,
+hence its uid, stays taken until then. Unused spares retire after ``worker_idle_s``.
+A spare that lets go of its pipes but never says it is done is bounded by the call's
+wall clock like any sandbox. A call that finds no spare of its kind ready forks as
+before, and never waits for one. A sandbox forked for a call ends only with the host's
+``exited`` frame (wait4's figures), so closing its pipes early would gain it nothing.
 """
 
 from __future__ import annotations
@@ -60,7 +78,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._child import CALL_DONE, Program, compile_job, encode_job
+from ._child import CALL_DONE, WARM_UP_FILENAME, WARM_UP_SOURCE, Program, compile_job, encode_job
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
     CPU_LIMIT_EXIT,
@@ -106,6 +124,8 @@ _ERROR_TYPES = {
     RunStatus.CRASHED: "Crashed",
 }
 _HOST_DIED = "the sandbox host died while the function ran"
+# How long a spare may take to be forked, confined and warmed up.
+_WARM_UP_TIMEOUT_MS = 5_000
 
 
 class HostFailed(RuntimeError):
@@ -135,6 +155,9 @@ class SandboxHost:
         idle_memory_bytes: What the idle workers may hold together beyond what they held
             when they started (their resident anonymous memory: what calls left in
             their heaps); past it the least recently used are retired.
+        spares: Sandboxes kept ready for calls without a worker key: forked, confined
+            and warmed by a trusted no-op call ahead of time, each serving one call and
+            then killed (0: every such call forks a sandbox for itself).
     """
 
     def __init__(
@@ -148,12 +171,15 @@ class SandboxHost:
         max_calls_per_worker: int = 1_000,
         worker_idle_s: float = 60.0,
         idle_memory_bytes: int = 256 << 20,
+        spares: int = 0,
     ) -> None:
         if (
             min(max_workers, max_workers_per_key, max_calls_per_worker, idle_memory_bytes) < 1
             or worker_idle_s <= 0
         ):
             raise ValueError("pool bounds must be positive")
+        if spares < 0:
+            raise ValueError(f"spares must be 0 or more, not {spares}")
         self._max_workers = max_workers
         self._max_workers_per_key = max_workers_per_key
         self._max_calls_per_worker = max_calls_per_worker
@@ -165,6 +191,12 @@ class SandboxHost:
         self._idle: OrderedDict[int, _Worker] = OrderedDict()
         # Keys retire() was given, the oldest first: none gets a worker again.
         self._retired: OrderedDict[str, None] = OrderedDict()
+        # Every spare alive (warming up, ready or serving its call), and the ready ones,
+        # least recently made first; with the tasks that warm them up.
+        self._max_spares = spares
+        self._spares: dict[int, _Worker] = {}
+        self._ready: OrderedDict[int, _Worker] = OrderedDict()
+        self._warming: set[asyncio.Task[None]] = set()
         self._preload = list(preload)
         self._hidden = [str(path) for path in hidden_paths]
         self._language_layer = language_layer
@@ -205,6 +237,11 @@ class SandboxHost:
             counts[worker.key] = counts.get(worker.key, 0) + 1
         return counts
 
+    @property
+    def spares(self) -> int:
+        """How many spares are ready for a call without a worker key (for tests and metrics)."""
+        return len(self._ready)
+
     async def run(self, job: Job, *, worker_key: str | None = None) -> RunResult:
         """Run ``job`` in a sandbox under its limits; say what happened.
 
@@ -213,10 +250,11 @@ class SandboxHost:
 
         Args:
             job: What to run.
-            worker_key: None forks a fresh sandbox for this call alone. Otherwise the
-                call runs in a warm worker that serves only calls with this key (and
-                the same allowed imports and limits): one function version of one
-                namespace, say. Opaque here.
+            worker_key: None runs the call in a sandbox of its own: a ready spare of
+                its allowed imports and limits if there is one, else one forked for it.
+                Otherwise the call runs in a warm worker that serves only calls with
+                this key (and the same allowed imports and limits): one function
+                version of one namespace, say. Opaque here.
 
         Raises:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
@@ -231,7 +269,10 @@ class SandboxHost:
             process = await self._live()
         except HostFailed as exc:
             return _crashed(f"the sandbox host could not start: {exc}")
-        worker = None if worker_key is None else self._worker_for(job, worker_key, process)
+        if worker_key is None:
+            worker = self._spare_for(job)
+        else:
+            worker = self._worker_for(job, worker_key, process)
         if worker is None:
             slot = self._take_slot()
         else:
@@ -239,22 +280,19 @@ class SandboxHost:
         call = _Call(job, program, next(self._ids), slot, process, worker)
         ok = False
         try:
-            process.submit(call)
-            try:
-                await asyncio.shield(call.exited)
-            except asyncio.CancelledError:
-                call.kill()
-                await _uncancellable(call.exited)
-                raise
-            result = call.result()
+            result = await call.run()
             ok = result.status is RunStatus.OK and call.clean
             return result
         finally:
             call.close()
             if worker is None:
                 self._busy_slots.discard(slot)
+            elif worker_key is None:
+                self._retire(worker)  # a spare serves one call
             else:
                 self._done_with(worker, ok)
+            if worker_key is None:
+                self._replenish(("", job.allowed_imports, job.limits), process)
 
     def retire(self, worker_key: str) -> None:
         """Kill the idle workers of ``worker_key`` now, and the busy ones when their call ends.
@@ -338,6 +376,10 @@ class SandboxHost:
         if not keep:
             self._retire(worker)
             return
+        self._start_settling(worker)
+
+    def _start_settling(self, worker: _Worker) -> None:
+        """Make ``worker``, whose call has ended, idle (or ready) once its stop has landed."""
         worker.settling = asyncio.get_running_loop().create_future()
         self._settle(worker, time.monotonic() + _STOP_GRACE_S)
 
@@ -347,7 +389,7 @@ class SandboxHost:
         Until then it may serve no call: it is still running, perhaps in a system call
         that holds its memory map locked and that the stop waits for.
         """
-        if not worker.alive or worker.id not in self._workers:
+        if not worker.alive or (worker.id not in self._workers and worker.id not in self._spares):
             worker.settled()
             return
         state = worker.state()
@@ -365,11 +407,11 @@ class SandboxHost:
         worker.settled()
         worker.reset_peak()
         worker.idle_state = state
-        if not self._room_for(worker):
+        if worker.id not in self._spares and not self._room_for(worker):
             self._retire(worker)
             return
         worker.idle_since = time.monotonic()
-        self._idle[worker.id] = worker
+        (self._ready if worker.id in self._spares else self._idle)[worker.id] = worker
         worker.idle_timer = loop.call_later(_IDLE_CHECK_S, self._watch_idle, worker)
 
     def _room_for(self, worker: _Worker) -> bool:
@@ -394,7 +436,7 @@ class SandboxHost:
         Held stopped, it cannot run, unless something resumed it (a SIGCONT it arranged
         for itself): then it is killed rather than trusted with another call.
         """
-        if worker.id not in self._idle:
+        if worker.id not in self._idle and worker.id not in self._ready:
             return
         idle_s = time.monotonic() - worker.idle_since
         if worker.woken() or idle_s >= self._worker_idle_s:
@@ -404,10 +446,82 @@ class SandboxHost:
             min(_IDLE_CHECK_S, self._worker_idle_s - idle_s), self._watch_idle, worker
         )
 
+    def _spare_for(self, job: Job) -> _Worker | None:
+        """A ready spare for ``job``'s allowed imports and limits, taken; None if there is none."""
+        kind = ("", job.allowed_imports, job.limits)
+        # The most recently made: the likeliest to be resident.
+        for spare in reversed(self._ready.values()):
+            if spare.kind == kind:
+                del self._ready[spare.id]
+                if spare.idle_timer is not None:
+                    spare.idle_timer.cancel()
+                return spare
+        return None
+
+    def _replenish(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
+        """After a call of ``kind`` without a key: have spares of its kind made for the next.
+
+        The free room under the bound (``spares`` alive at once) fills with spares of
+        the kind called last. When there is none and the kind has no spare (ready,
+        warming up or serving), the least recently made ready one makes room for one.
+        """
+        if not self._max_spares or not process.alive:
+            return
+        loop = asyncio.get_running_loop()
+        for spare in list(self._spares.values()):
+            # Its stop was landing on an event loop that has ended: it never gets ready.
+            if spare.settling is not None and spare.settling.get_loop() is not loop:
+                self._retire(spare)
+        if len(self._spares) >= self._max_spares and self._ready:
+            if all(spare.kind != kind for spare in self._spares.values()):
+                self._retire(next(iter(self._ready.values())))
+        while len(self._spares) < self._max_spares:
+            self._make_spare(kind, process)
+
+    def _make_spare(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
+        # A forked call's hard limit (the one that stops the init of a PID namespace):
+        # a spare serves one call, and its warm-up takes milliseconds of it.
+        cpu_hard_s = cpu_limit_seconds(kind[2]) + 1
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        spare = _Worker(next(self._ids), kind, self._take_slot(), process, ours, cpu_hard_s)
+        self._spares[spare.id] = spare
+        process.spawn(spare, theirs.detach(), warm_up=True)
+        task = asyncio.get_running_loop().create_task(self._warm_up(spare))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm_up(self, spare: _Worker) -> None:
+        """Wait for ``spare``'s warm-up; it is ready once stopped after it, else killed.
+
+        The spare runs a trusted no-op as it starts (``serve_calls``), which faults in
+        the pages a call touches in its own memory, off its call's path, and holds
+        nothing of any call. Its end sets the baseline of the kernel's figures of the
+        spare's call.
+        """
+        if spare.id not in self._spares:
+            return  # retired or gone (with its host) before this task began
+        _, allowed_imports, limits = spare.kind
+        # Only the clock and the caps matter here: the spare runs the no-op itself.
+        timed = dataclasses.replace(limits, timeout_ms=_WARM_UP_TIMEOUT_MS)
+        job = Job(WARM_UP_SOURCE, "main", "{}", allowed_imports, timed, filename=WARM_UP_FILENAME)
+        call = _Call(job, _NO_PROGRAM, next(self._ids), spare.slot, spare.process, spare)
+        ok = False
+        try:
+            await call.wait(warm_up=True)
+            ok = call.warmed_up()
+        finally:
+            call.close()
+            if ok and spare.alive and spare.id in self._spares:
+                self._start_settling(spare)
+            else:
+                self._retire(spare)
+
     def _retire(self, worker: _Worker) -> None:
-        """Kill ``worker``; its slot is free again once the host has reaped it."""
+        """Kill ``worker`` (or a spare); its slot is free again once the host has reaped it."""
         self._idle.pop(worker.id, None)
-        if self._workers.pop(worker.id, None) is None:
+        self._ready.pop(worker.id, None)
+        if self._workers.pop(worker.id, None) is None and self._spares.pop(worker.id, None) is None:
             return
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
@@ -415,9 +529,11 @@ class SandboxHost:
         worker.process.kill_worker(worker)
 
     def _worker_gone(self, worker: _Worker) -> None:
-        """The host reaped ``worker`` (or died with it)."""
+        """The host reaped ``worker`` or a spare (or died with it)."""
         self._idle.pop(worker.id, None)
         self._workers.pop(worker.id, None)
+        self._ready.pop(worker.id, None)
+        self._spares.pop(worker.id, None)
         if worker.idle_timer is not None:
             worker.idle_timer.cancel()
         worker.settled()
@@ -446,7 +562,9 @@ class SandboxHost:
         if self._process is not None:
             await self._process.stop()
             self._process = None
-        for worker in list(self._workers.values()):
+        # Their calls ended with the host: each kills its spare, which is gone already.
+        await asyncio.gather(*self._warming, return_exceptions=True)
+        for worker in [*self._workers.values(), *self._spares.values()]:
             self._worker_gone(worker)
 
     async def _live(self) -> _Process:
@@ -633,12 +751,18 @@ class _Process:
         if self._pidfd >= 0:
             self._loop.remove_reader(self._pidfd)
 
-    def submit(self, call: _Call) -> None:
-        """Have the host fork a sandbox for ``call``, or send it to the call's worker."""
+    def submit(self, call: _Call, *, warm_up: bool = False) -> None:
+        """Have the host fork a sandbox for ``call``, or send it to the call's worker.
+
+        With ``warm_up`` the call is a spare's warm-up, which the spare runs by itself.
+        """
         if not self.alive:
             call.host_died()  # nothing would ever end it
             return
         self.calls[call.target] = call
+        if warm_up:
+            call.watch_warm_up()
+            return
         fds = call.give_away()
         if call.worker is not None:
             call.send_to_worker(fds)
@@ -651,8 +775,11 @@ class _Process:
         }
         self.send(message, fds)
 
-    def spawn(self, worker: _Worker, channel: int) -> None:
-        """Have the host fork ``worker``, which serves calls on ``channel`` (closed here)."""
+    def spawn(self, worker: _Worker, channel: int, *, warm_up: bool = False) -> None:
+        """Have the host fork ``worker``, which serves calls on ``channel`` (closed here).
+
+        With ``warm_up`` (a spare) it runs the trusted no-op first, then says it is done.
+        """
         if not self.alive:
             os.close(channel)
             self._worker_gone(worker)
@@ -666,6 +793,7 @@ class _Process:
             "allowed_imports": allowed_imports,
             "limits": vars(limits),
             "cpu_hard_s": worker.cpu_hard_s,
+            "warm_up": warm_up,
         }
         self.send(message, [channel])
 
@@ -865,6 +993,10 @@ def _release(sock: socket.socket, pidfd: int, workdir: str) -> None:
     sock.close()
     os.close(pidfd)
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+# A spare's warm-up as the runner knows it: the spare has the program itself.
+_NO_PROGRAM = Program(b"", "", "")
 
 
 def _crashed(message: str) -> RunResult:
@@ -1131,6 +1263,41 @@ class _Call:
         self._report_void = False
         self._watching = False
 
+    async def run(self) -> RunResult:
+        """Submit the call, wait until its sandbox is done and say what happened.
+
+        Raises:
+            asyncio.CancelledError: When the awaiting task is cancelled, after the
+                sandbox and everything it started are killed and reaped.
+        """
+        await self.wait()
+        return self.result()
+
+    async def wait(self, *, warm_up: bool = False) -> None:
+        """Submit the call (a spare's warm-up with ``warm_up``) and wait until it is done.
+
+        Raises:
+            asyncio.CancelledError: As for run.
+        """
+        self._process.submit(self, warm_up=warm_up)
+        try:
+            await asyncio.shield(self.exited)
+        except asyncio.CancelledError:
+            self.kill()
+            await _uncancellable(self.exited)
+            raise
+
+    def watch_warm_up(self) -> None:
+        """Start the clock and wait for the spare's byte after its warm-up."""
+        self._start_clock()
+        assert self.worker is not None
+        self._loop.add_reader(self.worker.sock.fileno(), self._on_channel)
+        self._watching = True
+
+    def warmed_up(self) -> bool:
+        """Whether the spare finished its warm-up in time, its figures read, and lives."""
+        return self.finished and self.clean and self._verdict is None
+
     def give_away(self) -> list[int]:
         """Make the pipes and the job's memfd, start the clock; return what the host gets."""
         for pipe in self._pipes:
@@ -1145,6 +1312,11 @@ class _Call:
         while data:
             data = data[os.write(job, data) :]
         os.lseek(job, 0, os.SEEK_SET)
+        self._start_clock()
+        write_ends, self._write_ends = self._write_ends, []
+        return write_ends
+
+    def _start_clock(self) -> None:
         self._started = time.monotonic()
         limits = self.job.limits
         self._timer = self._loop.call_later(
@@ -1153,8 +1325,6 @@ class _Call:
             RunStatus.TIMEOUT,
             f"wall-clock limit of {limits.timeout_ms} ms exceeded",
         )
-        write_ends, self._write_ends = self._write_ends, []
-        return write_ends
 
     def send_to_worker(self, fds: list[int]) -> None:
         """Send the job's memfd and the call's pipes to the worker (closed here)."""

@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     warm_idle_memory_mb: int = Field(
         256, ge=1, description="memory idle workers may hold beyond their start, together"
     )
+    fresh_spares: int = Field(
+        0, ge=0, le=64, description="sandboxes made ahead of time for fresh calls, one call each"
+    )
     default_max_chain_depth: int = Field(3, ge=0)
     max_chain_depth: int = Field(10, ge=0)
     shutdown_grace_s: float = Field(10.0, ge=0)

@@ -106,6 +106,7 @@ class Invocations:
                 max_calls_per_worker=settings.warm_worker_calls,
                 worker_idle_s=settings.warm_worker_idle_s,
                 idle_memory_bytes=settings.warm_idle_memory_mb << 20,
+                spares=settings.fresh_spares,
             )
         self._sandbox = sandbox_host
 
