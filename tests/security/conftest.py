@@ -6,9 +6,11 @@ checks what must hold whatever the attack was: the secrets appear in no field of
 result (nor, at the end of the module, in any history row), no process of the call is
 left, and the server answers its next call correctly.
 
-Every module runs twice: against a server whose calls run in warm workers, and against
-one that forks a fresh sandbox per call. A warm worker may outlive its call, but only
-idle: stopped, with no process under it, and never after a call that failed.
+Every module runs three times: against a server whose calls run in warm workers, one
+that forks a fresh sandbox per call, and one whose fresh calls take spares (sandboxes
+made ahead of time, one call each). A warm worker may outlive its call, but only idle:
+stopped, with no process under it, and never after a call that failed; so may spares
+waiting for a call, at most as many as the server keeps.
 """
 
 from __future__ import annotations
@@ -120,7 +122,9 @@ class Attack:
         execution = self.client.invoke(name, args or {})
         self.assert_no_secret(execution)
         self.assert_nothing_survives()
-        kept = set() if self.bystanders else idle_workers(self.server_pid) - idle_before
+        kept = set()
+        if self.mode == "warm" and not self.bystanders:
+            kept = idle_workers(self.server_pid) - idle_before
         if execution.status not in (ExecutionStatus.OK, ExecutionStatus.OUTPUT_SCHEMA_MISMATCH):
             assert kept == set(), f"the worker of a failed call was kept: {kept}"
         assert len(kept) <= 1, f"one call left several idle workers: {kept}"
@@ -147,12 +151,23 @@ class Attack:
 
     def processes_of_calls(self) -> list[int]:
         host = sandbox_host(self.server_pid)
-        if self.mode == "warm":
-            host |= idle_workers(self.server_pid)
+        if self.mode != "fresh":
+            idle = idle_workers(self.server_pid)
+            if self.mode == "spares":
+                assert len(idle) <= SPARES, f"more spares than the server keeps: {idle}"
+            host |= idle
         return [pid for pid in descendants(self.server_pid) if pid not in host]
 
 
-@pytest.fixture(scope="module", params=["warm", "fresh"])
+SPARES = 2
+MODES = {
+    "warm": {"TOOLVAULT_SANDBOX_MODE": "warm"},
+    "fresh": {"TOOLVAULT_SANDBOX_MODE": "fresh", "TOOLVAULT_FRESH_SPARES": "0"},
+    "spares": {"TOOLVAULT_SANDBOX_MODE": "fresh", "TOOLVAULT_FRESH_SPARES": str(SPARES)},
+}
+
+
+@pytest.fixture(scope="module", params=list(MODES))
 def attack(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Attack]:
@@ -172,7 +187,7 @@ def attack(
     server = ServerProcess(
         db=f"sqlite:///{data_dir / 'toolvault.db'}",
         data_dir=data_dir,
-        env={"TOOLVAULT_TEST_SECRET": SECRET, "TOOLVAULT_SANDBOX_MODE": request.param},
+        env={"TOOLVAULT_TEST_SECRET": SECRET, **MODES[request.param]},
     )
     command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
     command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]

@@ -27,7 +27,7 @@ def test_bystander_calls_are_checked(attack: Attack, bystanders: list[object]) -
 
 def test_a_warm_worker_that_runs_between_calls_counts_as_a_survivor(attack: Attack) -> None:
     if attack.mode != "warm":
-        pytest.skip("a fresh server keeps no process between calls")
+        pytest.skip("only a warm server keeps a process that served a call")
     attack.run("def main():\n    return 1\n")
     worker = max(idle_workers(attack.server_pid))
     os.kill(worker, signal.SIGCONT)

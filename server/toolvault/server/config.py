@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         256, ge=1, description="memory idle workers may hold beyond their start, together"
     )
     fresh_spares: int = Field(
-        0, ge=0, le=64, description="sandboxes made ahead of time for fresh calls, one call each"
+        2, ge=0, le=64, description="sandboxes made ahead of time for fresh calls, one call each"
     )
     default_max_chain_depth: int = Field(3, ge=0)
     max_chain_depth: int = Field(10, ge=0)
