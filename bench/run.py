@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import platform
 import resource
+import signal
 import socket
 import statistics
 import subprocess
@@ -98,12 +99,14 @@ class Server:
         tree = [self.process.pid, *_descendants(self.process.pid)]
         return sum(_smaps_rollup(pid).get("Pss", 0) for pid in tree)
 
-    def workers(self) -> list[int]:
-        """The warm workers alive (and not yet reaped) below the server."""
+    def workers(self, *, dying: bool = False) -> list[int]:
+        """The warm workers below the server: those not killed, or (``dying``) only those
+        killed and not gone yet (the host kills a retired worker at once and reaps it a
+        moment later)."""
         return [
             pid
             for pid in _descendants(self.process.pid)
-            if pid not in self.hosts and _state(pid) not in ("Z", "X", "")
+            if pid not in self.hosts and _state(pid) not in ("Z", "X", "") and _killed(pid) is dying
         ]
 
     def stop(self) -> None:
@@ -149,6 +152,16 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
         return ""
+
+
+def _killed(pid: int) -> bool:
+    """Whether ``pid`` has a SIGKILL pending (proc_pid_status(5): SigPnd, ShdPnd)."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return True
+    pending = (int(line.split()[1], 16) for line in lines if line.startswith(("SigPnd", "ShdPnd")))
+    return any(mask & 1 << (signal.SIGKILL - 1) for mask in pending)
 
 
 def _smaps_rollup(pid: int) -> dict[str, int]:
@@ -340,15 +353,17 @@ def worker_memory(server: Server, client: Client, pool: int, functions: int) -> 
 
     Once ``pool`` functions have been called (the pool's bound): each worker's RSS, PSS
     and private memory (the medians) and the server's totals; after ``functions``: how
-    many workers there are, the most seen after any call, and the totals again.
+    many workers there are, the most seen after any call (and of those killed, not yet
+    gone), and the totals again.
     """
     for index in range(functions):
         client.publish(f"f{index}", f"def main():\n    return {index}\n")
     figures: dict[str, float] = {}
-    most = 0
+    most = most_dying = 0
     for index in range(functions):
         assert client.invoke(f"f{index}").result == index
         most = max(most, len(server.workers()))
+        most_dying = max(most_dying, len(server.workers(dying=True)))
         if index + 1 == pool:
             time.sleep(1)  # the last worker's stop lands
             each = [_smaps_rollup(pid) for pid in server.workers()]
@@ -366,6 +381,7 @@ def worker_memory(server: Server, client: Client, pool: int, functions: int) -> 
     return figures | {
         "workers": len(server.workers()),
         "most": most,
+        "most_dying": most_dying,
         "rss": server.rss_bytes(),
         "pss": server.pss_bytes(),
     }
@@ -499,7 +515,8 @@ One warm worker (median of the {pool["pool_workers"]:.0f}): RSS {pool["worker_rs
 {pool["worker_pss"] / mib:.1f} MiB, private (what it alone holds) {pool["worker_private"] / mib:.1f} MiB.
 
 With the pool bounded at {POOL} (`TOOLVAULT_WARM_WORKERS`), calling {FUNCTIONS} distinct
-functions left {pool["workers"]:.0f} warm workers; the most alive after any call was {pool["most"]:.0f}.
+functions left {pool["workers"]:.0f} warm workers; the most alive after any call was {pool["most"]:.0f}, beside at most
+{pool["most_dying"]:.0f} retired for room, killed and not yet gone.
 """
     )
     (ROOT / "RESULTS.md").write_text(report)

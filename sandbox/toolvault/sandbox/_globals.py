@@ -3,8 +3,9 @@
 RestrictedPython compiles attribute access, item access, iteration, unpacking, ``print``
 and class statements into calls of the underscore names defined here (RestrictingTransformer
 keeps augmented assignment of names as it is, and skips the write guard's call for a
-list, and in loops for a list or dict: ``_itemwrites``). Attribute access (compiled or through ``getattr``) refuses names starting with "_"
-and the frame, code, traceback and generator internals, and RestrictedPython's own
+list, and in loops for a list or dict: ``_itemwrites``). Attribute access (compiled or
+through ``getattr``) refuses names starting with "_" and the frame, code, traceback and
+generator internals, and RestrictedPython's own
 guard refuses ``str.format``; whatever attribute or item access returns then passes the
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
 the allow-list, no class that makes classes), which hands out the functions and methods of

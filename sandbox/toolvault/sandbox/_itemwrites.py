@@ -33,7 +33,8 @@ bind them.
 """
 
 import ast
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 
 _HOISTED_PREFIX = "_writes_to_"
 _NESTED_SCOPES = (
@@ -61,8 +62,7 @@ def list_write(target: str, guarded: ast.expr) -> ast.IfExp:
 
 def hoist_write_guards(module: ast.Module) -> None:
     """Take the write guard out of the loops of every function in ``module``."""
-    scopes = ast.FunctionDef | ast.AsyncFunctionDef
-    for function in [node for node in ast.walk(module) if isinstance(node, scopes)]:
+    for function in list(_functions(module.body)):
         arguments = function.args
         parameters = {
             argument.arg
@@ -73,7 +73,21 @@ def hoist_write_guards(module: ast.Module) -> None:
                 *(a for a in (arguments.vararg, arguments.kwarg) if a is not None),
             )
         }
-        function.body = _hoist_block(function.body, parameters, _unstable(function))
+        # Walking the whole function is the costly part: only for a loop with writes.
+        unstable = functools.cache(functools.partial(_unstable, function))
+        function.body = _hoist_block(function.body, parameters, unstable)
+
+
+def _functions(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The functions defined in ``body``, at any depth (a ``def`` is always a statement)."""
+    for statement in body:
+        if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+            yield statement
+            yield from _functions(statement.body)
+        elif isinstance(statement, ast.ClassDef):
+            yield from _functions(statement.body)
+        for owner, field in _blocks(statement):
+            yield from _functions(getattr(owner, field))
 
 
 def _unstable(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
@@ -113,7 +127,9 @@ def _bound_names(node: ast.AST) -> set[str]:
     return names
 
 
-def _hoist_block(body: list[ast.stmt], bound: set[str], unstable: set[str]) -> list[ast.stmt]:
+def _hoist_block(
+    body: list[ast.stmt], bound: set[str], unstable: Callable[[], set[str]]
+) -> list[ast.stmt]:
     """``body`` with the write guard taken out of its loops, outermost first.
 
     Args:
@@ -125,7 +141,7 @@ def _hoist_block(body: list[ast.stmt], bound: set[str], unstable: set[str]) -> l
     hoisted: list[ast.stmt] = []
     for statement in body:
         if isinstance(statement, _LOOPS):
-            hoisted += _hoist_loop(statement, bound - unstable - _bound_names(statement))
+            hoisted += _hoist_loop(statement, bound, unstable)
         for owner, field in _blocks(statement):
             inner = bound
             if field == "body" and isinstance(owner, ast.For):
@@ -141,11 +157,25 @@ def _hoist_block(body: list[ast.stmt], bound: set[str], unstable: set[str]) -> l
     return hoisted
 
 
-def _hoist_loop(loop: ast.For | ast.While, names: set[str]) -> list[ast.stmt]:
-    """Make the writes to ``names`` in ``loop`` write to hoisted targets; their assignments."""
+def _hoist_loop(
+    loop: ast.For | ast.While, bound: set[str], unstable: Callable[[], set[str]]
+) -> list[ast.stmt]:
+    """Make ``loop``'s writes to names it may hoist write to hoisted targets.
+
+    Returns:
+        The assignments of those targets, to go right before the loop.
+    """
+    writes = [
+        (node, name)
+        for node in _own_scope(loop)
+        if isinstance(node, ast.Subscript) and (name := _written_name(node.value))
+    ]
+    if not writes:
+        return []
+    names = bound - unstable() - _bound_names(loop)
     hoisted: set[str] = set()
-    for node in _own_scope(loop):
-        if isinstance(node, ast.Subscript) and (name := _written_name(node.value)) in names:
+    for node, name in writes:
+        if name in names:
             node.value = ast.copy_location(ast.Name(_HOISTED_PREFIX + name, ast.Load()), node.value)
             hoisted.add(name)
     assignments: list[ast.stmt] = []

@@ -65,9 +65,13 @@ class RestrictingTransformer(RestrictingNodeTransformer):
         errors: list[str] | None = None,
         warnings: list[str] | None = None,
         used_names: dict[str, bool] | None = None,
+        *,
+        hoist: bool = True,
     ) -> None:
         super().__init__(errors, warnings, used_names)
         self.error_nodes: list[tuple[ast.AST, str]] = []
+        # False where only the errors count (check_source): the hoisting finds none.
+        self._hoist = hoist
 
     def error(self, node: ast.AST, info: str) -> None:
         """Record an error; RestrictedPython's own record keeps only the line."""
@@ -97,7 +101,7 @@ class RestrictingTransformer(RestrictingNodeTransformer):
     def visit_Module(self, node: ast.Module) -> ast.AST | Iterable[ast.AST] | None:
         """Transform the module as RestrictedPython does, then take the write guard out of loops."""
         new = super().visit_Module(node)
-        if isinstance(new, ast.Module) and not self.errors:
+        if isinstance(new, ast.Module) and self._hoist and not self.errors:
             hoist_write_guards(new)
         return new
 
@@ -189,7 +193,7 @@ def check_source(
         # Compiling catches what parsing lets through, such as "return" outside a function.
         compile(source, filename, "exec", dont_inherit=True)
         tree = ast.parse(source, filename)
-        policy = RestrictingTransformer()
+        policy = RestrictingTransformer(hoist=False)
         policy.visit(ast.parse(source, filename))
     except SyntaxError as exc:
         issue = SourceIssue(f"{type(exc).__name__}: {exc.msg}", exc.lineno, exc.offset)
