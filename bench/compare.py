@@ -4,9 +4,11 @@ Run ``python bench/compare.py REV`` (a commit, branch or tag; add ``--quick`` fo
 run) from a checkout with the ``server`` extra installed. It installs REV into a
 throw-away virtualenv, starts a server of each on its own loopback port and SQLite data
 directory, and measures both in alternating rounds, so that drift on a noisy machine
-hits both alike: sequential invoke latency of a trivial function, and throughput with 4
-concurrent clients. The clients are this checkout's SDK for both (the wire protocol is
-the same). It prints a Markdown table with the medians and the ratios this / REV.
+hits both alike: sequential invoke latency of a trivial function, throughput with 4
+concurrent clients, and the warm worker's CPU time per call (the execution record's
+``cpu_time_ms``) of the prime sieve (bench/run.py's SIEVE) and of the trivial function.
+The clients are this checkout's SDK for both (the wire protocol is the same). It prints a
+Markdown table with the medians and the ratios this / REV.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from run import NOOP, Server, latency, throughput, toolvault_caller
+from run import NOOP, SIEVE, Server, latency, throughput, toolvault_caller
 
 from toolvault.client import Client
 
@@ -58,26 +60,40 @@ def main() -> None:
         }
         latencies: dict[str, list[float]] = {name: [] for name in servers}
         rates: dict[str, list[float]] = {name: [] for name in servers}
+        cpu: dict[tuple[str, str], list[float]] = {
+            (name, function): [] for name in servers for function in ("sieve", "noop")
+        }
         try:
             for server in servers.values():
                 with Client(server.address, timeout=120) as client:
                     client.publish("noop", NOOP)
+                    client.publish("sieve", SIEVE)
+                    client.invoke("sieve", {"n": 10})  # its warm worker, started
             for round_ in range(rounds):
                 # Each goes first in every other round: what runs first finds the caches colder.
                 for name in list(servers)[:: 1 if round_ % 2 == 0 else -1]:
                     caller = toolvault_caller(servers[name].address)
                     latencies[name] += latency(caller, calls)
                     rates[name].append(throughput(caller, 4, seconds)[0])
+                    with Client(servers[name].address, timeout=120) as client:
+                        for function, args in (("sieve", {"n": 100_000}), ("noop", {})):
+                            cpu[name, function] += [
+                                client.invoke(function, args).cpu_time_ms
+                                for _ in range(calls // 20)
+                            ]
         finally:
             for server in servers.values():
                 server.stop()
     this, other = binaries
     p50 = {name: statistics.median(values) for name, values in latencies.items()}
     rate = {name: statistics.median(values) for name, values in rates.items()}
+    used = {key: statistics.median(values) for key, values in cpu.items()}
     print(f"""| measure | this checkout | {other} | this / {other} |
 | --- | --- | --- | --- |
 | invoke latency p50 ({rounds} x {calls} calls) | {p50[this]:.2f} ms | {p50[other]:.2f} ms | {p50[this] / p50[other]:.2f} |
-| invocations/s, 4 clients (median of {rounds} x {seconds:.0f} s) | {rate[this]:.0f} | {rate[other]:.0f} | {rate[this] / rate[other]:.2f} |""")
+| invocations/s, 4 clients (median of {rounds} x {seconds:.0f} s) | {rate[this]:.0f} | {rate[other]:.0f} | {rate[this] / rate[other]:.2f} |
+| worker CPU per sieve call, n = 100,000 ({rounds} x {calls // 20} calls) | {used[this, "sieve"]:.2f} ms | {used[other, "sieve"]:.2f} ms | {used[this, "sieve"] / used[other, "sieve"]:.2f} |
+| worker CPU per trivial call ({rounds} x {calls // 20} calls) | {used[this, "noop"]:.3f} ms | {used[other, "noop"]:.3f} ms | {used[this, "noop"] / used[other, "noop"]:.2f} |""")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The restricted runtime in-process: guards, module proxies and the value policy."""
 
+import ast
 import dataclasses
 import functools
 import json
@@ -7,7 +8,7 @@ import os
 import re
 import types
 from pathlib import Path
-from textwrap import dedent
+from textwrap import dedent, indent
 from typing import Any
 
 import pytest
@@ -479,3 +480,183 @@ def test_item_writes_to_an_object_that_claims_to_be_a_list_go_through_the_write_
 
     assert run(source, liar=liar) == (True, refusal)
     assert written == []
+
+
+def transformed(source: str) -> str:
+    """``source`` as the sandbox compiles it, as source again."""
+    policy = RestrictingTransformer()
+    new = policy.visit(ast.parse(dedent(source)))
+    assert not policy.errors, policy.errors
+    return ast.unparse(new)
+
+
+def test_a_loop_writes_straight_to_a_list_or_dict_named_before_it() -> None:
+    source = """\
+        def main(n=6):
+            flags, seen = [True] * n, {}
+            for i in range(n):
+                for j in range(0, n, i + 1):
+                    flags[j] = not flags[j]
+                seen[i] = flags[i]
+            return flags, seen
+        """
+    loops = transformed(source).partition("for i")[2]
+
+    assert "_write_" not in loops and "_type_" not in loops
+    assert "_writes_to_flags[j] =" in loops and "_writes_to_seen[i] =" in loops
+    assert run(source) == (
+        [True, False, True, True, False, True],
+        {0: False, 1: False, 2: True, 3: True, 4: False, 5: True},
+    )
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        # Bound in the loop (its target, an assignment, an import, a nested loop's
+        # target), not surely before it, bound by a nested scope, deleted, or global:
+        # each write keeps its own test.
+        "for target in ([0], [0]):\n    target[0] = 1",
+        "target = [0]\nfor i in range(1):\n    target[0] = 1\n    target = [0]",
+        "target = [0]\nfor i in range(1):\n    target[0] = 1\n    import json as target",
+        "target = [0]\nwhile n:\n    target[0] = 1\n    for target in ([0],):\n        pass",
+        "if n:\n    target = [0]\nfor i in range(1):\n    target[0] = 1",
+        "target = [0]\nswap = lambda: [(target := 1) for _ in '']\n"
+        "for i in range(1):\n    target[0] = 1",
+        "target = [0]\nfor i in range(1):\n    target[0] = 1\ndel target",
+        "target = [0]\ntry:\n    pass\nexcept ValueError as target:\n    pass\n"
+        "while n:\n    target[0] = 1",
+        "global target\ntarget = [0]\nfor i in range(1):\n    target[0] = 1",
+    ],
+)
+def test_a_loop_keeps_the_write_test_for_a_name_that_may_change_in_it(loop: str) -> None:
+    compiled = transformed("def main(n):\n" + indent(loop, "    "))
+
+    assert "_writes_to_" not in compiled and "_type_(target) is _list_" in compiled
+
+
+REFUSAL = "object does not support item or slice assignment"
+
+
+class Liar:
+    """Claims to be a list; built outside, as the sandbox refuses the namespace."""
+
+    def __init__(self) -> None:
+        self.written: list[object] = []
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # noqa: D105
+        return list
+
+    def __setitem__(self, key: object, value: object) -> None:
+        self.written.append(value)
+
+
+@pytest.mark.parametrize(
+    ("setup", "swap"),
+    [
+        ("", "target = liar"),
+        ("", "import json as target"),
+        ("", "def target():\n    pass"),
+        ("", "for target in (liar,):\n    pass"),
+        ("swaps = ((target := liar) for _ in range(1))", "next(swaps, None)"),
+    ],
+)
+def test_an_item_write_in_a_loop_is_guarded_once_its_name_holds_another_object(
+    setup: str, swap: str
+) -> None:
+    source = f"""\
+def main():
+    target = [0]
+{indent(setup, "    ")}
+    refused = []
+    for i in range(2):
+        try:
+            target[0] = i
+        except TypeError as exc:
+            refused.append(str(exc))
+{indent(swap, "        ")}
+    return refused
+"""
+    liar = Liar()
+
+    assert run(source, liar=liar) == [REFUSAL]
+    assert liar.written == []
+
+
+def test_an_item_write_in_a_loop_is_guarded_once_its_global_holds_another_object() -> None:
+    source = """\
+        target = [0]
+
+        def swap():
+            global target
+            target = liar
+
+        def main():
+            refused = []
+            for i in range(2):
+                try:
+                    target[0] = i
+                except TypeError as exc:
+                    refused.append(str(exc))
+                swap()
+            return refused
+        """
+    liar = Liar()
+
+    assert run(source, liar=liar) == [REFUSAL]
+    assert liar.written == []
+
+
+def test_item_writes_in_a_loop_refuse_and_let_through_what_the_write_guard_does() -> None:
+    source = """\
+        import collections
+
+        class Box(list):
+            pass
+
+        def main():
+            box, refused = Box([0, 0]), []
+            for i in range(2):
+                box[i] = i + 1
+            after_loop = list(box)
+            for target in (box, bytearray(2), (0,), "ab", collections.OrderedDict(), liar):
+                for i in range(1):
+                    try:
+                        target[0] = 1
+                    except TypeError as exc:
+                        refused.append(str(exc))
+                    try:
+                        target[0:1] = [2]
+                    except TypeError as exc:
+                        refused.append(str(exc))
+                    try:
+                        del target[0]
+                    except TypeError as exc:
+                        refused.append(str(exc))
+            return after_loop, list(box), refused
+        """
+    liar = Liar()
+
+    # Each inner loop writes through what _loop_writes_ gave for its name.
+    assert transformed(source).count("_loop_writes_(") == 2
+    assert run(source, ("collections",), liar=liar) == ([1, 2], [2], [REFUSAL] * 15)
+    assert liar.written == []
+
+
+def test_a_write_after_except_as_unbound_the_name_fails_as_in_python() -> None:
+    source = """\
+        def main():
+            target = [0]
+            try:
+                raise ValueError
+            except ValueError as target:
+                pass
+            for i in range(1):
+                try:
+                    target[0] = 1
+                except UnboundLocalError:
+                    return "unbound"
+        """
+
+    assert run(source) == "unbound"

@@ -443,10 +443,13 @@ def main():
         "def read():\n    global _type_\n    _type_ = 0",
         "def read():\n    del _write_",
         "def read(x):\n    match x:\n        case _type_:\n            pass",
+        "def read(_loop_writes_=None):\n    pass",
+        "def read(target):\n    _writes_to_target = [0]\n    for i in (0,):\n        target[i] = 1",
     ],
 )
 def test_cant_shadow_the_names_item_writes_compile_to(attack: Attack, binding: str) -> None:
-    # Shadowed, "_type_ = lambda o: list" would send every item write past the write guard.
+    # Shadowed, "_type_ = lambda o: list" would send every item write past the write guard,
+    # and "_writes_to_target = [0]" a loop's writes to target somewhere else.
     message = refused_at_publish(attack, f"{binding}\n\ndef main():\n    pass\n")
 
     assert 'starts with "_"' in message or "Match statements are not allowed" in message

@@ -3,8 +3,9 @@
 RestrictedPython compiles attribute access, item access, iteration, unpacking, ``print``
 and class statements into calls of the underscore names defined here (RestrictingTransformer
 keeps augmented assignment of names as it is, and skips the write guard's call for a
-list). Attribute access (compiled or through ``getattr``) refuses names starting with "_"
-and the frame, code, traceback and generator internals, and RestrictedPython's own
+list, and in loops for a list or dict: ``_itemwrites``). Attribute access (compiled or
+through ``getattr``) refuses names starting with "_" and the frame, code, traceback and
+generator internals, and RestrictedPython's own
 guard refuses ``str.format``; whatever attribute or item access returns then passes the
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
 the allow-list, no class that makes classes), which hands out the functions and methods of
@@ -148,9 +149,10 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
             "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
             "_unpack_sequence_": guarded_unpack_sequence,
             "_write_": full_write_guard,
-            # The policy's fast path for writes to a list (RestrictingTransformer.visit_Subscript).
+            # The fast paths of item writes (_itemwrites): at each write, and out of loops.
             "_type_": type,
             "_list_": list,
+            "_loop_writes_": _loop_writes,
             "_apply_": _apply,
             "_print_": _Print,
         }
@@ -218,6 +220,30 @@ def _user_class(name: str, bases: tuple[type, ...], namespace: dict[str, Any], *
     cls = type(name, bases, namespace, **kw)
     cls._guarded_writes = True  # type: ignore[attr-defined]
     return cls
+
+
+# What full_write_guard returns unchanged whatever it holds.
+_UNGUARDED_WRITES = frozenset({list, dict})
+
+
+def _loop_writes(target: object) -> object:
+    """What a loop's item writes to ``target`` write to (see ``_itemwrites``)."""
+    return target if type(target) in _UNGUARDED_WRITES else _GuardedWrites(target)
+
+
+class _GuardedWrites:
+    """Item writes to an object through the write guard, called at each write as before."""
+
+    __slots__ = ("_target",)
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+
+    def __setitem__(self, key: object, value: object) -> None:
+        full_write_guard(self._target)[key] = value
+
+    def __delitem__(self, key: object) -> None:
+        del full_write_guard(self._target)[key]
 
 
 def _apply(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

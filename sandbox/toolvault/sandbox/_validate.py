@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from RestrictedPython.transformer import RestrictingNodeTransformer
 
+from ._itemwrites import hoist_write_guards, list_write
+
 
 @dataclass(frozen=True)
 class SourceIssue:
@@ -55,7 +57,9 @@ class RestrictingTransformer(RestrictingNodeTransformer):
     because it has not reviewed them; they reach nothing its guards protect, tools that
     await are common, and dataclasses need annotated fields. It also keeps each error's
     node. ``async for`` and ``async with`` stay forbidden: RestrictedPython does not guard their
-    iteration and unpacking the way it guards ``for`` and ``with``.
+    iteration and unpacking the way it guards ``for`` and ``with``. Item writes get the
+    write guard's fast paths (``_itemwrites``); ``hoist=False`` leaves out the one that
+    takes it out of loops, which only makes the code faster.
     """
 
     def __init__(
@@ -63,9 +67,13 @@ class RestrictingTransformer(RestrictingNodeTransformer):
         errors: list[str] | None = None,
         warnings: list[str] | None = None,
         used_names: dict[str, bool] | None = None,
+        *,
+        hoist: bool = True,
     ) -> None:
         super().__init__(errors, warnings, used_names)
         self.error_nodes: list[tuple[ast.AST, str]] = []
+        # False where only the errors count (check_source): the hoisting finds none.
+        self._hoist = hoist
 
     def error(self, node: ast.AST, info: str) -> None:
         """Record an error; RestrictedPython's own record keeps only the line."""
@@ -92,13 +100,20 @@ class RestrictingTransformer(RestrictingNodeTransformer):
         """Allow ``await``; its operand is checked like any expression."""
         return self.node_contents_visit(node)
 
+    def visit_Module(self, node: ast.Module) -> ast.AST | Iterable[ast.AST] | None:
+        """Transform the module as RestrictedPython does, then take the write guard out of loops."""
+        new = super().visit_Module(node)
+        if isinstance(new, ast.Module) and self._hoist and not self.errors:
+            hoist_write_guards(new)
+        return new
+
     def visit_Subscript(self, node: ast.Subscript) -> ast.AST | Iterable[ast.AST] | None:
         """Guard item writes as RestrictedPython does, skipping the guard's call for a list.
 
         ``name[key] = value`` becomes ``(name if _type_(name) is _list_ else
-        _write_(name))[key] = value``: the write guard returns a list unchanged, and the
-        call it saves is most of the cost of a loop that fills a list. Only for a plain
-        name, which can be read twice without running anything.
+        _write_(name))[key] = value`` (``_itemwrites``): the write guard returns a list
+        unchanged, and the call it saves is most of the cost of a loop that fills a
+        list. Only for a plain name, which can be read twice without running anything.
         """
         new = super().visit_Subscript(node)
         if (
@@ -110,14 +125,9 @@ class RestrictingTransformer(RestrictingNodeTransformer):
             and isinstance(target := new.value.args[0], ast.Name)
         ):
             guarded = new.value
-            is_list = ast.Compare(
-                ast.Call(ast.Name("_type_", ast.Load()), [ast.Name(target.id, ast.Load())], []),
-                [ast.Is()],
-                [ast.Name("_list_", ast.Load())],
+            new.value = ast.fix_missing_locations(
+                ast.copy_location(list_write(target.id, guarded), guarded)
             )
-            new.value = ast.IfExp(is_list, ast.Name(target.id, ast.Load()), guarded)
-            ast.copy_location(new.value, guarded)
-            ast.fix_missing_locations(new.value)
         return new
 
     def visit_AugAssign(self, node: ast.AugAssign) -> ast.AST | Iterable[ast.AST] | None:
@@ -185,7 +195,7 @@ def check_source(
         # Compiling catches what parsing lets through, such as "return" outside a function.
         compile(source, filename, "exec", dont_inherit=True)
         tree = ast.parse(source, filename)
-        policy = RestrictingTransformer()
+        policy = RestrictingTransformer(hoist=False)
         policy.visit(ast.parse(source, filename))
     except SyntaxError as exc:
         issue = SourceIssue(f"{type(exc).__name__}: {exc.msg}", exc.lineno, exc.offset)
