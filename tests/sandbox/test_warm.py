@@ -20,7 +20,7 @@ import pytest
 
 from tests.sandbox.test_host import in_a_pid_namespace
 from tests.sandbox.test_run import children, job
-from toolvault.sandbox import Job, RunResult, RunStatus, SandboxHost
+from toolvault.sandbox import Job, RunResult, RunStatus, SandboxHost, _runner
 
 # What a call returns: which worker it ran in (the id of a dict the worker keeps), how
 # many calls that worker served, and the keys they came with.
@@ -360,3 +360,27 @@ def test_killing_a_worker_or_the_host_mid_call_ends_the_call_as_crashed(
     assert found["ended_after"] < 2
     assert found["following"] == ["OK", "42"]
     assert found["left"] == []
+
+
+def test_a_worker_whose_stop_was_landing_when_its_loop_ended_serves_no_call(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    host = SandboxHost(preload=(), language_layer=False)
+    real_state = _runner._Worker.state  # noqa: SLF001
+
+    def never_stopped(worker: Any) -> Any:
+        state = real_state(worker)
+        return None if state is None else state._replace(stopped=False)
+
+    try:
+        # The first loop ends while the runner still waits for the worker's stop.
+        monkeypatch.setattr(_runner._Worker, "state", never_stopped)  # noqa: SLF001
+        first = asyncio.run(host.run(plain(WHO, {"key": "k"}), worker_key="k"))
+        monkeypatch.setattr(_runner._Worker, "state", real_state)  # noqa: SLF001
+        second = asyncio.run(
+            asyncio.wait_for(host.run(plain(WHO, {"key": "k"}), worker_key="k"), 10)
+        )
+        assert [first.status, second.status] == [RunStatus.OK] * 2, second.error_message
+        assert json.loads(second.result_json)[1] == 1  # a new worker
+    finally:
+        asyncio.run(host.close())

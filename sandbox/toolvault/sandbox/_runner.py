@@ -314,7 +314,16 @@ class SandboxHost:
         """Unless a worker of ``kind`` is idle, wait for one whose stop is landing."""
         if any(worker.kind == kind for worker in self._idle.values()):
             return
-        landing = [w.settling for w in self._workers.values() if w.kind == kind and w.settling]
+        loop = asyncio.get_running_loop()
+        landing = []
+        for worker in list(self._workers.values()):
+            stop = worker.settling
+            if worker.kind != kind or stop is None:
+                continue
+            if stop.get_loop() is loop:
+                landing.append(stop)
+            else:
+                self._retire(worker)  # its stop was landing on a loop that has ended
         if landing:
             await asyncio.wait(landing, return_when=asyncio.FIRST_COMPLETED)
 
