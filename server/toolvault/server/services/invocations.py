@@ -161,7 +161,7 @@ class Invocations:
     async def _resolve_and_run(
         self, ref: str, args_json: str, context: CallContext, idempotency_key: str
     ) -> ExecutionInfo:
-        version = await asyncio.to_thread(self._functions.resolve, ref)
+        version = await self._functions.resolve_call(ref)
         content = version.content
         # Without a schema of its own, a version's arguments are checked against the one
         # derived from its type hints: the same rule as for an agent's tool calls.
