@@ -45,7 +45,7 @@ from toolvault.server.services.functions import FunctionStore
 from toolvault.server.services.history import History, HistoryWriter
 from toolvault.server.services.plugins import Call, Plugins
 from toolvault.server.telemetry import metrics
-from toolvault.server.telemetry.tracing import trace_id
+from toolvault.server.telemetry.tracing import QuietTracer, trace_id
 
 log = logging.getLogger("toolvault.server")
 # A duplicate call polls its idempotency key this often while the first call runs.
@@ -82,7 +82,7 @@ class Invocations:
         self._functions = functions
         self._settings = settings
         self._plugins = plugins or Plugins()
-        self._tracer = tracer or trace.NoOpTracer()
+        self._tracer = tracer or QuietTracer()
         self._admission = Admission(
             settings.max_concurrent_runs, settings.max_queued_runs, self._tracer
         )
