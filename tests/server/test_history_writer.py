@@ -110,3 +110,26 @@ def test_a_closed_writer_starts_again_on_the_next_row(database: Database) -> Non
     asyncio.run(write())
     writer.close()
     assert len(History(database).executions(ExecutionFilter(), size=0, token="")[0]) == 2
+
+
+def test_a_connection_that_breaks_between_commits_fails_no_call(database: Database) -> None:
+    # The writer keeps its connection from one commit to the next; when that one breaks,
+    # the rows go again on a connection from the pool.
+    writer = HistoryWriter(database)
+    checked_out: list[Any] = []
+    event.listen(database.engine, "checkout", lambda dbapi, *_: checked_out.append(dbapi))
+
+    async def write() -> None:
+        info = execution()
+        await writer.write(history_row(info), info.id, "")
+
+    try:
+        asyncio.run(write())
+        assert len(checked_out) == 1
+        asyncio.run(write())
+        assert len(checked_out) == 1  # the same connection served the second commit
+        checked_out[0].close()
+        asyncio.run(write())
+    finally:
+        writer.close()
+    assert len(History(database).executions(ExecutionFilter(), size=0, token="")[0]) == 3
