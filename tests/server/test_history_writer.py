@@ -181,7 +181,7 @@ def test_on_sqlite_rows_committed_on_the_event_loop_leave_a_bounded_wal(
     sqlite_database: Database, tmp_path: Path
 ) -> None:
     # Their connection makes no checkpoint (it would wait for the disk on the loop); one
-    # runs in a worker thread every hundred commits instead, and the WAL starts again.
+    # runs in a worker thread after every hundred commits instead, and empties the WAL.
     writer = HistoryWriter(sqlite_database)
 
     async def calls() -> None:

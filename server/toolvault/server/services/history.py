@@ -82,11 +82,11 @@ class _OnTheLoop:
     (``busy_timeout`` 0), so the loop never waits for it: when another writer holds it,
     or anything else fails, the rows go to the writer's thread, which waits, retries and
     reports. No checkpoint runs on the loop either: this connection's automatic
-    checkpoints are off, and every ``_CHECKPOINT_EVERY`` commits a worker thread runs a
-    RESTART one, which holds the write lock while it copies the WAL into the database (so
-    that the WAL starts again from its beginning; a PASSIVE one never caught up with
-    commits going on meanwhile, and the WAL grew without end). Rows written meanwhile go
-    to the writer's thread.
+    checkpoints are off, and after every ``_CHECKPOINT_EVERY`` commits a worker thread runs
+    a TRUNCATE one, which holds the write lock while it copies the WAL into the database,
+    then empties the WAL. Rows written meanwhile go to the writer's thread. (A PASSIVE
+    one never caught up with the commits going on meanwhile, and a RESTART one often left
+    the WAL to grow: to 41 and 24 MB over the 1000 commits of the test.)
     """
 
     def __init__(self, db: Database, fallback: Callable[[_PendingRow], None]) -> None:
@@ -94,7 +94,7 @@ class _OnTheLoop:
         self._fallback = fallback
         self._rows: list[_PendingRow] = []
         self._connection: Connection | None = None
-        self._commits = 0
+        self._since_checkpoint = 0
         self._checkpoint: asyncio.Future[None] | None = None
 
     def add(self, row: _PendingRow) -> None:
@@ -112,9 +112,10 @@ class _OnTheLoop:
         for row in rows:
             if not row.committed.done():  # the caller was cancelled; the row is written
                 row.committed.set_result(None)
-        self._commits += 1
-        if self._commits % _CHECKPOINT_EVERY == 0 and self._checkpoint is None:
-            self._checkpoint = asyncio.get_running_loop().run_in_executor(None, self._restart)
+        self._since_checkpoint += 1
+        if self._since_checkpoint >= _CHECKPOINT_EVERY and self._checkpoint is None:
+            self._since_checkpoint = 0
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(None, self._truncate)
             self._checkpoint.add_done_callback(self._checkpointed)
 
     def _commit(self, rows: list[_PendingRow]) -> bool:
@@ -142,12 +143,12 @@ class _OnTheLoop:
             self._connection.invalidate()
             self._connection = None
 
-    def _restart(self) -> None:
+    def _truncate(self) -> None:
         connection = self._db.engine.raw_connection()
         try:
             driver = connection.driver_connection
             assert driver is not None, "a pooled connection has its driver's"
-            driver.execute("PRAGMA wal_checkpoint(RESTART)")
+            driver.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             connection.close()
 
