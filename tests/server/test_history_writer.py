@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import IntegrityError
 
@@ -110,3 +114,85 @@ def test_a_closed_writer_starts_again_on_the_next_row(database: Database) -> Non
     asyncio.run(write())
     writer.close()
     assert len(History(database).executions(ExecutionFilter(), size=0, token="")[0]) == 2
+
+
+def test_a_connection_that_breaks_between_commits_fails_no_call(database: Database) -> None:
+    # The writer keeps its connection from one commit to the next (on SQLite, the one it
+    # commits on the event loop with); when that one breaks, the rows go again on a
+    # connection from the pool.
+    writer = HistoryWriter(database)
+    checked_out: list[Any] = []
+    event.listen(database.engine, "checkout", lambda dbapi, *_: checked_out.append(dbapi))
+
+    async def write() -> None:
+        info = execution()
+        await writer.write(history_row(info), info.id, "")
+
+    try:
+        asyncio.run(write())
+        assert len(checked_out) == 1
+        asyncio.run(write())
+        assert len(checked_out) == 1  # the same connection served the second commit
+        checked_out[0].close()
+        asyncio.run(write())
+    finally:
+        writer.close()
+    assert len(History(database).executions(ExecutionFilter(), size=0, token="")[0]) == 3
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'toolvault.db'}")
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+def test_on_sqlite_a_locked_database_stalls_the_call_but_never_the_event_loop(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    # Rows are committed on the event loop only when the write lock is free at once;
+    # otherwise the writer's thread waits for it.
+    writer = HistoryWriter(sqlite_database)
+    other = sqlite3.connect(tmp_path / "toolvault.db", isolation_level=None)
+
+    async def calls() -> int:
+        info = execution()
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(writer.write(history_row(info), info.id, ""))
+        ticks = 0
+        for _ in range(20):  # the loop turns while the lock is held
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not write.done()
+        other.execute("COMMIT")
+        await write
+        return ticks
+
+    try:
+        assert asyncio.run(calls()) == 20
+    finally:
+        writer.close()
+        other.close()
+    assert len(History(sqlite_database).executions(ExecutionFilter(), size=0, token="")[0]) == 1
+
+
+def test_on_sqlite_rows_committed_on_the_event_loop_leave_a_bounded_wal(
+    sqlite_database: Database, tmp_path: Path
+) -> None:
+    # Their connection makes no checkpoint (it would wait for the disk on the loop); one
+    # runs in a worker thread after every hundred commits instead, and empties the WAL.
+    writer = HistoryWriter(sqlite_database)
+
+    async def calls() -> None:
+        for _ in range(1000):
+            info = execution()
+            await writer.write(history_row(info), info.id, "")
+        await asyncio.sleep(0.2)  # the last checkpoint finishes
+
+    try:
+        asyncio.run(calls())
+    finally:
+        writer.close()
+    # A thousand commits of a dozen 4 KiB pages each, without a checkpoint: about 48 MB.
+    assert (tmp_path / "toolvault.db-wal").stat().st_size < 16 * 1024 * 1024

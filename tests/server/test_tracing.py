@@ -11,11 +11,13 @@ from typing import Any
 
 import grpc
 import pytest
+from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from tests.conftest import ServerProcess
 from toolvault.client import Client
+from toolvault.server.telemetry.tracing import QuietTracer, recording
 from toolvault.v1 import history_pb2, history_pb2_grpc, invocation_pb2, invocation_pb2_grpc
 
 ADD = "def main(a, b):\n    return a + b\n"
@@ -138,3 +140,18 @@ def test_without_an_exporter_a_clients_trace_id_is_still_stored_with_the_executi
         _, untraced = invoke(server, None)
         assert client.execution(execution_id).trace_id == client_trace
     assert (traced, untraced) == (client_trace, "")
+
+
+def test_the_quiet_tracer_makes_the_spans_a_no_op_tracer_would_without_entering_them() -> None:
+    quiet, noop = QuietTracer(), trace.NoOpTracer()
+    with quiet.start_as_current_span("outside") as span:
+        assert span is trace.INVALID_SPAN
+    client = trace.NonRecordingSpan(
+        trace.SpanContext(int("ab" * 16, 16), int("cd" * 8, 16), is_remote=True)
+    )
+    with trace.use_span(client):
+        with quiet.start_as_current_span("inside") as span, noop.start_as_current_span("x") as ref:
+            assert span is ref is client
+            assert trace.get_current_span() is client
+    assert not recording(quiet)
+    assert not recording(noop)

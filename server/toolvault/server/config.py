@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(10.0, ge=0)
     cache_ttl_s: float = Field(300.0, gt=0, description="lifetime of a cached result")
     cache_max_entries: int = Field(10_000, ge=0, description="result cache size; 0: off")
+    resolve_cache_entries: int = Field(
+        1024, ge=0, description="refs whose version each replica keeps; 0: off"
+    )
     idempotency_ttl_s: float = Field(86_400.0, gt=0, description="lifetime of a key")
     idempotency_lease_s: float = Field(
         10.0, ge=1, description="a key held by a dead replica is free after this"

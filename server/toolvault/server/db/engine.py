@@ -4,16 +4,25 @@ SQLite (the embedded default) runs in WAL mode with foreign keys on; a write uni
 starts with ``BEGIN IMMEDIATE`` so that two writers queue on the lock instead of failing
 when one upgrades a read to a write. PostgreSQL needs nothing special, except that
 replicas starting together each upgrade the database: an advisory lock queues them.
+
+:meth:`Database.scalar_now` reads one value on a DB-API connection kept open for it, for
+the one read on every call's path (the functions' generation): a pooled connection costs
+checkout, ``BEGIN`` and rollback, some 60 µs on SQLite, where the statement costs 2 µs.
+On PostgreSQL, :meth:`Database.scalar_now_async` does the same on an asyncio connection
+of psycopg's, so that the event loop neither waits for the network nor hops to a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, PoolProxiedConnection, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import sessionmaker
 
@@ -32,6 +41,87 @@ class Database:
         self.write_engine = self.engine.execution_options(**{_WRITE: True})
         self.read = sessionmaker(self.engine, expire_on_commit=False)
         self.write = sessionmaker(self.write_engine, expire_on_commit=False)
+        self._side: PoolProxiedConnection | None = None
+        self._side_lock = threading.Lock()
+        self._async_side: psycopg.AsyncConnection[Any] | None = None
+        self._async_side_lock = asyncio.Lock()
+        self._async_side_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def reads_block(self) -> bool:
+        """Whether a read waits on the network (PostgreSQL), not only on a local file."""
+        return self.url.get_backend_name() != "sqlite"
+
+    def scalar_now(self, statement: str) -> Any:
+        """The first column of the first row of ``statement``, as committed right now.
+
+        Runs in autocommit on a DB-API connection of its own, opened on first use and kept
+        (a broken one is dropped, and the next read opens another). Raises the driver's
+        errors (``dbapi_error``), not SQLAlchemy's.
+        """
+        with self._side_lock:
+            if self._side is None:
+                side = self.engine.raw_connection()
+                if self.reads_block:
+                    # On SQLite, the connect listener already leaves transactions alone.
+                    side.driver_connection.autocommit = True  # type: ignore[union-attr]
+                self._side = side
+            try:
+                cursor = self._side.cursor()
+                try:
+                    cursor.execute(statement)
+                    row = cursor.fetchone()
+                    assert row is not None, f"no row: {statement}"
+                    return row[0]
+                finally:
+                    cursor.close()
+            except Exception:
+                self._drop_side()
+                raise
+
+    async def scalar_now_async(self, statement: str) -> Any:
+        """:meth:`scalar_now` on PostgreSQL, on an asyncio connection of its own (autocommit).
+
+        Raises psycopg's errors (``dbapi_error``); a broken connection is dropped, and the
+        next read opens another, as does the first read on another event loop.
+        """
+        loop = asyncio.get_running_loop()
+        if loop is not self._async_side_loop:
+            self._finish_async_side()
+            self._async_side_lock = asyncio.Lock()
+            self._async_side_loop = loop
+        async with self._async_side_lock:
+            if self._async_side is None:
+                cargs, cparams = self.engine.dialect.create_connect_args(self.url)
+                self._async_side = await psycopg.AsyncConnection.connect(
+                    *cargs, **cparams, autocommit=True
+                )
+            try:
+                cursor = await self._async_side.execute(statement)
+                row = await cursor.fetchone()
+            except Exception:
+                self._finish_async_side()
+                raise
+            assert row is not None, f"no row: {statement}"
+            return row[0]
+
+    def _finish_async_side(self) -> None:
+        # Closed without its event loop, which may be gone: libpq's own close is enough.
+        if self._async_side is not None:
+            self._async_side.pgconn.finish()
+            self._async_side = None
+
+    def _drop_side(self) -> None:
+        # Closed, not handed back to the pool: on PostgreSQL it is in autocommit.
+        if self._side is not None:
+            self._side.invalidate()
+            self._side = None
+
+    @property
+    def dbapi_error(self) -> type[Exception]:
+        """The base class of the driver's errors, which :meth:`scalar_now` raises."""
+        error: type[Exception] = self.engine.dialect.loaded_dbapi.Error
+        return error
 
     def upgrade(self) -> None:
         """Apply every Alembic migration not yet applied."""
@@ -52,7 +142,10 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection, and those of the ``scalar_now`` methods."""
+        with self._side_lock:
+            self._drop_side()
+        self._finish_async_side()
         self.engine.dispose()
 
 

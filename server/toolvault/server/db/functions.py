@@ -14,6 +14,7 @@ from sqlalchemy import Connection, Row, bindparam, select, tuple_
 from sqlalchemy.orm import Session, selectinload
 
 from toolvault.sandbox import Limits
+from toolvault.server.db.engine import Database
 from toolvault.server.db.tables import Alias, Function, FunctionVersion, utcnow
 from toolvault.server.domain.functions import (
     FunctionInfo,
@@ -110,6 +111,23 @@ def resolve_version(connection: Connection, name: str, selector: int | str) -> V
         query, values = _RESOLVE_ALIAS, {"name": name, "alias": selector}
     row = connection.execute(query, values).first()
     return _version_info(row, name) if row else None
+
+
+def generation(db: Database) -> int:
+    """The functions' generation: it grows with every change to a function, version or alias.
+
+    Read as committed right now (``Database.scalar_now``): a resolve cache that saw this
+    value holds for every ref while it stays the same. Triggers keep it (migration 0007).
+    """
+    return int(db.scalar_now(_GENERATION))
+
+
+async def generation_async(db: Database) -> int:
+    """:func:`generation`, read without blocking the event loop (PostgreSQL only)."""
+    return int(await db.scalar_now_async(_GENERATION))
+
+
+_GENERATION = "SELECT value FROM functions_generation WHERE id = 1"
 
 
 def find_version(session: Session, function: Function, version: int) -> VersionInfo | None:

@@ -281,3 +281,17 @@ class AuditEvent(Base):
     namespace: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(128))
     details: Mapped[str] = mapped_column(Text)
+
+
+class FunctionsGeneration(Base):
+    """One row counting the changes to functions, versions and aliases.
+
+    Triggers (migration 0007) bump it in the transaction of every change, whichever code
+    or replica makes it, so that a replica's resolve cache knows from one small read
+    whether anything it holds may be stale (``services.functions``).
+    """
+
+    __tablename__ = "functions_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

@@ -23,7 +23,7 @@ from toolvault.server.rpc.auth import Authorizer, principal
 from toolvault.server.services.keys import Keys
 from toolvault.server.services.ratelimit import RateLimiter
 from toolvault.server.telemetry import metrics
-from toolvault.server.telemetry.tracing import trace_id
+from toolvault.server.telemetry.tracing import recording, trace_id
 
 log = logging.getLogger("toolvault.rpc")
 
@@ -95,6 +95,27 @@ class ReadinessGate(Interceptor):
         return self._refusal
 
 
+class _Wrappers:
+    """The wrapper of each method's handler, made once per handler it wraps.
+
+    The servicers' handlers are the same objects call after call, so a wrapper that keeps
+    no state of a call can be reused; a handler made per call (the authorizer's) gets a
+    new wrapper each time.
+    """
+
+    def __init__(self, wrap: Callable[[str, Handler], Handler]) -> None:
+        self._wrap = wrap
+        self._made: dict[str, tuple[Handler, Handler]] = {}
+
+    def __call__(self, method: str, handler: Handler) -> Handler:
+        made = self._made.get(method)
+        if made is not None and made[0] is handler:
+            return made[1]
+        wrapper = self._wrap(method, handler)
+        self._made[method] = (handler, wrapper)
+        return wrapper
+
+
 class RequestLog(Interceptor):
     """Logs one line per unary RPC (request id, method, caller, status, duration) and traces it.
 
@@ -102,11 +123,14 @@ class RequestLog(Interceptor):
 
     The RPC's span is a child of the client's span when the call's metadata carries W3C
     trace context (``traceparent``); the handler runs inside it, so that the spans it
-    makes are the RPC span's children.
+    makes are the RPC span's children. Without a collector and without trace context
+    there is no span to make, and none is made.
     """
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
+        self._recording = recording(tracer)
+        self._wrappers = _Wrappers(self._logged)
 
     async def intercept_service(
         self,
@@ -117,27 +141,21 @@ class RequestLog(Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        method = handler_call_details.method
+        return self._wrappers(handler_call_details.method, handler)
+
+    def _logged(self, method: str, handler: Handler) -> Handler:
         inner = handler.unary_unary
-        # Binary (-bin) metadata has bytes values; trace context is text.
-        carrier = {
-            key: value
-            for key, value in handler_call_details.invocation_metadata or ()
-            if isinstance(value, str)
-        }
+        assert inner is not None, "intercept_service wraps only unary handlers"
         service, _, name = method.lstrip("/").partition("/")
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
 
         async def logged(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            request_id = uuid.uuid4().hex[:16]
             started = time.perf_counter()
             code = "OK"
-            span = self._tracer.start_span(
-                method.lstrip("/"),
-                context=propagate.extract(carrier),
-                kind=trace.SpanKind.SERVER,
-                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
-            )
+            span = self._span(method, attributes, context)
             try:
+                if span is None:
+                    return await inner(request, context)  # type: ignore[arg-type]
                 # The status code, not the exception an abort raises, says how the RPC went.
                 with trace.use_span(span, record_exception=False, set_status_on_exception=False):
                     return await inner(request, context)  # type: ignore[arg-type]
@@ -148,28 +166,49 @@ class RequestLog(Interceptor):
                 if code == "OK":
                     code = _code_name(context, "OK")
                 elapsed = time.perf_counter() - started
-                span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
-                if code != "OK":
-                    span.set_status(trace.StatusCode.ERROR, code)
-                span.end()
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", grpc.StatusCode[code].value[0])
+                    if code != "OK":
+                        span.set_status(trace.StatusCode.ERROR, code)
+                    span.end()
                 metrics.RPC_SECONDS.labels(method, code).observe(elapsed)
-                fields = {
-                    "request_id": request_id,
-                    "method": method,
-                    # The authorizer inside this interceptor set the caller in this context.
-                    "caller": f"{principal().key} {context.peer()}",
-                    "target": _target(request),
-                    "code": code,
-                    "duration_ms": round(elapsed * 1000, 3),
-                }
-                if traced := trace_id(span):
-                    fields["trace_id"] = traced
-                log.info("rpc", extra=fields)
+                if log.isEnabledFor(logging.INFO):
+                    fields = {
+                        "request_id": uuid.uuid4().hex[:16],
+                        "method": method,
+                        # The authorizer inside this interceptor set the caller in this context.
+                        "caller": f"{principal().key} {context.peer()}",
+                        "target": _target(request),
+                        "code": code,
+                        "duration_ms": round(elapsed * 1000, 3),
+                    }
+                    if span is not None and (traced := trace_id(span)):
+                        fields["trace_id"] = traced
+                    log.info("rpc", extra=fields)
 
         return grpc.unary_unary_rpc_method_handler(
             logged,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
+        )
+
+    def _span(
+        self,
+        method: str,
+        attributes: dict[str, str],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> trace.Span | None:
+        """The RPC's span, or None when it would be the invalid span of a no-op tracer."""
+        metadata = context.invocation_metadata() or ()
+        if not self._recording and not any(key == "traceparent" for key, _ in metadata):
+            return None
+        # Binary (-bin) metadata has bytes values; trace context is text.
+        carrier = {key: value for key, value in metadata if isinstance(value, str)}
+        return self._tracer.start_span(
+            method.lstrip("/"),
+            context=propagate.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+            attributes=attributes,
         )
 
 
@@ -180,6 +219,9 @@ class MalformedRequests(Interceptor):
     authorizer refuses a call without a valid key first, and the log records the call.
     """
 
+    def __init__(self) -> None:
+        self._wrappers = _Wrappers(_checked)
+
     async def intercept_service(
         self,
         continuation: Continuation,
@@ -189,22 +231,27 @@ class MalformedRequests(Interceptor):
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        name = handler_call_details.method.rpartition("/")[2]
-        inner = handler.unary_unary
+        return self._wrappers(handler_call_details.method, handler)
 
-        async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            if isinstance(request, _Malformed):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request is not a valid {name} request message: {request.error}",
-                )
-            return await inner(request, context)  # type: ignore[arg-type]
 
-        return grpc.unary_unary_rpc_method_handler(
-            checked,
-            request_deserializer=_lenient(handler.request_deserializer),
-            response_serializer=handler.response_serializer,
-        )
+def _checked(method: str, handler: Handler) -> Handler:
+    name = method.rpartition("/")[2]
+    inner = handler.unary_unary
+    assert inner is not None, "intercept_service wraps only unary handlers"
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, _Malformed):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request is not a valid {name} request message: {request.error}",
+            )
+        return await inner(request, context)  # type: ignore[arg-type]
+
+    return grpc.unary_unary_rpc_method_handler(
+        checked,
+        request_deserializer=_lenient(handler.request_deserializer),
+        response_serializer=handler.response_serializer,
+    )
 
 
 @dataclass(frozen=True)

@@ -294,7 +294,7 @@ class Agents:
 
     def _tool(self, definition: AgentDefinition, ref: str) -> ToolInfo:
         try:
-            version = self._functions.resolve(ref)
+            version = self._functions.resolve_cached(ref)
         except NotFound as e:
             raise FailedPrecondition(
                 f"agent {definition.name!r}'s tool {ref!r} no longer resolves: {e}"

@@ -45,7 +45,7 @@ from toolvault.server.services.functions import FunctionStore
 from toolvault.server.services.history import History, HistoryWriter
 from toolvault.server.services.plugins import Call, Plugins
 from toolvault.server.telemetry import metrics
-from toolvault.server.telemetry.tracing import trace_id
+from toolvault.server.telemetry.tracing import QuietTracer, trace_id
 
 log = logging.getLogger("toolvault.server")
 # A duplicate call polls its idempotency key this often while the first call runs.
@@ -82,7 +82,7 @@ class Invocations:
         self._functions = functions
         self._settings = settings
         self._plugins = plugins or Plugins()
-        self._tracer = tracer or trace.NoOpTracer()
+        self._tracer = tracer or QuietTracer()
         self._admission = Admission(
             settings.max_concurrent_runs, settings.max_queued_runs, self._tracer
         )
@@ -163,7 +163,7 @@ class Invocations:
     async def _resolve_and_run(
         self, ref: str, args_json: str, context: CallContext, idempotency_key: str
     ) -> ExecutionInfo:
-        version = await asyncio.to_thread(self._functions.resolve, ref)
+        version = await self._functions.resolve_call(ref)
         content = version.content
         # Without a schema of its own, a version's arguments are checked against the one
         # derived from its type hints: the same rule as for an agent's tool calls.
