@@ -456,7 +456,7 @@ on {machine()}. Medians unless marked; every ratio compares figures taken in the
 | path | p50 | p99 | p50 vs the echo |
 | --- | --- | --- | --- |
 | toolvault, `TOOLVAULT_SANDBOX_MODE=warm` (the default): SDK -> gRPC on loopback -> the version's warm worker -> history row | {p50:.2f} ms | {percentile(times, 99):.2f} ms | {p50 / echo_p50:.1f}x |
-| toolvault, `TOOLVAULT_SANDBOX_MODE=fresh`: a process forked per call | {fresh_p50:.2f} ms | {percentile(fresh_times, 99):.2f} ms | {fresh_p50 / echo_p50:.1f}x |
+| toolvault, `TOOLVAULT_SANDBOX_MODE=fresh`: a sandbox per call, a spare made ahead when one is ready (`TOOLVAULT_FRESH_SPARES=2`), else forked | {fresh_p50:.2f} ms | {percentile(fresh_times, 99):.2f} ms | {fresh_p50 / echo_p50:.1f}x |
 | floor: a bare gRPC unary echo server (bench/echo.py; same grpcio, loopback, client library) | {echo_p50:.2f} ms | {percentile(echo_times, 99):.2f} ms | 1.0x |
 | floor of spawning per call: a fresh interpreter that does nothing (`python -I -c pass`) | {spawn_p50:.1f} ms | {percentile(spawned, 99):.1f} ms | {spawn_p50 / echo_p50:.0f}x |
 
