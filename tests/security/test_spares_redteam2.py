@@ -264,8 +264,8 @@ def test_a_spare_serves_only_calls_of_its_own_limits(spare_host: SandboxHost) ->
 
     async def forked(memory_mb: int, timeout_ms: int) -> Any:
         await reference_host.start()
-        limits = {"memory_mb": memory_mb, "timeout_ms": timeout_ms}
-        return ok(await reference_host.run(plain(LIMITS_SEEN, **limits)))
+        job = plain(LIMITS_SEEN, memory_mb=memory_mb, timeout_ms=timeout_ms)
+        return ok(await reference_host.run(job))
 
     async def steps() -> list[tuple[Any, Any]]:
         pairs = []
