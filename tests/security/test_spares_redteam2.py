@@ -286,3 +286,38 @@ def test_a_spare_serves_only_calls_of_its_own_limits(spare_host: SandboxHost) ->
     for seen, expected in pairs:
         assert seen == expected
     assert len({json.dumps(seen) for seen, _ in pairs[:3]}) == 3
+
+
+# CPU burnt in a thread of its own, then the call's own figure for all of its threads.
+THREAD_BURN = """\
+import resource, threading, time
+def burn(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+def main():
+    try:
+        thread = threading.Thread(target=burn, args=(0.5,))
+        thread.start()
+        thread.join()
+    except RuntimeError:
+        return "no thread"
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+"""
+
+
+@pytest.mark.parametrize("key", [None, "k"], ids=["spare", "worker"])
+def test_cpu_burnt_in_another_thread_is_billed_or_cannot_be_burnt(
+    spare_host: SandboxHost, key: str | None
+) -> None:
+    # A spare's and a worker's CPU time is their /proc/<pid>/schedstat: the main
+    # thread's alone. Another thread's time would go unbilled, were there threads.
+    async def steps() -> RunResult:
+        ok(await spare_host.run(plain(WHERE, {"n": 0})))
+        await ready(spare_host)
+        return await spare_host.run(plain(THREAD_BURN, timeout_ms=5_000), worker_key=key)
+
+    result = scenario(spare_host, steps)
+    found = ok(result)
+    assert found == "no thread" or result.cpu_time_ms >= 0.9 * found * 1000, (found, result)
