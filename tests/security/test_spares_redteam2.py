@@ -18,13 +18,14 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from tests.sandbox.test_run import children
 from tests.sandbox.test_warm import plain, scenario
-from toolvault.sandbox import RunResult, RunStatus, SandboxHost
+from toolvault.sandbox import Job, RunResult, RunStatus, SandboxHost
 
 # Holds a secret (an argument) for a while, so that it is in the process's memory.
 HOLD = """\
@@ -321,3 +322,50 @@ def test_cpu_burnt_in_another_thread_is_billed_or_cannot_be_burnt(
     result = scenario(spare_host, steps)
     found = ok(result)
     assert found == "no thread" or result.cpu_time_ms >= 0.9 * found * 1000, (found, result)
+
+
+# Imports each module it can, in the language layer: what the call's globals let in.
+IMPORTS = """\
+def main():
+    allowed = []
+    try:
+        import json
+        allowed.append("json")
+    except ImportError:
+        pass
+    try:
+        import hashlib
+        allowed.append("hashlib")
+    except ImportError:
+        pass
+    try:
+        import math
+        allowed.append("math")
+    except ImportError:
+        pass
+    return allowed
+"""
+
+
+def test_a_spare_serves_only_calls_of_its_own_allowed_imports() -> None:
+    # With the language layer: a spare's globals allow its kind's imports, which must
+    # not be those of another kind's call.
+    host = SandboxHost(preload=(), spares=2)
+    names = ["json", "hashlib", "math"]
+
+    def importing(allowed: tuple[str, ...]) -> Job:
+        return replace(plain(IMPORTS), allowed_imports=allowed)
+
+    async def steps() -> list[Any]:
+        seen = []
+        ok(await host.run(importing(("json", "hashlib"))))
+        for allowed in (("json",), ("json", "hashlib"), ("math",), ("json", "hashlib", "math")):
+            await ready(host)
+            seen.append(ok(await host.run(importing(allowed))))
+        return seen
+
+    try:
+        seen = scenario(host, steps)
+    finally:
+        asyncio.run(host.close())
+    assert seen == [["json"], ["json", "hashlib"], ["math"], names]
