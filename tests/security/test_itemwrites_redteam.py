@@ -509,17 +509,6 @@ print(program.error_type or "compiled")
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "finding: _itemwrites._unstable re-walks every nested scope's whole subtree "
-        "(_bound_names inside ast.walk) and runs for every function with a write in a "
-        "loop, so compiling costs O(depth^2 x size): a 256 KiB source of 90 nested defs, "
-        "which check_source (hoist=False) accepts in 0.2 s, takes 175 s of CPU in "
-        "compile_job (0.12 s with hoist=False), which the server runs in its own process "
-        "(asyncio.to_thread, holding the GIL) before any call's clock or limits start"
-    ),
-)
 def test_compiling_what_publish_accepts_costs_the_server_no_more_than_checking_it() -> None:
     source = deep_source()
     assert len(source.encode()) <= PUBLISH_LIMIT

@@ -32,6 +32,8 @@ nothing else changes. The names added start with "_": user code can neither read
 bind them.
 """
 
+from __future__ import annotations
+
 import ast
 import functools
 from collections.abc import Callable, Iterable, Iterator
@@ -62,6 +64,8 @@ def list_write(target: str, guarded: ast.expr) -> ast.IfExp:
 
 def hoist_write_guards(module: ast.Module) -> None:
     """Take the write guard out of the loops of every function in ``module``."""
+    # Reading the whole module is the costly part: only for a loop with writes, once.
+    bindings = functools.cache(functools.partial(_Bindings, module))
     for function in list(_functions(module.body)):
         arguments = function.args
         parameters = {
@@ -73,9 +77,18 @@ def hoist_write_guards(module: ast.Module) -> None:
                 *(a for a in (arguments.vararg, arguments.kwarg) if a is not None),
             )
         }
-        # Walking the whole function is the costly part: only for a loop with writes.
-        unstable = functools.cache(functools.partial(_unstable, function))
-        function.body = _hoist_block(function.body, parameters, unstable)
+        never = functools.partial(_never_hoisted, bindings, function)
+        function.body = _hoist_block(function.body, parameters, never)
+
+
+def _never_hoisted(
+    bindings: Callable[[], _Bindings],
+    function: ast.FunctionDef | ast.AsyncFunctionDef,
+    loop: ast.For | ast.While,
+) -> frozenset[str]:
+    """The names whose writes in ``loop`` of ``function`` keep the write guard."""
+    table = bindings()
+    return table.unstable[function] | table.bound[loop]
 
 
 def _functions(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -90,58 +103,81 @@ def _functions(body: list[ast.stmt]) -> Iterator[ast.FunctionDef | ast.AsyncFunc
             yield from _functions(getattr(owner, field))
 
 
-def _unstable(function: ast.FunctionDef | ast.AsyncFunctionDef) -> set[str]:
-    """Names ``function`` deletes, declares global or nonlocal, or binds in a nested scope."""
-    unstable: set[str] = set()
-    for node in ast.walk(function):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
-            unstable.add(node.id)
-        elif isinstance(node, ast.ExceptHandler) and node.name is not None:
-            unstable.add(node.name)  # unbound when the handler ends
-        elif isinstance(node, ast.Global | ast.Nonlocal):
-            unstable.update(node.names)
-        elif node is not function and isinstance(node, _NESTED_SCOPES):
-            unstable.update(_bound_names(node))
-    return unstable
+class _Bindings:
+    """What each function makes unstable and each loop binds, from one pass over a module.
+
+    unstable[f]: the names ``f`` (or anything in it) deletes, unbinds at the end of an
+    ``except ... as``, declares global or nonlocal, or binds in a nested scope.
+    bound[loop]: every name the loop or anything in it binds, in any scope.
+    One bottom-up pass: walking each function and loop on its own would cost the
+    server time quadratic in how deep they nest.
+    """
+
+    def __init__(self, module: ast.Module) -> None:
+        self.unstable: dict[ast.AST, frozenset[str]] = {}
+        self.bound: dict[ast.AST, frozenset[str]] = {}
+        self._visit(module)
+
+    def _visit(self, node: ast.AST) -> tuple[set[str], set[str], set[str]]:
+        """The names bound in ``node``'s subtree, unsettled in it, bound in its nested scopes."""
+        bound, unsettled, nested = set(_binds(node)), set(_unsettles(node)), set()
+        for child in ast.iter_child_nodes(node):
+            child_bound, child_unsettled, child_nested = self._visit(child)
+            bound |= child_bound
+            unsettled |= child_unsettled
+            nested |= child_bound if isinstance(child, _NESTED_SCOPES) else child_nested
+        if isinstance(node, _LOOPS):
+            self.bound[node] = frozenset(bound)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            self.unstable[node] = frozenset(unsettled | nested)
+        return bound, unsettled, nested
 
 
-def _bound_names(node: ast.AST) -> set[str]:
-    """Every name that ``node`` or anything in it binds, in any scope."""
-    names: set[str] = set()
-    for child in ast.walk(node):
-        if isinstance(child, ast.Name) and not isinstance(child.ctx, ast.Load):
-            names.add(child.id)
-        elif isinstance(child, ast.arg):
-            names.add(child.arg)
-        elif isinstance(child, ast.alias):
-            names.add(child.asname or child.name.partition(".")[0])
-        elif isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            names.add(child.name)
-        elif isinstance(child, ast.ExceptHandler | ast.MatchAs | ast.MatchStar):
-            if child.name is not None:
-                names.add(child.name)
-        elif isinstance(child, ast.MatchMapping) and child.rest is not None:
-            names.add(child.rest)
-        elif isinstance(child, ast.Global | ast.Nonlocal):
-            names.update(child.names)
-    return names
+def _unsettles(node: ast.AST) -> tuple[str, ...]:
+    """The names ``node`` itself deletes, unbinds or declares global or nonlocal."""
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Del):
+        return (node.id,)
+    if isinstance(node, ast.ExceptHandler) and node.name is not None:
+        return (node.name,)  # unbound when the handler ends
+    if isinstance(node, ast.Global | ast.Nonlocal):
+        return tuple(node.names)
+    return ()
+
+
+def _binds(node: ast.AST) -> tuple[str, ...]:
+    """The names ``node`` itself binds, in whatever scope."""
+    if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+        return (node.id,)
+    if isinstance(node, ast.arg):
+        return (node.arg,)
+    if isinstance(node, ast.alias):
+        return (node.asname or node.name.partition(".")[0],)
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return (node.name,)
+    if isinstance(node, ast.ExceptHandler | ast.MatchAs | ast.MatchStar):
+        return () if node.name is None else (node.name,)
+    if isinstance(node, ast.MatchMapping):
+        return () if node.rest is None else (node.rest,)
+    if isinstance(node, ast.Global | ast.Nonlocal):
+        return tuple(node.names)
+    return ()
 
 
 def _hoist_block(
-    body: list[ast.stmt], bound: set[str], unstable: Callable[[], set[str]]
+    body: list[ast.stmt], bound: set[str], never: Callable[[ast.For | ast.While], frozenset[str]]
 ) -> list[ast.stmt]:
     """``body`` with the write guard taken out of its loops, outermost first.
 
     Args:
         body: A block of statements in a function's own scope.
         bound: The names surely bound when the block starts.
-        unstable: The names never to hoist (_unstable).
+        never: The names a loop of the block may not hoist (_never_hoisted).
     """
     bound = set(bound)
     hoisted: list[ast.stmt] = []
     for statement in body:
         if isinstance(statement, _LOOPS):
-            hoisted += _hoist_loop(statement, bound, unstable)
+            hoisted += _hoist_loop(statement, bound, never)
         for owner, field in _blocks(statement):
             inner = bound
             if field == "body" and isinstance(owner, ast.For):
@@ -149,7 +185,7 @@ def _hoist_block(
             elif field == "body" and isinstance(owner, ast.With):
                 named = (item.optional_vars for item in owner.items if item.optional_vars)
                 inner = bound | set(_assigned_names(named))
-            setattr(owner, field, _hoist_block(getattr(owner, field), inner, unstable))
+            setattr(owner, field, _hoist_block(getattr(owner, field), inner, never))
         hoisted.append(statement)
         if isinstance(statement, ast.Assign | ast.AnnAssign) and statement.value is not None:
             targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
@@ -158,7 +194,9 @@ def _hoist_block(
 
 
 def _hoist_loop(
-    loop: ast.For | ast.While, bound: set[str], unstable: Callable[[], set[str]]
+    loop: ast.For | ast.While,
+    bound: set[str],
+    never: Callable[[ast.For | ast.While], frozenset[str]],
 ) -> list[ast.stmt]:
     """Make ``loop``'s writes to names it may hoist write to hoisted targets.
 
@@ -172,7 +210,7 @@ def _hoist_loop(
     ]
     if not writes:
         return []
-    names = bound - unstable() - _bound_names(loop)
+    names = bound - never(loop)
     hoisted: set[str] = set()
     for node, name in writes:
         if name in names:

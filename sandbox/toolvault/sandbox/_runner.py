@@ -459,8 +459,10 @@ class SandboxHost:
         """A ready spare for ``job``'s allowed imports and limits, taken; None if there is none."""
         kind = ("", job.allowed_imports, job.limits)
         # The most recently made: the likeliest to be resident.
-        for spare in reversed(self._ready.values()):
-            if spare.kind == kind:
+        for spare in reversed(list(self._ready.values())):
+            if spare.kind == kind and spare.woken():
+                self._retire(spare)  # it ran while it should have been stopped
+            elif spare.kind == kind:
                 del self._ready[spare.id]
                 if spare.idle_timer is not None:
                     spare.idle_timer.cancel()
