@@ -126,3 +126,28 @@ def test_the_cli_publishes_with_an_isolation_and_shows_it(
     code, out, err = cli("--server", server, "publish", "seeded", str(source), "--isolation", "hot")
     assert (code, out) == (2, "")
     assert "error: argument --isolation: invalid choice: 'hot'" in err
+
+
+def test_each_execution_says_how_its_sandbox_ran(warm_server: str, cli: RunCli) -> None:
+    with Client(warm_server, retries=False) as client:
+        client.publish("ran_warm", SEEDED)
+        client.publish("ran_fresh", SEEDED, isolation="fresh")
+        client.publish("ran_cached", "def main():\n    return 1\n", deterministic=True)
+        warm = client.invoke("ran_warm")
+        fresh = client.invoke("ran_fresh")
+        client.invoke("ran_cached")
+        cached = client.invoke("ran_cached")
+        fresh_namespace = client.publish("ops/ran_warm", SEEDED)
+        assert fresh_namespace.isolation is Isolation.WARM
+        forced = client.invoke("ops/ran_warm")  # the operator made ops fresh
+        assert [warm.isolation, fresh.isolation, forced.isolation] == [
+            Isolation.WARM,
+            Isolation.FRESH,
+            Isolation.FRESH,
+        ]
+        assert cached.cached and cached.isolation is None
+        # As recorded: the history says the same.
+        for execution in (warm, fresh, forced, cached):
+            assert client.execution(execution.execution_id).isolation == execution.isolation
+    code, out, _ = cli("--server", warm_server, "--json", "execution", fresh.execution_id)
+    assert (code, json.loads(out)["isolation"]) == (0, "fresh")

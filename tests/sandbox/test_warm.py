@@ -384,3 +384,22 @@ def test_a_worker_whose_stop_was_landing_when_its_loop_ended_serves_no_call(
         assert json.loads(second.result_json)[1] == 1  # a new worker
     finally:
         asyncio.run(host.close())
+
+
+def test_a_result_says_whether_a_warm_worker_ran_it() -> None:
+    host = SandboxHost(preload=(), language_layer=False, spares=1)
+
+    async def steps() -> list[bool]:
+        ran = []
+        for key in ("k", "k", None, None, None):
+            result = await host.run(plain(WHO, {"key": "x"}), worker_key=key)
+            assert result.status is RunStatus.OK, result.error_message
+            ran.append(result.warm)
+            await asyncio.sleep(0.2)  # time for a spare to be made
+        return ran
+
+    try:
+        # Forked for the call, or a spare: a process of its own either way.
+        assert scenario(host, steps) == [True, True, False, False, False]
+    finally:
+        asyncio.run(host.close())

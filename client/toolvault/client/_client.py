@@ -342,7 +342,7 @@ class Client:
         """
         _refuse_over("source", len(source.encode()), self._max_source_bytes)
         isolation_pb = (
-            function_pb2.ISOLATION_UNSPECIFIED
+            execution_pb2.ISOLATION_UNSPECIFIED
             if isolation is None
             else Isolation(isolation).to_proto()
         )

@@ -81,15 +81,15 @@ class Isolation(enum.StrEnum):
         raise ValueError(f"unknown isolation {value!r}; valid values: {valid}")
 
     @classmethod
-    def from_proto(cls, value: function_pb2.Isolation.ValueType) -> Isolation:
+    def from_proto(cls, value: execution_pb2.Isolation.ValueType) -> Isolation:
         """Return the isolation for a `toolvault.v1.Isolation` value (unset: warm)."""
-        if value == function_pb2.ISOLATION_UNSPECIFIED:
+        if value == execution_pb2.ISOLATION_UNSPECIFIED:
             return cls.WARM
-        return cls[function_pb2.Isolation.Name(value).removeprefix(_ISOLATION_PREFIX)]
+        return cls[execution_pb2.Isolation.Name(value).removeprefix(_ISOLATION_PREFIX)]
 
-    def to_proto(self) -> function_pb2.Isolation.ValueType:
+    def to_proto(self) -> execution_pb2.Isolation.ValueType:
         """Return the `toolvault.v1.Isolation` value of this isolation."""
-        return function_pb2.Isolation.Value(_ISOLATION_PREFIX + self.name)
+        return execution_pb2.Isolation.Value(_ISOLATION_PREFIX + self.name)
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,9 @@ class Execution:
     for a plain invoke. `cached` is True when no sandbox ran because the result came from
     the cache of a deterministic function; `cached_from` is then the id of the execution
     whose result it is. `trace_id` is the W3C trace id of the call's trace ("" when the
-    call was not traced).
+    call was not traced). `isolation` says how its sandbox ran: `WARM` in a warm worker of
+    its version, `FRESH` in a process of its own (a fresh version's call, or a warm one's
+    that found no worker free); None when none ran (cached) or the server did not say.
     """
 
     execution_id: str
@@ -233,6 +235,7 @@ class Execution:
     cached: bool = False
     cached_from: str = ""
     trace_id: str = ""
+    isolation: Isolation | None = None
 
     @property
     def ok(self) -> bool:
@@ -278,6 +281,11 @@ class Execution:
             cached=pb.cached,
             cached_from=pb.cached_from,
             trace_id=pb.trace_id,
+            isolation=(
+                None
+                if pb.isolation == execution_pb2.ISOLATION_UNSPECIFIED
+                else Isolation.from_proto(pb.isolation)
+            ),
         )
 
 

@@ -18,6 +18,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Isolation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IsolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Isolation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ISOLATION_UNSPECIFIED: _Isolation.ValueType  # 0
+    """In a publish request, the default: warm; in an execution, no sandbox ran."""
+    ISOLATION_WARM: _Isolation.ValueType  # 1
+    """Calls may run in warm workers of this version alone, confined once and reused."""
+    ISOLATION_FRESH: _Isolation.ValueType  # 2
+    """Every call runs in a sandbox process of its own."""
+
+class Isolation(_Isolation, metaclass=_IsolationEnumTypeWrapper):
+    """Where a version's calls run. Fresh keeps every call's process to itself; warm lets calls
+    of the version share confined worker processes, where what a call leaves in imported
+    modules may be seen by later calls of the same version (SECURITY.md, "Warm workers").
+    The server's operator may force fresh for every version or for chosen namespaces.
+    """
+
+ISOLATION_UNSPECIFIED: Isolation.ValueType  # 0
+"""In a publish request, the default: warm; in an execution, no sandbox ran."""
+ISOLATION_WARM: Isolation.ValueType  # 1
+"""Calls may run in warm workers of this version alone, confined once and reused."""
+ISOLATION_FRESH: Isolation.ValueType  # 2
+"""Every call runs in a sandbox process of its own."""
+Global___Isolation: _TypeAlias = Isolation  # noqa: Y015
+
 class _ExecutionStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -130,6 +158,7 @@ class Execution(_message.Message):
     CACHED_FIELD_NUMBER: _builtins.int
     CACHED_FROM_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
+    ISOLATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned unique id (a UUID in canonical text form)."""
     function_name: _builtins.str
@@ -187,6 +216,11 @@ class Execution(_message.Message):
     """The W3C trace id (32 hex digits) of the call's trace: the client's, when it sent a
     traceparent, else the server's own when tracing is on; empty when the call was untraced.
     """
+    isolation: Global___Isolation.ValueType
+    """How its sandbox ran: ISOLATION_WARM in a warm worker of its version, ISOLATION_FRESH
+    in a process of its own (a fresh version's call, or a warm one's that found no
+    worker free); ISOLATION_UNSPECIFIED when none ran (cached, or recorded before this).
+    """
     @_builtins.property
     def error(self) -> Global___ExecutionError:
         """Set when status is not OK."""
@@ -222,10 +256,11 @@ class Execution(_message.Message):
         cached: _builtins.bool = ...,
         cached_from: _builtins.str = ...,
         trace_id: _builtins.str = ...,
+        isolation: Global___Isolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "isolation", b"isolation", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -8,7 +8,6 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from toolvault.v1 import execution_pb2 as _execution_pb2
 import builtins as _builtins
 import sys
@@ -20,34 +19,6 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class _Isolation:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _IsolationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Isolation.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    ISOLATION_UNSPECIFIED: _Isolation.ValueType  # 0
-    """In a request, the default: warm. Never in a reply."""
-    ISOLATION_WARM: _Isolation.ValueType  # 1
-    """Calls may run in warm workers of this version alone, confined once and reused."""
-    ISOLATION_FRESH: _Isolation.ValueType  # 2
-    """Every call runs in a sandbox process of its own."""
-
-class Isolation(_Isolation, metaclass=_IsolationEnumTypeWrapper):
-    """Where a version's calls run. Fresh keeps every call's process to itself; warm lets calls
-    of the version share confined worker processes, where what a call leaves in imported
-    modules may be seen by later calls of the same version (SECURITY.md, "Warm workers").
-    The server's operator may force fresh for every version or for chosen namespaces.
-    """
-
-ISOLATION_UNSPECIFIED: Isolation.ValueType  # 0
-"""In a request, the default: warm. Never in a reply."""
-ISOLATION_WARM: Isolation.ValueType  # 1
-"""Calls may run in warm workers of this version alone, confined once and reused."""
-ISOLATION_FRESH: Isolation.ValueType  # 2
-"""Every call runs in a sandbox process of its own."""
-Global___Isolation: _TypeAlias = Isolation  # noqa: Y015
 
 @_typing.final
 class Limits(_message.Message):
@@ -128,7 +99,7 @@ class FunctionVersion(_message.Message):
     """True if the publisher declared that equal arguments always give the same result:
     the server may then answer a call from its result cache.
     """
-    isolation: Global___Isolation.ValueType
+    isolation: _execution_pb2.Isolation.ValueType
     """Whether calls may share warm workers (ISOLATION_WARM) or each get a fresh process."""
     @_builtins.property
     def limits(self) -> Global___Limits:
@@ -157,7 +128,7 @@ class FunctionVersion(_message.Message):
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         deterministic: _builtins.bool = ...,
-        isolation: Global___Isolation.ValueType = ...,
+        isolation: _execution_pb2.Isolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
@@ -269,7 +240,7 @@ class PublishFunctionRequest(_message.Message):
     """Declares that equal arguments always give the same result (no randomness, no clock),
     so successful results may be served from the server's result cache.
     """
-    isolation: Global___Isolation.ValueType
+    isolation: _execution_pb2.Isolation.ValueType
     """ISOLATION_FRESH gives every call a process of its own; unset means ISOLATION_WARM.
     Part of the content: the same source with another isolation is a new version.
     """
@@ -295,7 +266,7 @@ class PublishFunctionRequest(_message.Message):
         limits: Global___Limits | None = ...,
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         deterministic: _builtins.bool = ...,
-        isolation: Global___Isolation.ValueType = ...,
+        isolation: _execution_pb2.Isolation.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...

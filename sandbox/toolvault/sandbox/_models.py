@@ -101,6 +101,8 @@ class RunResult:
         duration_ms: Wall-clock time from spawn to exit.
         cpu_time_ms: User plus system CPU time of the sandbox process.
         peak_memory_bytes: The sandbox process's peak resident set size.
+        warm: Whether it ran in a warm worker (else in a process of its own: forked
+            for it, or a spare).
     """
 
     status: RunStatus
@@ -113,6 +115,7 @@ class RunResult:
     duration_ms: float
     cpu_time_ms: float
     peak_memory_bytes: int
+    warm: bool = False
 
 
 # The sandbox process writes its report to this fd.

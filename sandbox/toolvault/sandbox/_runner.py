@@ -1449,6 +1449,8 @@ class _Call:
             duration_ms=(self._ended - self._started) * 1000,
             cpu_time_ms=self._cpu_ms,
             peak_memory_bytes=peak,
+            # A spare is a worker without a key, serving its one call.
+            warm=self.worker is not None and self.worker.key != "",
         )
 
     def close(self) -> None:

@@ -20,6 +20,7 @@ from toolvault.server.domain.executions import (
     ExecutionInfo,
     ExecutionStatus,
 )
+from toolvault.server.domain.functions import Isolation
 from toolvault.server.domain.names import Scope, namespace_of
 
 # What the history keeps of each run; Invoke's reply carries the whole (capped) output.
@@ -113,6 +114,7 @@ def history_row(info: ExecutionInfo) -> dict[str, Any]:
         "cached": info.cached,
         "cached_from": info.cached_from,
         "trace_id": info.trace_id,
+        "isolation": "" if info.isolation is None else info.isolation.value,
     }
 
 
@@ -146,6 +148,7 @@ def _execution_info(row: Execution) -> ExecutionInfo:
         cached=row.cached,
         cached_from=row.cached_from,
         trace_id=row.trace_id,
+        isolation=Isolation(row.isolation) if row.isolation else None,
     )
 
 

@@ -182,6 +182,8 @@ class Execution(Base):
     cached: Mapped[bool] = mapped_column(server_default=false())
     cached_from: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     trace_id: Mapped[str] = mapped_column(String(32), server_default="")
+    # "warm" or "fresh", how its sandbox ran; "" when none ran.
+    isolation: Mapped[str] = mapped_column(String(8), server_default="")
 
 
 class Agent(Base):

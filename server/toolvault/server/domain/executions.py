@@ -7,6 +7,8 @@ import enum
 import uuid
 from dataclasses import dataclass
 
+from toolvault.server.domain.functions import Isolation
+
 
 class ExecutionStatus(enum.StrEnum):
     """How a run ended; the values are those stored in the history's ``status`` column.
@@ -66,6 +68,8 @@ class ExecutionInfo:
     cached: bool = False
     cached_from: uuid.UUID | None = None
     trace_id: str = ""
+    # How its sandbox ran: in a warm worker or a process of its own; None when none ran.
+    isolation: Isolation | None = None
 
 
 @dataclass(frozen=True)

@@ -63,10 +63,10 @@ def status_filter(value: int) -> ExecutionStatus | None:
 
 def isolation(value: int) -> Isolation:
     """A publish request's isolation; ISOLATION_UNSPECIFIED is the default, warm."""
-    if value == function_pb2.ISOLATION_UNSPECIFIED:
+    if value == execution_pb2.ISOLATION_UNSPECIFIED:
         return Isolation.WARM
     try:
-        name = function_pb2.Isolation.Name(value)  # type: ignore[arg-type]
+        name = execution_pb2.Isolation.Name(value)  # type: ignore[arg-type]
     except ValueError as e:
         raise InvalidArgument(
             f"isolation {value} is not an Isolation (ISOLATION_WARM or ISOLATION_FRESH)"
@@ -95,7 +95,7 @@ def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.Function
         allowed_imports=content.allowed_imports,
         create_time=timestamp(info.created_at),
         deterministic=content.deterministic,
-        isolation=function_pb2.Isolation.Value(_ISOLATION_PREFIX + content.isolation.name),
+        isolation=execution_pb2.Isolation.Value(_ISOLATION_PREFIX + content.isolation.name),
     )
 
 
@@ -143,6 +143,11 @@ def execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
         cached=info.cached,
         cached_from=str(info.cached_from) if info.cached_from else "",
         trace_id=info.trace_id,
+        isolation=(
+            execution_pb2.ISOLATION_UNSPECIFIED
+            if info.isolation is None
+            else execution_pb2.Isolation.Value(_ISOLATION_PREFIX + info.isolation.name)
+        ),
     )
 
 

@@ -259,6 +259,7 @@ class Invocations:
             duration_ms=result.duration_ms,
             cpu_time_ms=result.cpu_time_ms,
             peak_memory_bytes=result.peak_memory_bytes,
+            isolation=Isolation.WARM if result.warm else Isolation.FRESH,
         )
         if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
             found = problems(content.output_schema, json.loads(result.result_json))
@@ -296,6 +297,7 @@ class Invocations:
             cached=True,
             cached_from=hit.id,
             trace_id=trace_id(trace.get_current_span()),
+            isolation=None,
         )
         await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
