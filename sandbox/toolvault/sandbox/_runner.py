@@ -341,15 +341,9 @@ class SandboxHost:
             if now - worker.idle_since >= self._worker_idle_s:
                 self._retire(worker)
         kind = (key, job.allowed_imports, job.limits)
-        # The most recently used: its memory is the likeliest to be resident.
-        for worker in reversed(list(self._idle.values())):
-            if worker.kind == kind and worker.woken():
-                self._retire(worker)  # it ran while it should have been stopped
-            elif worker.kind == kind:
-                del self._idle[worker.id]
-                if worker.idle_timer is not None:
-                    worker.idle_timer.cancel()
-                return worker
+        taken = self._take(self._idle, kind)
+        if taken is not None:
+            return taken
         # No room means a fresh sandbox, which never waits for a slot.
         if self.workers.get(key, 0) >= self._max_workers_per_key:
             # Full for this key: an idle worker of it for other limits may make room.
@@ -457,16 +451,26 @@ class SandboxHost:
 
     def _spare_for(self, job: Job) -> _Worker | None:
         """A ready spare for ``job``'s allowed imports and limits, taken; None if there is none."""
-        kind = ("", job.allowed_imports, job.limits)
-        # The most recently made: the likeliest to be resident.
-        for spare in reversed(list(self._ready.values())):
-            if spare.kind == kind and spare.woken():
-                self._retire(spare)  # it ran while it should have been stopped
-            elif spare.kind == kind:
-                del self._ready[spare.id]
-                if spare.idle_timer is not None:
-                    spare.idle_timer.cancel()
-                return spare
+        return self._take(self._ready, ("", job.allowed_imports, job.limits))
+
+    def _take(
+        self, pool: OrderedDict[int, _Worker], kind: tuple[str, tuple[str, ...], Limits]
+    ) -> _Worker | None:
+        """The most recently stopped worker of ``kind`` in ``pool``, taken; None if none.
+
+        The most recent: its memory is the likeliest to be resident. One that ran while
+        it should have been stopped is retired, never handed a call.
+        """
+        for worker in reversed(list(pool.values())):
+            if worker.kind != kind:
+                continue
+            if worker.woken():
+                self._retire(worker)
+                continue
+            del pool[worker.id]
+            if worker.idle_timer is not None:
+                worker.idle_timer.cancel()
+            return worker
         return None
 
     def _replenish(self, kind: tuple[str, tuple[str, ...], Limits], process: _Process) -> None:
