@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from toolvault.client._models import Execution, _datetime
+from toolvault.client._models import Execution, _datetime, _member_named
 from toolvault.v1 import agent_pb2
 
 __all__ = [
@@ -292,10 +292,7 @@ class RoutingStrategy(enum.StrEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> RoutingStrategy:
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        valid = ", ".join(member.value for member in cls)
-        raise ValueError(f"unknown routing strategy {value!r}; valid values: {valid}")
+        return _member_named(cls, value, "routing strategy")
 
     def to_proto(self) -> agent_pb2.RoutingStrategy.ValueType:
         """Return the `toolvault.v1.RoutingStrategy` value of this strategy."""

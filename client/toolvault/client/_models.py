@@ -11,7 +11,7 @@ import enum
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -30,6 +30,15 @@ __all__ = [
 
 _STATUS_PREFIX = "EXECUTION_STATUS_"
 _ISOLATION_PREFIX = "ISOLATION_"
+_Enum = TypeVar("_Enum", bound=enum.Enum)
+
+
+def _member_named(cls: type[_Enum], value: object, what: str) -> _Enum:
+    """The member of ``cls`` named ``value``, ignoring case; else a ValueError naming ``what``."""
+    if isinstance(value, str) and value.upper() in cls.__members__:
+        return cls[value.upper()]
+    valid = ", ".join(str(member.value) for member in cls)
+    raise ValueError(f"unknown {what} {value!r}; valid values: {valid}")
 
 
 class ExecutionStatus(enum.StrEnum):
@@ -46,10 +55,7 @@ class ExecutionStatus(enum.StrEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> ExecutionStatus:
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        valid = ", ".join(cls.__members__)
-        raise ValueError(f"unknown execution status {value!r}; valid values: {valid}")
+        return _member_named(cls, value, "execution status")
 
     @classmethod
     def from_proto(cls, value: execution_pb2.ExecutionStatus.ValueType) -> ExecutionStatus:
@@ -75,10 +81,7 @@ class Isolation(enum.StrEnum):
 
     @classmethod
     def _missing_(cls, value: object) -> Isolation:
-        if isinstance(value, str) and value.upper() in cls.__members__:
-            return cls[value.upper()]
-        valid = ", ".join(member.value for member in cls)
-        raise ValueError(f"unknown isolation {value!r}; valid values: {valid}")
+        return _member_named(cls, value, "isolation")
 
     @classmethod
     def from_proto(cls, value: execution_pb2.Isolation.ValueType) -> Isolation:
