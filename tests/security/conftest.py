@@ -15,6 +15,7 @@ waiting for a call, at most as many as the server keeps.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -213,14 +214,14 @@ def attack(
     assert not [row for row in rows if SECRET in repr(row)], "a secret reached the history"
 
 
-@pytest.fixture
-def bystanders(attack: Attack) -> Iterator[list[object]]:
-    """Calls running alongside an attack; after it, every one returned the right result."""
+@contextlib.contextmanager
+def calling_the_probe(address: str) -> Iterator[None]:
+    """Calls of the server's ``probe`` while the block runs; each returned the right result."""
     stop = threading.Event()
-    results: list[object] = []
+    results: list[tuple[int, object]] = []
 
     def call() -> None:
-        with Client(attack.server.address, timeout=60) as client:
+        with Client(address, timeout=60) as client:
             n = 0
             while not stop.is_set():
                 results.append((n, client.invoke("probe", {"n": n}).result))
@@ -228,12 +229,21 @@ def bystanders(attack: Attack) -> Iterator[list[object]]:
 
     worker = threading.Thread(target=call)
     worker.start()
-    attack.bystanders = True
     try:
-        yield results
+        yield
     finally:
-        attack.bystanders = False
         stop.set()
         worker.join()
     assert results, "no call ran alongside the attack"
-    assert all(result == n + 1 for n, result in results), results  # type: ignore[misc]
+    assert all(result == n + 1 for n, result in results), results
+
+
+@pytest.fixture
+def bystanders(attack: Attack) -> Iterator[None]:
+    """Calls running alongside an attack; after it, every one returned the right result."""
+    attack.bystanders = True
+    try:
+        with calling_the_probe(attack.server.address):
+            yield
+    finally:
+        attack.bystanders = False

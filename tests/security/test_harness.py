@@ -20,7 +20,7 @@ def test_a_secret_in_any_field_of_a_result_is_caught(attack: Attack) -> None:
             attack.assert_no_secret(leaked)
 
 
-def test_bystander_calls_are_checked(attack: Attack, bystanders: list[object]) -> None:
+def test_bystander_calls_are_checked(attack: Attack, bystanders: None) -> None:
     execution = attack.run("def main():\n    return sum(range(10**6))\n")
     assert execution.result == sum(range(10**6))
 
