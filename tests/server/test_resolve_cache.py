@@ -4,13 +4,11 @@ Replica B resolves a ref (and so caches it); replica A then changes what the ref
 and B's very next call must see the change: new versions, moved and deleted aliases, a
 deleted function, and one published again under the same name and number. Run on a
 shared SQLite file and on PostgreSQL (the ``db_url`` fixture), with warm workers, whose
-keys must follow the version too. And when the generation cannot be read, calls resolve
-without the cache.
+keys must follow the version too.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +17,7 @@ import pytest
 import sqlalchemy
 
 from tests.conftest import ServerProcess
-from tests.server import ACTOR
 from toolvault.client import Client, NotFound
-from toolvault.server.db.engine import Database
-from toolvault.server.services.functions import FunctionStore, PublishRequest
 
 
 def returning(value: int) -> str:
@@ -107,28 +102,3 @@ def test_a_change_made_outside_toolvault_is_seen_by_the_next_call(
         with psycopg.connect(base, options=options.replace("%3D", "="), autocommit=True) as c:
             c.execute(move)
     assert ran(b, "tool@prod") == (2, 2)
-
-
-def test_calls_resolve_while_the_generations_connection_is_broken_and_it_is_opened_again(
-    database: Database, functions: FunctionStore, db_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    if not db_url.startswith("postgresql"):
-        pytest.skip("a SQLite connection cannot be cut from outside")
-    functions.publish(PublishRequest(name="tool", source=returning(1)), actor=ACTOR)
-    cut = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-    )
-    base, _, options = db_url.replace("+psycopg", "").partition("?options=")
-
-    async def calls() -> list[int]:
-        versions = [(await functions.resolve_call("tool")).version]
-        with psycopg.connect(base, options=options.replace("%3D", "="), autocommit=True) as c:
-            c.execute(cut)
-        versions.append((await functions.resolve_call("tool")).version)  # uncached
-        functions.publish(PublishRequest(name="tool", source=returning(2)), actor=ACTOR)
-        versions.append((await functions.resolve_call("tool")).version)  # a new connection
-        return versions
-
-    assert asyncio.run(calls()) == [1, 1, 2]
-    assert "cannot read the functions' generation: resolving uncached" in caplog.text

@@ -8,18 +8,14 @@ replicas starting together each upgrade the database: an advisory lock queues th
 :meth:`Database.scalar_now` reads one value on a DB-API connection kept open for it, for
 the one read on every call's path (the functions' generation): a pooled connection costs
 checkout, ``BEGIN`` and rollback, some 60 µs on SQLite, where the statement costs 2 µs.
-On PostgreSQL, :meth:`Database.scalar_now_async` does the same on an asyncio connection
-of psycopg's, so that the event loop neither waits for the network nor hops to a thread.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, PoolProxiedConnection, create_engine, event, text
@@ -43,9 +39,6 @@ class Database:
         self.write = sessionmaker(self.write_engine, expire_on_commit=False)
         self._side: PoolProxiedConnection | None = None
         self._side_lock = threading.Lock()
-        self._async_side: psycopg.AsyncConnection[Any] | None = None
-        self._async_side_lock = asyncio.Lock()
-        self._async_side_loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def reads_block(self) -> bool:
@@ -79,38 +72,6 @@ class Database:
                 self._drop_side()
                 raise
 
-    async def scalar_now_async(self, statement: str) -> Any:
-        """:meth:`scalar_now` on PostgreSQL, on an asyncio connection of its own (autocommit).
-
-        Raises psycopg's errors (``dbapi_error``); a broken connection is dropped, and the
-        next read opens another, as does the first read on another event loop.
-        """
-        loop = asyncio.get_running_loop()
-        if loop is not self._async_side_loop:
-            self._finish_async_side()
-            self._async_side_lock = asyncio.Lock()
-            self._async_side_loop = loop
-        async with self._async_side_lock:
-            if self._async_side is None:
-                cargs, cparams = self.engine.dialect.create_connect_args(self.url)
-                self._async_side = await psycopg.AsyncConnection.connect(
-                    *cargs, **cparams, autocommit=True
-                )
-            try:
-                cursor = await self._async_side.execute(statement)
-                row = await cursor.fetchone()
-            except Exception:
-                self._finish_async_side()
-                raise
-            assert row is not None, f"no row: {statement}"
-            return row[0]
-
-    def _finish_async_side(self) -> None:
-        # Closed without its event loop, which may be gone: libpq's own close is enough.
-        if self._async_side is not None:
-            self._async_side.pgconn.finish()
-            self._async_side = None
-
     def _drop_side(self) -> None:
         # Closed, not handed back to the pool: on PostgreSQL it is in autocommit.
         if self._side is not None:
@@ -142,10 +103,9 @@ class Database:
             command.upgrade(config, "head")
 
     def dispose(self) -> None:
-        """Close every pooled connection, and those of the ``scalar_now`` methods."""
+        """Close every pooled connection, and the one of :meth:`scalar_now`."""
         with self._side_lock:
             self._drop_side()
-        self._finish_async_side()
         self.engine.dispose()
 
 

@@ -119,15 +119,7 @@ def generation(db: Database) -> int:
     Read as committed right now (``Database.scalar_now``): a resolve cache that saw this
     value holds for every ref while it stays the same. Triggers keep it (migration 0007).
     """
-    return int(db.scalar_now(_GENERATION))
-
-
-async def generation_async(db: Database) -> int:
-    """:func:`generation`, read without blocking the event loop (PostgreSQL only)."""
-    return int(await db.scalar_now_async(_GENERATION))
-
-
-_GENERATION = "SELECT value FROM functions_generation WHERE id = 1"
+    return int(db.scalar_now("SELECT value FROM functions_generation WHERE id = 1"))
 
 
 def find_version(session: Session, function: Function, version: int) -> VersionInfo | None:

@@ -145,19 +145,14 @@ class FunctionStore:
     async def resolve_call(self, ref: str) -> VersionInfo:
         """The version a reference names, for a call: from the cache while it holds.
 
-        The generation is read on the event loop, without a thread hop (which costs 25
-        times as much as the read on SQLite): on SQLite, whose reads of a local file in
-        WAL mode wait on no writer, in place; on PostgreSQL on an asyncio connection.
-        Only a miss goes to a worker thread.
+        On SQLite the generation is read on the event loop (a read of a local file in WAL
+        mode waits on no writer, and a thread hop costs 25 times as much); only a miss
+        goes to a worker thread. On PostgreSQL, whose reads wait on the network, the
+        whole lookup runs in a worker thread.
         """
-        try:
-            if self._db.reads_block:
-                generation: int | None = await functions.generation_async(self._db)
-            else:
-                generation = functions.generation(self._db)
-        except (SQLAlchemyError, self._db.dbapi_error):
-            _unread()
-            generation = None
+        if self._db.reads_block:
+            return await asyncio.to_thread(self.resolve_cached, ref)
+        generation = self._generation()
         if generation is not None and (found := self._resolved.get(ref, generation)):
             return found
         return await asyncio.to_thread(self._resolve_and_keep, ref, generation)
@@ -177,11 +172,15 @@ class FunctionStore:
         return version
 
     def _generation(self) -> int | None:
-        """The generation of the function tables, or None when it cannot be read now."""
+        """The generation of the function tables, or None when it cannot be read now.
+
+        Without it the call resolves as if nothing were cached; if the database is away,
+        that query fails the call the usual way.
+        """
         try:
             return functions.generation(self._db)
         except (SQLAlchemyError, self._db.dbapi_error):
-            _unread()
+            log.warning("cannot read the functions' generation: resolving uncached", exc_info=True)
             return None
 
     def resolve(self, ref: str) -> VersionInfo:
@@ -328,12 +327,6 @@ class FunctionStore:
             deterministic=request.deterministic,
             isolation=request.isolation,
         )
-
-
-def _unread() -> None:
-    # Without it the call resolves as if nothing were cached; if the database is away,
-    # that query fails the call the usual way.
-    log.warning("cannot read the functions' generation: resolving uncached", exc_info=True)
 
 
 def _limit(value: int, field: str, settings: Settings, minimum: int) -> int:
