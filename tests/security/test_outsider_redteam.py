@@ -352,3 +352,38 @@ def test_warm_comes_from_the_runner_never_from_the_report(spare_host: SandboxHos
     for result in (in_warm, in_spare):
         assert value(result) == "forged"  # the forged report was taken
         assert result.duration_ms > 0
+
+
+# A mapping shared with the host (hence with every sandbox it forks) would be a
+# rendezvous between keys: none may be writable, or become so.
+SHARED_MAPS = """\
+import ctypes
+def main(**_):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    shared, made_writable = [], []
+    for line in open("/proc/self/maps").read().splitlines():
+        span, perms = line.split()[:2]
+        if perms[3] != "s" and "memfd:" not in line and "(deleted)" not in line:
+            continue
+        shared.append(line)
+        start, end = (int(part, 16) for part in span.split("-"))
+        if libc.mprotect(start, end - start, 3) == 0:  # PROT_READ | PROT_WRITE
+            made_writable.append(line)
+    return [shared, made_writable]
+"""
+
+
+def test_no_memory_is_shared_writably_with_the_host_or_another_sandbox(
+    spare_host: SandboxHost,
+) -> None:
+    async def steps() -> list[Any]:
+        await spare_host.start()
+        return [
+            value(await spare_host.run(plain(SHARED_MAPS), worker_key="a@1")),
+            value(await spare_host.run(plain(SHARED_MAPS))),
+        ]
+
+    for shared, made_writable in asyncio.run(steps()):
+        assert all(line.split()[1] == "r--s" for line in shared), shared
+        assert made_writable == []
