@@ -25,13 +25,6 @@ from toolvault.sandbox import RunResult, RunStatus, SandboxHost
 
 
 @pytest.fixture
-def open_host() -> Iterator[SandboxHost]:
-    sandbox_host = SandboxHost(preload=(), language_layer=False)
-    yield sandbox_host
-    asyncio.run(sandbox_host.close())
-
-
-@pytest.fixture
 def spare_host() -> Iterator[SandboxHost]:
     sandbox_host = SandboxHost(preload=(), language_layer=False, spares=2)
     yield sandbox_host
