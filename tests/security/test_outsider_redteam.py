@@ -14,6 +14,7 @@ import asyncio
 import json
 import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -380,3 +381,39 @@ def test_no_memory_is_shared_writably_with_the_host_or_another_sandbox(
     for shared, made_writable in asyncio.run(steps()):
         assert all(line.split()[1] == "r--s" for line in shared), shared
         assert made_writable == []
+
+
+NAMES = """\
+import os, sys
+def main(**_):
+    seen = [open(f"/proc/self/{name}").read() for name in ("mountinfo", "mounts")]
+    seen += [repr(sys.path), repr(sys.modules), repr(dict(os.environ))]
+    for name in ("/proc/self/environ", "/proc/1/environ"):
+        try:
+            seen.append(open(name).read())
+        except OSError:
+            pass
+    return [seen, sorted(os.environ)]
+"""
+
+
+def test_a_worker_learns_neither_the_hidden_data_dir_nor_the_servers_environment(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / f"data-{secrets.token_hex(6)}"
+    data_dir.mkdir()
+    host = SandboxHost(preload=(), language_layer=False, hidden_paths=[str(data_dir)], spares=1)
+
+    async def steps() -> list[Any]:
+        await host.start()
+        try:
+            return [
+                value(await host.run(plain(NAMES), worker_key="a@1")),
+                value(await host.run(plain(NAMES))),
+            ]
+        finally:
+            await host.close()
+
+    for seen, environment in asyncio.run(steps()):
+        assert not any(data_dir.name in text for text in seen)
+        assert set(environment) <= {"LC_CTYPE"}  # PEP 538 coercion, not the server's
