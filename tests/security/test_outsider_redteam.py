@@ -4,8 +4,10 @@ Every attack runs as full Python (``SandboxHost(language_layer=False)``) in a wo
 confined exactly as the server's, and looks for anything of the host, of another call
 or of another key: the fds it holds, the parent's /proc and memory (process_vm_readv),
 the job memfds of concurrent calls, files left in /sandbox, SysV IPC, POSIX queues,
-keyrings and abstract sockets as a rendezvous between two keys at once, signals to other
-workers, and a report forging ``warm``. Each test asserts that the attack had no effect.
+keyrings, abstract sockets and memory mapped shared with the host as a rendezvous between
+two keys at once, signals to other workers, the names of the hidden data dir and the
+server's environment, and a report forging ``warm``. Each test asserts that the attack
+had no effect.
 """
 
 from __future__ import annotations
