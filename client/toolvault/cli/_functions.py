@@ -51,6 +51,13 @@ def add_commands(commands: Commands) -> None:
         help="warm (default): calls may share warm workers of this version; "
         "fresh: every call in a process of its own",
     )
+    cmd.add_argument(
+        "--egress",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a host its calls may reach, e.g. api.example.com:443 or *.example.org "
+        "(ports 80 and 443); repeatable; within what the server allows the namespace",
+    )
     cmd.set_defaults(call=_publish)
 
     cmd = commands.add_parser("invoke", help="run a function; exit 1 if it fails")
@@ -106,6 +113,7 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         deterministic=args.deterministic,
         isolation=args.isolation,
+        egress=args.egress,
     )
     if args.json:
         print_json(version)

@@ -85,6 +85,15 @@ which includes the pages it still shares with the host it was forked from, about
 and wait4's ``ru_maxrss``, the kernel's own figure: a report can raise it, never lower it.
 """
 
+from ._door import (
+    EGRESS_IMPORTS,
+    EGRESS_PRELOAD,
+    Egress,
+    EgressError,
+    EgressRecord,
+    EgressRule,
+    parse_rules,
+)
 from ._isolation import Isolation, Layer, Plan
 from ._models import DEFAULT_ALLOWED_IMPORTS, Job, Limits, RunResult, RunStatus
 from ._runner import HostFailed, SandboxHost, detect, run
@@ -103,7 +112,13 @@ def isolation_layers() -> tuple[Layer, ...]:
 
 __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
+    "EGRESS_IMPORTS",
+    "EGRESS_PRELOAD",
     "CheckedSource",
+    "Egress",
+    "EgressError",
+    "EgressRecord",
+    "EgressRule",
     "HostFailed",
     "Isolation",
     "Job",
@@ -116,5 +131,6 @@ __all__ = [
     "SourceIssue",
     "check_source",
     "isolation_layers",
+    "parse_rules",
     "run",
 ]

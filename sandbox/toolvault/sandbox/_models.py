@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ._door import EgressRecord
+
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "json",
     "math",
@@ -103,6 +105,7 @@ class RunResult:
         peak_memory_bytes: The sandbox process's peak resident set size.
         warm: Whether it ran in a warm worker (else in a process of its own: forked
             for it, or a spare).
+        egress: The requests it made through its door to the network, in order.
     """
 
     status: RunStatus
@@ -116,6 +119,7 @@ class RunResult:
     cpu_time_ms: float
     peak_memory_bytes: int
     warm: bool = False
+    egress: tuple[EgressRecord, ...] = ()
 
 
 # The sandbox process writes its report to this fd.
