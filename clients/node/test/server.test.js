@@ -78,6 +78,13 @@ describe(
       );
     });
 
+    test("egress reaches the server, which refuses it while its egress is off", async () => {
+      await assert.rejects(client.publish(`${name}_web`, ADD, { egress: ["api.example.com"] }), {
+        code: grpc.status.FAILED_PRECONDITION,
+        message: /egress is off on this server/,
+      });
+    });
+
     test("a failing function is a successful call whose execution carries the error", async () => {
       await client.publish(`${name}_div`, "def main(x):\n    return 1 / x\n");
       const execution = await client.invoke(`${name}_div`, { x: 0 });

@@ -433,14 +433,15 @@ class Door:
             request.end(f"{name}:{port} is not on the function's egress allow-list", refused=True)
             return None
         try:
-            infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+            # An address needs no resolver (whose thread hop costs a request ~0.1 ms).
+            found = [name] if _is_ip(name) else await self._resolve(name, port)
         except OSError as exc:
             request.end(f"cannot resolve {name}: {exc}")
             return None
         kept: list[str] = []
         dropped: list[str] = []
-        for info in infos:
-            address = ipaddress.ip_address(info[4][0])
+        for text in found:
+            address = ipaddress.ip_address(text)
             allowed = is_public(address) or any(address in net for net in self._egress.private)
             (kept if allowed else dropped).append(str(address))
         if not kept:
@@ -458,6 +459,10 @@ class Door:
             return connection
         request.end(f"cannot connect to {name}:{port} ({'; '.join(failures)})")
         return None
+
+    async def _resolve(self, name: str, port: int) -> list[str]:
+        infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+        return [str(info[4][0]) for info in infos]
 
     def _answer(self, message: dict[str, object], fd: int | None = None) -> None:
         """Send one answer and read on; hang up when the sandbox does not take it."""
