@@ -47,6 +47,12 @@ Layers, each useful alone:
    ``isolation_layers`` says which layers a probe sandbox, forked by a host like any
    call, found in effect.
 
+Egress (``_door``): a sandbox never has a network of its own. A call that may reach hosts
+(``SandboxHost.run(job, egress=...)``) is handed one more fd, a door whose other end the
+runner holds: it connects on the sandbox's behalf to the allowed hosts' public addresses
+only, relays the bytes under the call's limits, and records every request
+(``RunResult.egress``). The sandbox's ``socket.create_connection`` asks the door.
+
 Approaches not taken, and why:
 
 - ``exec`` in the server process or a thread: it cannot be stopped or bounded, and it
