@@ -187,3 +187,14 @@ def test_the_cli_publishes_egress(
         json.dumps({"url": f"http://127.0.0.1:{web}/"}),
     )
     assert code == 0 and '"status": 200' in out
+
+
+def test_a_cached_result_made_no_request(client: Client, web: int) -> None:
+    client.publish("fetch", FETCH, egress=[f"127.0.0.1:{web}"], deterministic=True)
+    args = {"url": f"http://127.0.0.1:{web}/x"}
+
+    first, second = client.invoke("fetch", args), client.invoke("fetch", args)
+
+    assert len(first.egress) == 1 and not first.cached
+    assert second.cached and second.egress == ()
+    assert client.execution(second.execution_id).egress == ()

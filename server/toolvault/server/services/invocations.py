@@ -306,6 +306,7 @@ class Invocations:
             cached_from=hit.id,
             trace_id=trace_id(trace.get_current_span()),
             isolation=None,
+            egress=(),  # no sandbox ran: nothing reached the network for it
         )
         await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
