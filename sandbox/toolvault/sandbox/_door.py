@@ -41,6 +41,7 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -556,6 +557,9 @@ def install() -> None:
     hosts has no business reading the sandbox's files through a URL.
     """
     socket.create_connection = connect  # type: ignore[assignment]
+    if "ssl" in sys.modules:
+        # ssl took the function itself at import, for get_server_certificate.
+        sys.modules["ssl"].create_connection = connect  # type: ignore[attr-defined]
     with contextlib.suppress(ImportError):
         import urllib.request
 
