@@ -35,7 +35,7 @@ from toolvault.sandbox import (
     SandboxHost,
     parse_rules,
 )
-from toolvault.sandbox._door import is_public
+from toolvault.sandbox._door import Door, is_public
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 IMPORTS = ("json", *EGRESS_IMPORTS)
@@ -381,3 +381,68 @@ def test_addresses_that_are_not_public_are_refused(address: str) -> None:
 @pytest.mark.parametrize("address", ["93.184.215.14", "2606:4700::1111", "1.1.1.1"])
 def test_public_addresses_pass(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
+
+
+async def _ask(door: socket.socket, host: str, port: int) -> dict[str, Any]:
+    """One request on the sandbox's end of a door, from the door's own loop; its answer."""
+    loop = asyncio.get_running_loop()
+    data = json.dumps({"host": host, "port": port}).encode()
+    await loop.sock_sendall(door, len(data).to_bytes(4, "big") + data)
+    reply = b""
+    while len(reply) < 4 or len(reply) < 4 + int.from_bytes(reply[:4], "big"):
+        chunk = await loop.sock_recv(door, 1024)
+        if not chunk:
+            return {"closed": True}
+        reply += chunk
+    answer: dict[str, Any] = json.loads(reply[4:])
+    return answer
+
+
+def test_names_that_never_resolve_hold_one_thread_per_door_and_none_of_the_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolution outlives its request's timeout in its thread, which nothing can stop.
+
+    Calls asking again and again for names under a wildcard whose DNS never answers
+    must not pile those threads up, nor take the threads of the server's default
+    executor, on which its own work (the database) runs.
+    """
+    release = threading.Event()
+    stuck: list[str] = []
+
+    def never_answers(*_: object, **__: object) -> list[Any]:
+        stuck.append(threading.current_thread().name)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        doors = [Door(policy("*.example.org", request_timeout_ms=100)) for _ in range(8)]
+        ends = [socket.socket(fileno=door.give_away()) for door in doors]
+        for end in ends:
+            end.setblocking(False)
+
+        async def asks(end: socket.socket) -> list[dict[str, Any]]:
+            return [await _ask(end, f"n{n}.example.org", 443) for n in range(3)]
+
+        try:
+            answers = await asyncio.gather(*(asks(end) for end in ends))
+            # Each door's own thread is still stuck; the server's executor is free.
+            free = await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 10)
+        finally:
+            release.set()
+            for door, end in zip(doors, ends, strict=True):
+                door.close()
+                end.close()
+        return [answer for each in answers for answer in each], free
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers, free = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+    assert free == "free"
+    assert len(stuck) <= 8  # one resolution at a time per door
+    assert {answer["error"] for answer in answers} == {"no connection within 100 ms"}

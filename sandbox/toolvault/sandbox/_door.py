@@ -11,7 +11,9 @@ only ask for a connection to a host and port by name; the door
   loopback, link-local, metadata, multicast, reserved, and those embedded in IPv6
   transition addresses), unless the operator allowed its network, then connects to an
   address it kept, so a name that changes its answer cannot lead anywhere else (no
-  DNS rebinding),
+  DNS rebinding); names resolve on threads of the doors' own, one at a time per door
+  (a resolution that never answers outlives its request: no thread can be stopped),
+  so that slow DNS holds none of the threads the server's own work runs on,
 - hands the sandbox one end of a new socket pair and relays bytes between the other end
   and the connection, counting them against the call's limits (requests, bytes each
   way, time per request),
@@ -34,8 +36,10 @@ What the sandbox sends is hostile input.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import ipaddress
 import json
 import os
@@ -45,6 +49,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # What a version that declares egress may import besides the server's allow-list.
 EGRESS_IMPORTS: tuple[str, ...] = ("email", "http", "ssl", "urllib")
@@ -61,6 +66,8 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _HTTP_REQUEST = re.compile(rb"([A-Z]{1,16}) \S+ HTTP/1\.[01]\r?\n")
 _HTTP_STATUS = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r\n]")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# The doors' threads for names, all calls' together (see the module's docstring).
+_RESOLVER_THREADS = 8
 
 
 class EgressError(ValueError):
@@ -277,6 +284,8 @@ class Door:
         self._sent = 0
         self._received = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # The call's last resolution, which may outlive the request that started it.
+        self._resolving: asyncio.Future[list[tuple[Any, ...]] | OSError] | None = None
         self._reading = False
         self._resume()
 
@@ -433,10 +442,13 @@ class Door:
         if not any(rule.matches(name, port) for rule in self._egress.rules):
             request.end(f"{name}:{port} is not on the function's egress allow-list", refused=True)
             return None
-        try:
-            infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            request.end(f"cannot resolve {name}: {exc}")
+        if self._resolving is not None:
+            await asyncio.wait({self._resolving})
+        # Shielded: a timeout leaves it running, and the call's next request waits for it.
+        self._resolving = self._loop.run_in_executor(_resolver(), _resolve, name, port)
+        infos = await asyncio.shield(self._resolving)
+        if isinstance(infos, OSError):
+            request.end(f"cannot resolve {name}: {infos}")
             return None
         kept: list[str] = []
         dropped: list[str] = []
@@ -509,6 +521,22 @@ class Door:
         with contextlib.suppress(OSError):
             if sink.can_write_eof():
                 sink.write_eof()
+
+
+@functools.cache
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    """The doors' own executor, not the loop's default one; made in the server, when used."""
+    return concurrent.futures.ThreadPoolExecutor(
+        _RESOLVER_THREADS, thread_name_prefix="toolvault-egress-dns"
+    )
+
+
+def _resolve(name: str, port: int) -> list[tuple[Any, ...]] | OSError:
+    """The addresses of ``name``, or why there are none: a value, for a thread nobody awaits."""
+    try:
+        return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
 
 
 def _sniff(request: _Request, chunk: bytes, *, sending: bool) -> None:
