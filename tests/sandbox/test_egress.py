@@ -27,6 +27,7 @@ from toolvault.sandbox import (
     EGRESS_PRELOAD,
     Egress,
     EgressError,
+    EgressRecord,
     EgressRule,
     Job,
     Limits,
@@ -387,7 +388,10 @@ async def _ask(door: socket.socket, host: str, port: int) -> dict[str, Any]:
     """One request on the sandbox's end of a door, from the door's own loop; its answer."""
     loop = asyncio.get_running_loop()
     data = json.dumps({"host": host, "port": port}).encode()
-    await loop.sock_sendall(door, len(data).to_bytes(4, "big") + data)
+    try:
+        await loop.sock_sendall(door, len(data).to_bytes(4, "big") + data)
+    except BrokenPipeError:
+        return {"closed": True}
     reply = b""
     while len(reply) < 4 or len(reply) < 4 + int.from_bytes(reply[:4], "big"):
         chunk = await loop.sock_recv(door, 1024)
@@ -446,3 +450,27 @@ def test_names_that_never_resolve_hold_one_thread_per_door_and_none_of_the_serve
     assert free == "free"
     assert len(stuck) <= 8  # one resolution at a time per door
     assert {answer["error"] for answer in answers} == {"no connection within 100 ms"}
+
+
+def test_past_its_request_limit_a_door_closes() -> None:
+    """Nothing can succeed past the limit: a call asking on would only keep the loop busy."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], tuple[EgressRecord, ...]]:
+        door = Door(policy("api.example.org:443", max_requests=2))
+        end = socket.socket(fileno=door.give_away())
+        end.setblocking(False)
+        try:
+            return [await _ask(end, "other.example.org", 443) for _ in range(4)], door.close()
+        finally:
+            end.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        answers, records = loop.run_until_complete(scenario())
+    finally:
+        loop.close()
+
+    assert [answer.get("refused") for answer in answers[:3]] == [True, True, True]
+    assert "limit of 2 egress requests" in answers[2]["error"]
+    assert answers[3] == {"closed": True}
+    assert [r.reason.startswith("the call's limit") for r in records] == [False, False, True]

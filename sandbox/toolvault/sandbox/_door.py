@@ -185,7 +185,8 @@ class Egress:
     Attributes:
         rules: The hosts and ports it may connect to.
         private: Networks it may reach although they are not public (the operator's).
-        max_requests: Connections it may ask for, refused ones included.
+        max_requests: Connections it may ask for, refused ones included; the door
+            answers the next with the limit, then closes.
         max_bytes_sent: Bytes it may send, over all its connections.
         max_bytes_received: Bytes it may receive, over all its connections.
         request_timeout_ms: How long a connection may take, from the request to its end.
@@ -380,12 +381,11 @@ class Door:
         request = _Request(host[:_MAX_HOST_CHARS], port)
         limit = self._egress.max_requests
         if len(self._requests) >= limit:
-            # Past the limit only the first refusal is recorded: the list stays bounded.
-            if len(self._requests) == limit:
-                self._requests.append(request)
             why = f"the call's limit of {limit} egress requests is reached"
             request.end(why, refused=True)
-            self._answer({"error": why, "refused": True})
+            self._requests.append(request)
+            # Nothing can succeed past it: asking on would only keep the server's loop busy.
+            self._answer({"error": why, "refused": True}, last=True)
             return
         self._requests.append(request)
         timeout_ms = self._egress.request_timeout_ms
@@ -472,8 +472,10 @@ class Door:
         request.end(f"cannot connect to {name}:{port} ({'; '.join(failures)})")
         return None
 
-    def _answer(self, message: dict[str, object], fd: int | None = None) -> None:
-        """Send one answer and read on; hang up when the sandbox does not take it."""
+    def _answer(
+        self, message: dict[str, object], fd: int | None = None, *, last: bool = False
+    ) -> None:
+        """Send one answer and read on; hang up after the ``last``, or when it is not taken."""
         if self._sock.fileno() < 0:
             return
         data = json.dumps(message).encode()
@@ -484,7 +486,7 @@ class Door:
             sent = socket.send_fds(self._sock, [frame], [] if fd is None else [fd])
         except OSError:
             sent = 0
-        if sent != len(frame):
+        if last or sent != len(frame):
             self._hang_up()
             return
         self._resume()
