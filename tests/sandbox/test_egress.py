@@ -36,7 +36,7 @@ from toolvault.sandbox import (
     SandboxHost,
     parse_rules,
 )
-from toolvault.sandbox._door import Door, is_public
+from toolvault.sandbox._door import Door, is_public, normal_host
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 IMPORTS = ("json", *EGRESS_IMPORTS)
@@ -313,6 +313,12 @@ def test_tls_runs_end_to_end_through_the_door(call: Any, tmp_path: Path) -> None
         ("203.0.113.7:8080", "203.0.113.7", (8080,)),
         ("[2001:db8::1]:443", "2001:db8::1", (443,)),
         ("example.com.", "example.com", (80, 443)),
+        # What getaddrinfo reads as an IPv4 address without asking DNS is that address.
+        ("127.1:8080", "127.0.0.1", (8080,)),
+        ("2130706433", "127.0.0.1", (80, 443)),
+        ("0x7f.0.0.1", "127.0.0.1", (80, 443)),
+        ("0177.0.0.01.", "127.0.0.1", (80, 443)),
+        ("1e100.net", "1e100.net", (80, 443)),
     ],
 )
 def test_rules_are_normalized(text: str, host: str, ports: tuple[int, ...]) -> None:
@@ -330,6 +336,7 @@ def test_rules_are_normalized(text: str, host: str, ports: tuple[int, ...]) -> N
         ("example.com:http", "port must be 1 to 65535"),
         ("*.com", "a wildcard needs a domain with a dot"),
         ("*.10.0.0.1", "needs a domain, not an address"),
+        ("*.0.1", "needs a domain, not an address"),
         ("2001:db8::1", "IPv6 address goes in [brackets]"),
         ("-bad-.example", "not a valid host name"),
         ("a.*.example", "not a valid host name"),
@@ -353,6 +360,9 @@ def test_rules_match_and_cover() -> None:
     assert not wildcard.covers(EgressRule.parse("example.com"))
     assert not wildcard.covers(EgressRule.parse("api.example.com:8443"))
     assert not EgressRule.parse("api.example.com:443").covers(wildcard)
+    # Requests are normalized as rules are: an address however spelled is the address.
+    assert normal_host("0x7f.1") == normal_host("2130706433") == "127.0.0.1"
+    assert not EgressRule("*.0.1", (443,)).matches("10.0.0.1", 443)  # names only
 
 
 @pytest.mark.parametrize(

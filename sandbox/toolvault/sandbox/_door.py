@@ -121,7 +121,8 @@ class EgressRule:
         if port not in self.ports:
             return False
         if self.host.startswith("*."):
-            return host.endswith(self.host[1:])
+            # A wildcard is for names: an address could match it only by its digits.
+            return host.endswith(self.host[1:]) and not _is_ip(host)
         return host == self.host
 
     def covers(self, other: EgressRule) -> bool:
@@ -162,7 +163,12 @@ def normal_host(host: str) -> str:
     labels = encoded.split(".")
     if len(encoded) > _MAX_HOST_CHARS or not all(_LABEL.fullmatch(label) for label in labels):
         raise EgressError(f"{host!r} is not a valid host name")
-    return encoded
+    try:
+        # What getaddrinfo takes for an IPv4 address without asking DNS (inet_aton's
+        # 127.1, 2130706433, 0x7f.0.0.1) is that address, for the rules as for the door.
+        return socket.inet_ntoa(socket.inet_aton(encoded))
+    except OSError:
+        return encoded
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
