@@ -383,6 +383,12 @@ def test_rules_match_and_cover() -> None:
         "2002:7f00:1::",  # 6to4 of loopback
         "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo of 127.0.0.1
         "ff02::1",
+        # Not globally reachable (IANA), though some Pythons' is_global says they are.
+        "192.0.0.8",  # IETF protocol assignments
+        "192.88.99.1",  # the deprecated 6to4 relay anycast
+        "fec0::1",  # site-local, deprecated but still routed on some networks
+        "3fff::1",  # documentation
+        "2002:c000:8::",  # 6to4 of 192.0.0.8
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address: str) -> None:

@@ -66,6 +66,14 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _HTTP_REQUEST = re.compile(rb"([A-Z]{1,16}) \S+ HTTP/1\.[01]\r?\n")
 _HTTP_STATUS = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r\n]")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Not globally reachable (IANA's special-purpose registries) although some Python
+# versions' is_global says so (3.11's tables predate the fixes): IETF protocol
+# assignments, the deprecated 6to4 relay anycast, site-local IPv6 (deprecated, still
+# routed on some networks) and the newer IPv6 documentation prefix.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(network)
+    for network in ("192.0.0.0/24", "192.88.99.0/24", "fec0::/10", "3fff::/20")
+)
 # The doors' threads for names, all calls' together (see the module's docstring).
 _RESOLVER_THREADS = 8
 
@@ -181,6 +189,8 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and not is_public(embedded):
             return False
+    if any(address in network for network in _NOT_GLOBAL):
+        return False
     return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
