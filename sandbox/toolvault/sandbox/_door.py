@@ -224,8 +224,10 @@ class EgressRecord:
         host: The host it asked for (normalized when valid).
         port: The port it asked for.
         address: The address the door connected to; "" when it did not.
-        method: The HTTP method of the connection's first request, when plain HTTP.
-        status: The status of its first response, when plain HTTP; else 0.
+        method: The HTTP method of the connection's first request, when plain HTTP:
+            what the sandbox's first bytes say, which nothing checks.
+        status: The status of its first response, when plain HTTP, as the host's
+            first bytes say; else 0.
         bytes_sent: Bytes from the sandbox to the host.
         bytes_received: Bytes from the host to the sandbox.
         duration_ms: From the request to the connection's end.
