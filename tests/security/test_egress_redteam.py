@@ -7,7 +7,8 @@ handler of its own, the deprecated openers, cookie files, http.server's handlers
 also list directories and run CGI programs), writing one (urlretrieve), making a socket
 of an fd the sandbox holds (its door, a warm worker's channel) with ``ssl``, and reaching
 the loopback listener that the namespace lists but the operator allows no private
-network for. The harness checks that no secret leaked, nothing survived, the listener
+network for, and asking for a host that no reply can encode or a terminal should show.
+The harness checks that no secret leaked, nothing survived, the listener
 saw no connection and the server still answers.
 """
 
@@ -127,3 +128,30 @@ def main(urls, port):
         ("localhost", True, ""),
         ("127.0.0.1", True, ""),
     ]
+
+
+def test_a_host_no_record_can_hold_neither_fails_the_call_nor_reaches_the_terminal(
+    egress_attack: Attack,
+) -> None:
+    """A lone surrogate failed the reply's encoding (INTERNAL, the result lost)."""
+    source = """\
+import ssl
+def main(hosts):
+    out = []
+    for host in hosts:
+        try:
+            ssl.get_server_certificate((host + chr(0xD800), 443))
+        except OSError as exc:
+            out.append("is not a valid host name" in str(exc))
+    return out
+"""
+    hosts = ["api.example.com", "\x1b[2J\x1b]0;owned\x07"]
+    execution = egress_attack.run(source, {"hosts": hosts}, egress=EGRESS)
+
+    assert execution.status is ExecutionStatus.OK, execution.error
+    assert execution.result == [True, True]
+    recorded = egress_attack.client.execution(execution.execution_id).egress
+    assert [r.host for r in recorded] == [r.host for r in execution.egress]
+    for record in recorded:
+        assert record.refused and "not a valid host name" in record.reason
+        assert record.host.isascii() and record.host.isprintable()

@@ -396,7 +396,9 @@ class Door:
         if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
             self._refuse_garbage("a request's host must be a string and its port 1 to 65535")
             return
-        request = _Request(host[:_MAX_HOST_CHARS], port)
+        # Recorded as asked until normalized, escaped: a lone surrogate would fail the
+        # reply's encoding (and the call with it), a control character a terminal's.
+        request = _Request(ascii(host[:_MAX_HOST_CHARS])[1:-1], port)
         limit = self._egress.max_requests
         if len(self._requests) >= limit:
             why = f"the call's limit of {limit} egress requests is reached"
