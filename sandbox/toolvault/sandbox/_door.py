@@ -22,6 +22,12 @@ only ask for a connection to a host and port by name; the door
   response on the connection (TLS is end to end between the sandbox and the host, so
   an HTTPS request shows neither).
 
+What the door does not see: the bytes are end to end between the sandbox and the host,
+so a host that relays takes them further. A forward proxy on the list (CONNECT,
+``http.client``'s ``set_tunnel``) reaches whatever the proxy does, and a CDN's or a
+load balancer's name reaches every site its edge serves by SNI or Host header (domain
+fronting): list such a host only if everything behind it may be reached.
+
 Inside the sandbox, ``install`` (run before user code) replaces ``socket.create_connection``
 with ``connect``, which asks the door: ``http.client`` and ``urllib.request`` use it, so
 plain stdlib clients go through the door without knowing. A redirect is a new
