@@ -34,6 +34,7 @@ from toolvault.sandbox import (
     RunResult,
     RunStatus,
     SandboxHost,
+    _door,
     parse_rules,
 )
 from toolvault.sandbox._door import Door, is_public, normal_host
@@ -457,11 +458,7 @@ def test_names_that_never_resolve_hold_one_thread_per_door_and_none_of_the_serve
                 end.close()
         return [answer for each in answers for answer in each], free
 
-    loop = asyncio.new_event_loop()
-    try:
-        answers, free = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    answers, free = asyncio.run(scenario())
 
     assert free == "free"
     assert len(stuck) <= 8  # one resolution at a time per door
@@ -480,13 +477,37 @@ def test_past_its_request_limit_a_door_closes() -> None:
         finally:
             end.close()
 
-    loop = asyncio.new_event_loop()
-    try:
-        answers, records = loop.run_until_complete(scenario())
-    finally:
-        loop.close()
+    answers, records = asyncio.run(scenario())
 
     assert [answer.get("refused") for answer in answers[:3]] == [True, True, True]
     assert "limit of 2 egress requests" in answers[2]["error"]
     assert answers[3] == {"closed": True}
     assert [r.reason.startswith("the call's limit") for r in records] == [False, False, True]
+
+
+def test_an_address_of_the_servers_own_is_refused_though_public(
+    monkeypatch: pytest.MonkeyPatch, allowed: Server
+) -> None:
+    """A public address on one of the server's interfaces reaches what listens on all of them.
+
+    Loopback stands in for such an address here (taken as public for the test): a name
+    under a wildcard whose DNS the function's author controls can point at the server.
+    """
+    monkeypatch.setattr(_door, "is_public", lambda address: True)
+    before = len(allowed.requests)
+
+    async def scenario() -> tuple[dict[str, Any], tuple[EgressRecord, ...]]:
+        door = Door(policy(f"127.0.0.1:{allowed.port}", private=False))
+        end = socket.socket(fileno=door.give_away())
+        end.setblocking(False)
+        try:
+            return await _ask(end, "127.0.0.1", allowed.port), door.close()
+        finally:
+            end.close()
+
+    answer, (record,) = asyncio.run(scenario())
+
+    assert answer["refused"] is True
+    assert "127.0.0.1 (this machine's own)" in answer["error"]
+    assert record.refused and record.address == ""
+    assert len(allowed.requests) == before

@@ -9,11 +9,12 @@ only ask for a connection to a host and port by name; the door
 - checks the host and port against the version's allow-list (``EgressRule``),
 - resolves the name itself and drops every address that is not public (private,
   loopback, link-local, metadata, multicast, reserved, and those embedded in IPv6
-  transition addresses), unless the operator allowed its network, then connects to an
-  address it kept, so a name that changes its answer cannot lead anywhere else (no
-  DNS rebinding); names resolve on threads of the doors' own, one at a time per door
-  (a resolution that never answers outlives its request: no thread can be stopped),
-  so that slow DNS holds none of the threads the server's own work runs on,
+  transition addresses) or is this machine's own, unless the operator allowed its
+  network, then connects to an address it kept, so a name that changes its answer
+  cannot lead anywhere else (no DNS rebinding); names resolve on threads of the
+  doors' own, one at a time per door (a resolution that never answers outlives its
+  request: no thread can be stopped), so that slow DNS holds none of the threads the
+  server's own work runs on,
 - hands the sandbox one end of a new socket pair and relays bytes between the other end
   and the connection, counting them against the call's limits (requests, bytes each
   way, time per request),
@@ -480,8 +481,14 @@ class Door:
         dropped: list[str] = []
         for info in infos:
             address = ipaddress.ip_address(info[4][0])
-            allowed = is_public(address) or any(address in net for net in self._egress.private)
-            (kept if allowed else dropped).append(str(address))
+            if any(address in net for net in self._egress.private):
+                kept.append(str(address))
+            elif not is_public(address):
+                dropped.append(str(address))
+            elif _is_own(address):
+                dropped.append(f"{address} (this machine's own)")
+            else:
+                kept.append(str(address))
         if not kept:
             why = f"{name} resolves only to addresses that are not public ({', '.join(dropped)})"
             request.end(why, refused=True)
@@ -549,6 +556,23 @@ class Door:
         with contextlib.suppress(OSError):
             if sink.can_write_eof():
                 sink.write_eof()
+
+
+def _is_own(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is one of this machine's, which reaches what loopback does.
+
+    Public or not, it reaches whatever listens on all the machine's interfaces (the
+    server's own port, a database). The kernel's own test: only a local address binds.
+    (Where net.ipv4.ip_nonlocal_bind lets any address bind, every one looks local, and
+    the door refuses them all.)
+    """
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((str(address), 0))
+        except OSError:
+            return False
+    return True
 
 
 @functools.cache
