@@ -27,7 +27,9 @@ What the door does not see: the bytes are end to end between the sandbox and the
 so a host that relays takes them further. A forward proxy on the list (CONNECT,
 ``http.client``'s ``set_tunnel``) reaches whatever the proxy does, and a CDN's or a
 load balancer's name reaches every site its edge serves by SNI or Host header (domain
-fronting): list such a host only if everything behind it may be reached.
+fronting): list such a host only if everything behind it may be reached. And a name's
+owner chooses its addresses: a name, or a wildcard, under a domain the function's author
+controls reaches any public address on its ports.
 
 Inside the sandbox, ``install`` (run before user code) replaces ``socket.create_connection``
 with ``connect``, which asks the door: ``http.client`` and ``urllib.request`` use it, so
