@@ -569,11 +569,12 @@ def _is_own(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     the door refuses them all.)
     """
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
+    try:
+        # Without IPv6 in the kernel, the socket fails: no IPv6 address is its own.
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
             probe.bind((str(address), 0))
-        except OSError:
-            return False
+    except OSError:
+        return False
     return True
 
 
