@@ -27,15 +27,17 @@ from toolvault.sandbox import (
     EGRESS_PRELOAD,
     Egress,
     EgressError,
+    EgressRecord,
     EgressRule,
     Job,
     Limits,
     RunResult,
     RunStatus,
     SandboxHost,
+    _door,
     parse_rules,
 )
-from toolvault.sandbox._door import is_public
+from toolvault.sandbox._door import Door, is_public, normal_host
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 IMPORTS = ("json", *EGRESS_IMPORTS)
@@ -312,6 +314,12 @@ def test_tls_runs_end_to_end_through_the_door(call: Any, tmp_path: Path) -> None
         ("203.0.113.7:8080", "203.0.113.7", (8080,)),
         ("[2001:db8::1]:443", "2001:db8::1", (443,)),
         ("example.com.", "example.com", (80, 443)),
+        # What getaddrinfo reads as an IPv4 address without asking DNS is that address.
+        ("127.1:8080", "127.0.0.1", (8080,)),
+        ("2130706433", "127.0.0.1", (80, 443)),
+        ("0x7f.0.0.1", "127.0.0.1", (80, 443)),
+        ("0177.0.0.01.", "127.0.0.1", (80, 443)),
+        ("1e100.net", "1e100.net", (80, 443)),
     ],
 )
 def test_rules_are_normalized(text: str, host: str, ports: tuple[int, ...]) -> None:
@@ -329,6 +337,7 @@ def test_rules_are_normalized(text: str, host: str, ports: tuple[int, ...]) -> N
         ("example.com:http", "port must be 1 to 65535"),
         ("*.com", "a wildcard needs a domain with a dot"),
         ("*.10.0.0.1", "needs a domain, not an address"),
+        ("*.0.1", "needs a domain, not an address"),
         ("2001:db8::1", "IPv6 address goes in [brackets]"),
         ("-bad-.example", "not a valid host name"),
         ("a.*.example", "not a valid host name"),
@@ -352,6 +361,9 @@ def test_rules_match_and_cover() -> None:
     assert not wildcard.covers(EgressRule.parse("example.com"))
     assert not wildcard.covers(EgressRule.parse("api.example.com:8443"))
     assert not EgressRule.parse("api.example.com:443").covers(wildcard)
+    # Requests are normalized as rules are: an address however spelled is the address.
+    assert normal_host("0x7f.1") == normal_host("2130706433") == "127.0.0.1"
+    assert not EgressRule("*.0.1", (443,)).matches("10.0.0.1", 443)  # names only
 
 
 @pytest.mark.parametrize(
@@ -372,6 +384,12 @@ def test_rules_match_and_cover() -> None:
         "2002:7f00:1::",  # 6to4 of loopback
         "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo of 127.0.0.1
         "ff02::1",
+        # Not globally reachable (IANA), though some Pythons' is_global says they are.
+        "192.0.0.8",  # IETF protocol assignments
+        "192.88.99.1",  # the deprecated 6to4 relay anycast
+        "fec0::1",  # site-local, deprecated but still routed on some networks
+        "3fff::1",  # documentation
+        "2002:c000:8::",  # 6to4 of 192.0.0.8
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address: str) -> None:
@@ -381,3 +399,115 @@ def test_addresses_that_are_not_public_are_refused(address: str) -> None:
 @pytest.mark.parametrize("address", ["93.184.215.14", "2606:4700::1111", "1.1.1.1"])
 def test_public_addresses_pass(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
+
+
+async def _ask(door: socket.socket, host: str, port: int) -> dict[str, Any]:
+    """One request on the sandbox's end of a door, from the door's own loop; its answer."""
+    loop = asyncio.get_running_loop()
+    data = json.dumps({"host": host, "port": port}).encode()
+    try:
+        await loop.sock_sendall(door, len(data).to_bytes(4, "big") + data)
+    except BrokenPipeError:
+        return {"closed": True}
+    reply = b""
+    while len(reply) < 4 or len(reply) < 4 + int.from_bytes(reply[:4], "big"):
+        chunk = await loop.sock_recv(door, 1024)
+        if not chunk:
+            return {"closed": True}
+        reply += chunk
+    answer: dict[str, Any] = json.loads(reply[4:])
+    return answer
+
+
+def test_names_that_never_resolve_hold_one_thread_per_door_and_none_of_the_servers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolution outlives its request's timeout in its thread, which nothing can stop.
+
+    Calls asking again and again for names under a wildcard whose DNS never answers
+    must not pile those threads up, nor take the threads of the server's default
+    executor, on which its own work (the database) runs.
+    """
+    release = threading.Event()
+    stuck: list[str] = []
+
+    def never_answers(*_: object, **__: object) -> list[Any]:
+        stuck.append(threading.current_thread().name)
+        release.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "no answer")
+
+    monkeypatch.setattr(socket, "getaddrinfo", never_answers)
+
+    async def scenario() -> tuple[list[dict[str, Any]], str]:
+        doors = [Door(policy("*.example.org", request_timeout_ms=100)) for _ in range(8)]
+        ends = [socket.socket(fileno=door.give_away()) for door in doors]
+        for end in ends:
+            end.setblocking(False)
+
+        async def asks(end: socket.socket) -> list[dict[str, Any]]:
+            return [await _ask(end, f"n{n}.example.org", 443) for n in range(3)]
+
+        try:
+            answers = await asyncio.gather(*(asks(end) for end in ends))
+            # Each door's own thread is still stuck; the server's executor is free.
+            free = await asyncio.wait_for(asyncio.to_thread(lambda: "free"), 10)
+        finally:
+            release.set()
+            for door, end in zip(doors, ends, strict=True):
+                door.close()
+                end.close()
+        return [answer for each in answers for answer in each], free
+
+    answers, free = asyncio.run(scenario())
+
+    assert free == "free"
+    assert len(stuck) <= 8  # one resolution at a time per door
+    assert {answer["error"] for answer in answers} == {"no connection within 100 ms"}
+
+
+def test_past_its_request_limit_a_door_closes() -> None:
+    """Nothing can succeed past the limit: a call asking on would only keep the loop busy."""
+
+    async def scenario() -> tuple[list[dict[str, Any]], tuple[EgressRecord, ...]]:
+        door = Door(policy("api.example.org:443", max_requests=2))
+        end = socket.socket(fileno=door.give_away())
+        end.setblocking(False)
+        try:
+            return [await _ask(end, "other.example.org", 443) for _ in range(4)], door.close()
+        finally:
+            end.close()
+
+    answers, records = asyncio.run(scenario())
+
+    assert [answer.get("refused") for answer in answers[:3]] == [True, True, True]
+    assert "limit of 2 egress requests" in answers[2]["error"]
+    assert answers[3] == {"closed": True}
+    assert [r.reason.startswith("the call's limit") for r in records] == [False, False, True]
+
+
+def test_an_address_of_the_servers_own_is_refused_though_public(
+    monkeypatch: pytest.MonkeyPatch, allowed: Server
+) -> None:
+    """A public address on one of the server's interfaces reaches what listens on all of them.
+
+    Loopback stands in for such an address here (taken as public for the test): a name
+    under a wildcard whose DNS the function's author controls can point at the server.
+    """
+    monkeypatch.setattr(_door, "is_public", lambda address: True)
+    before = len(allowed.requests)
+
+    async def scenario() -> tuple[dict[str, Any], tuple[EgressRecord, ...]]:
+        door = Door(policy(f"127.0.0.1:{allowed.port}", private=False))
+        end = socket.socket(fileno=door.give_away())
+        end.setblocking(False)
+        try:
+            return await _ask(end, "127.0.0.1", allowed.port), door.close()
+        finally:
+            end.close()
+
+    answer, (record,) = asyncio.run(scenario())
+
+    assert answer["refused"] is True
+    assert "127.0.0.1 (this machine's own)" in answer["error"]
+    assert record.refused and record.address == ""
+    assert len(allowed.requests) == before

@@ -16,6 +16,7 @@ waiting for a call, at most as many as the server keeps.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -24,7 +25,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -112,12 +113,19 @@ class Attack:
     bystanders: bool = False
     names: list[str] = field(default_factory=list)
 
-    def run(self, source: str, args: dict[str, object] | None = None, **limits: int) -> Execution:
+    def run(
+        self,
+        source: str,
+        args: dict[str, object] | None = None,
+        *,
+        egress: Sequence[str] = (),
+        **limits: int,
+    ) -> Execution:
         """Publish and invoke ``source``; assert no secret leaked and nothing survived."""
         self.count += 1
         name = f"attack_{self.count}"
         self.names.append(name)
-        self.client.publish(name, source, **limits)  # type: ignore[arg-type]
+        self.client.publish(name, source, egress=egress or None, **limits)  # type: ignore[arg-type]
         self.assert_nothing_survives()  # the last call's worker has stopped: it is idle
         idle_before = idle_workers(self.server_pid)
         execution = self.client.invoke(name, args or {})
@@ -177,6 +185,34 @@ def attack(
     The namespace means an attack that signals every process (``kill(-1)``) or its parent
     can at worst take down this server, never the machine running the tests.
     """
+    with attack_server(request.param, tmp_path_factory) as started:
+        yield started
+
+
+# What the egress attack server lets the default namespace declare: names it never
+# resolves for the attacks (they are refused first), and the attack's loopback listener
+# as an address, which the door refuses as not public.
+EGRESS_ALLOWED = ("api.example.com:443", "*.example.org")
+
+
+@pytest.fixture(scope="module", params=["warm", "fresh"])
+def egress_attack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Attack]:
+    """The attack server with egress on (TOOLVAULT_EGRESS=allowlist), in two modes.
+
+    Its versions may declare EGRESS_ALLOWED and so import the stdlib's clients; it
+    allows no private network, the loopback listener's included.
+    """
+    with attack_server(request.param, tmp_path_factory, egress=True) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def attack_server(
+    mode: str, tmp_path_factory: pytest.TempPathFactory, *, egress: bool = False
+) -> Iterator[Attack]:
+    """The ``attack`` fixture's server in ``mode``; with ``egress``, the door's too."""
     if UNSHARE is None:
         pytest.skip("util-linux unshare is needed to contain signalling attacks")
     root = tmp_path_factory.mktemp("attack")
@@ -185,20 +221,23 @@ def attack(
     secret_file = data_dir / "secret.txt"
     secret_file.write_text(SECRET)
     secret_file.chmod(0o600)
-    server = ServerProcess(
-        db=f"sqlite:///{data_dir / 'toolvault.db'}",
-        data_dir=data_dir,
-        env={"TOOLVAULT_TEST_SECRET": SECRET, **MODES[request.param]},
-    )
-    command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
-    command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]
-    server.start(command=command)
     sock = socket.create_server(("127.0.0.1", 0))
     listener = Listener(sock)
     threading.Thread(target=listener.serve, daemon=True).start()
+    env = {"TOOLVAULT_TEST_SECRET": SECRET, **MODES[mode]}
+    if egress:
+        allowed = [*EGRESS_ALLOWED, f"127.0.0.1:{listener.port}"]
+        env |= {
+            "TOOLVAULT_EGRESS": "allowlist",
+            "TOOLVAULT_EGRESS_NAMESPACES": json.dumps({"default": allowed}),
+        }
+    server = ServerProcess(db=f"sqlite:///{data_dir / 'toolvault.db'}", data_dir=data_dir, env=env)
+    command = [UNSHARE, "--pid", "--fork", "--mount-proc", "--kill-child", TOOLVAULT, "serve"]
+    command += ["--listen", "127.0.0.1:0", "--db", server.db, "--data-dir", str(data_dir)]
+    server.start(command=command)
     client = Client(server.address, timeout=60)
     client.publish("probe", "def main(n):\n    return n + 1\n")
-    attack = Attack(server, client, secret_file, listener, request.param)
+    attack = Attack(server, client, secret_file, listener, mode)
     try:
         yield attack
         assert server.process is not None and server.process.poll() is None, "server died"

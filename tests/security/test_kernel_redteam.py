@@ -9,16 +9,19 @@ achieves. A test that starts passing (the hole closed) fails the suite until its
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Iterator
 
 import pytest
 
 from tests.security import test_kernel_layer
+from tests.security.conftest import Listener
 from tests.security.test_kernel_layer import Host
 
 # The unrestricted host of test_kernel_layer, as a fixture of this module too.
 host = test_kernel_layer.host
+answering = test_kernel_layer.answering
 
 MIB = 1024 * 1024
 
@@ -177,6 +180,53 @@ def test_cant_read_the_hosts_kernel_command_line(host: Host) -> None:
 
     with open("/proc/cmdline") as file:
         assert seen != ["ok", file.read()]
+
+
+# A call that keeps a copy of its door and a connection for the calls after it in a warm
+# worker (in builtins, which every call of the worker shares), and one that uses them.
+DOOR_KEEPER = """\
+import builtins
+from toolvault.sandbox import _door
+def ask(door, message):
+    data = json.dumps(message).encode()
+    door.sendall(len(data).to_bytes(4, "big") + data)
+    reply, got, _, _ = socket.recv_fds(door, 1024, 4)
+    return json.loads(reply[4:]), got
+def main(port):
+    kept = getattr(builtins, "kept", None)
+    if kept is None:
+        door = _door._door
+        _, fds = ask(door, {"host": "127.0.0.1", "port": port})
+        builtins.kept = (os.dup(door.fileno()), fds[0])
+        return "kept"
+    door, connection = (socket.socket(fileno=fd) for fd in kept)
+    return {
+        "door": attempt(lambda: ask(door, {"host": "127.0.0.1", "port": port})[0]),
+        "send": attempt(lambda: connection.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")),
+        "recv": attempt(lambda: connection.recv(100).decode()),
+    }
+"""
+
+
+def test_a_door_and_its_connections_kept_past_the_call_are_dead_in_the_next(
+    host: Host, answering: Listener
+) -> None:
+    """The server closes a call's door, and every connection through it, as the call ends."""
+    job = {"source": DOOR_KEEPER, "args": {"port": answering.port}, "filename": "keeper@1"}
+    job["egress"] = [f"127.0.0.1:{answering.port}"]
+    (kept,) = host.run(dict(job))
+    (used,) = host.run(dict(job))
+
+    assert kept["status"] == used["status"] == "ok", (kept["error_message"], used["error_message"])
+    assert json.loads(kept["result_json"]) == "kept"
+    if json.loads(used["result_json"]) == "kept":
+        return  # not a warm worker: nothing of the last call is left to use
+    seen = json.loads(used["result_json"])
+    assert seen["door"] == ["BrokenPipeError", errno.EPIPE]
+    assert seen["send"] == ["BrokenPipeError", errno.EPIPE]
+    assert seen["recv"] == ["ok", ""]
+    assert answering.connections == 1  # the first call's, which sent nothing
+    assert used["egress"] == []
 
 
 @pytest.fixture(scope="module")

@@ -158,20 +158,7 @@ def _execution(client: Client, args: argparse.Namespace) -> int:
         print_object(execution, hide={"result", "args", "egress"}, rename=_USER_NAMES)
         if execution.egress:
             print("egress:")
-            print_table(
-                (
-                    "HOST",
-                    "PORT",
-                    "ADDRESS",
-                    "METHOD",
-                    "STATUS",
-                    "SENT",
-                    "RECEIVED",
-                    "MS",
-                    "OUTCOME",
-                ),
-                (_egress_row(request) for request in execution.egress),
-            )
+            print_table(_EGRESS_COLUMNS, (_egress_row(request) for request in execution.egress))
     return 0
 
 

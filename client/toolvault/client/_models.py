@@ -204,9 +204,11 @@ class EgressRequest:
 
     `address` is where the door connected ("" if it did not); `method` and `status` are
     those of the connection's first HTTP request and response when it was plain HTTP
-    ("" and 0 for TLS). `refused` is True when the door refused it (the allow-list, an
-    address that is not public, a limit of the call); `reason` says why it was refused,
-    failed or cut short, and is "" for a connection that ended normally.
+    ("" and 0 for TLS), read from the first bytes each side sent: what the function and
+    the host chose to write, which nothing checks. `refused` is True when the door
+    refused it (the allow-list, an address that is not public, a limit of the call);
+    `reason` says why it was refused, failed or cut short, and is "" for a connection
+    that ended normally.
     """
 
     host: str

@@ -147,17 +147,22 @@ class EgressRequest(_message.Message):
     REFUSED_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     host: _builtins.str
-    """The host it asked for, normalized (lower case, IDNA)."""
+    """The host it asked for, normalized (lower case, IDNA, an IPv4 address in dotted
+    form); as asked, cut to 253 characters, when it is not a host name or address.
+    """
     port: _builtins.int
     """The port it asked for."""
     address: _builtins.str
     """The address the door connected to; empty when it did not connect."""
     method: _builtins.str
     """The method of the connection's first HTTP request, when it was plain HTTP; empty
-    for TLS, whose requests only the sandbox and the host see.
+    for TLS, whose requests only the sandbox and the host see. Read from the first
+    bytes the function sent, which nothing checks: what the function chose to write.
     """
     status: _builtins.int
-    """The status of the connection's first HTTP response, when plain HTTP; else 0."""
+    """The status of the connection's first HTTP response, when plain HTTP; else 0. Read
+    from the first bytes the host sent, likewise unchecked.
+    """
     bytes_sent: _builtins.int
     """Bytes the function sent to the host."""
     bytes_received: _builtins.int

@@ -9,9 +9,12 @@ only ask for a connection to a host and port by name; the door
 - checks the host and port against the version's allow-list (``EgressRule``),
 - resolves the name itself and drops every address that is not public (private,
   loopback, link-local, metadata, multicast, reserved, and those embedded in IPv6
-  transition addresses), unless the operator allowed its network, then connects to an
-  address it kept, so a name that changes its answer cannot lead anywhere else (no
-  DNS rebinding),
+  transition addresses) or is this machine's own, unless the operator allowed its
+  network, then connects to an address it kept, so a name that changes its answer
+  cannot lead anywhere else (no DNS rebinding); names resolve on threads of the
+  doors' own, one at a time per door (a resolution that never answers outlives its
+  request: no thread can be stopped), so that slow DNS holds none of the threads the
+  server's own work runs on,
 - hands the sandbox one end of a new socket pair and relays bytes between the other end
   and the connection, counting them against the call's limits (requests, bytes each
   way, time per request),
@@ -19,6 +22,14 @@ only ask for a connection to a host and port by name; the door
   why, and for plain HTTP the method of the first request and the status of the first
   response on the connection (TLS is end to end between the sandbox and the host, so
   an HTTPS request shows neither).
+
+What the door does not see: the bytes are end to end between the sandbox and the host,
+so a host that relays takes them further. A forward proxy on the list (CONNECT,
+``http.client``'s ``set_tunnel``) reaches whatever the proxy does, and a CDN's or a
+load balancer's name reaches every site its edge serves by SNI or Host header (domain
+fronting): list such a host only if everything behind it may be reached. And a name's
+owner chooses its addresses: a name, or a wildcard, under a domain the function's author
+controls reaches any public address on its ports.
 
 Inside the sandbox, ``install`` (run before user code) replaces ``socket.create_connection``
 with ``connect``, which asks the door: ``http.client`` and ``urllib.request`` use it, so
@@ -34,16 +45,20 @@ What the sandbox sends is hostile input.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
+import functools
 import ipaddress
 import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 # What a version that declares egress may import besides the server's allow-list.
 EGRESS_IMPORTS: tuple[str, ...] = ("email", "http", "ssl", "urllib")
@@ -60,6 +75,16 @@ _LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 _HTTP_REQUEST = re.compile(rb"([A-Z]{1,16}) \S+ HTTP/1\.[01]\r?\n")
 _HTTP_STATUS = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])[ \r\n]")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# Not globally reachable (IANA's special-purpose registries) although some Python
+# versions' is_global says so (3.11's tables predate the fixes): IETF protocol
+# assignments, the deprecated 6to4 relay anycast, site-local IPv6 (deprecated, still
+# routed on some networks) and the newer IPv6 documentation prefix.
+_NOT_GLOBAL = tuple(
+    ipaddress.ip_network(network)
+    for network in ("192.0.0.0/24", "192.88.99.0/24", "fec0::/10", "3fff::/20")
+)
+# The doors' threads for names, all calls' together (see the module's docstring).
+_RESOLVER_THREADS = 8
 
 
 class EgressError(ValueError):
@@ -113,7 +138,8 @@ class EgressRule:
         if port not in self.ports:
             return False
         if self.host.startswith("*."):
-            return host.endswith(self.host[1:])
+            # A wildcard is for names: an address could match it only by its digits.
+            return host.endswith(self.host[1:]) and not _is_ip(host)
         return host == self.host
 
     def covers(self, other: EgressRule) -> bool:
@@ -154,7 +180,12 @@ def normal_host(host: str) -> str:
     labels = encoded.split(".")
     if len(encoded) > _MAX_HOST_CHARS or not all(_LABEL.fullmatch(label) for label in labels):
         raise EgressError(f"{host!r} is not a valid host name")
-    return encoded
+    try:
+        # What getaddrinfo takes for an IPv4 address without asking DNS (inet_aton's
+        # 127.1, 2130706433, 0x7f.0.0.1) is that address, for the rules as for the door.
+        return socket.inet_ntoa(socket.inet_aton(encoded))
+    except OSError:
+        return encoded
 
 
 def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -167,6 +198,8 @@ def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and not is_public(embedded):
             return False
+    if any(address in network for network in _NOT_GLOBAL):
+        return False
     return address.is_global and not (address.is_multicast or address.is_reserved)
 
 
@@ -177,7 +210,8 @@ class Egress:
     Attributes:
         rules: The hosts and ports it may connect to.
         private: Networks it may reach although they are not public (the operator's).
-        max_requests: Connections it may ask for, refused ones included.
+        max_requests: Connections it may ask for, refused ones included; the door
+            answers the next with the limit, then closes.
         max_bytes_sent: Bytes it may send, over all its connections.
         max_bytes_received: Bytes it may receive, over all its connections.
         request_timeout_ms: How long a connection may take, from the request to its end.
@@ -199,8 +233,10 @@ class EgressRecord:
         host: The host it asked for (normalized when valid).
         port: The port it asked for.
         address: The address the door connected to; "" when it did not.
-        method: The HTTP method of the connection's first request, when plain HTTP.
-        status: The status of its first response, when plain HTTP; else 0.
+        method: The HTTP method of the connection's first request, when plain HTTP:
+            what the sandbox's first bytes say, which nothing checks.
+        status: The status of its first response, when plain HTTP, as the host's
+            first bytes say; else 0.
         bytes_sent: Bytes from the sandbox to the host.
         bytes_received: Bytes from the host to the sandbox.
         duration_ms: From the request to the connection's end.
@@ -276,6 +312,8 @@ class Door:
         self._sent = 0
         self._received = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # The call's last resolution, which may outlive the request that started it.
+        self._resolving: asyncio.Future[list[tuple[Any, ...]] | OSError] | None = None
         self._reading = False
         self._resume()
 
@@ -367,15 +405,16 @@ class Door:
         if not isinstance(host, str) or type(port) is not int or not 0 < port < 65536:
             self._refuse_garbage("a request's host must be a string and its port 1 to 65535")
             return
-        request = _Request(host[:_MAX_HOST_CHARS], port)
+        # Recorded as asked until normalized, escaped: a lone surrogate would fail the
+        # reply's encoding (and the call with it), a control character a terminal's.
+        request = _Request(ascii(host[:_MAX_HOST_CHARS])[1:-1], port)
         limit = self._egress.max_requests
         if len(self._requests) >= limit:
-            # Past the limit only the first refusal is recorded: the list stays bounded.
-            if len(self._requests) == limit:
-                self._requests.append(request)
             why = f"the call's limit of {limit} egress requests is reached"
             request.end(why, refused=True)
-            self._answer({"error": why, "refused": True})
+            self._requests.append(request)
+            # Nothing can succeed past it: asking on would only keep the server's loop busy.
+            self._answer({"error": why, "refused": True}, last=True)
             return
         self._requests.append(request)
         timeout_ms = self._egress.request_timeout_ms
@@ -432,18 +471,31 @@ class Door:
         if not any(rule.matches(name, port) for rule in self._egress.rules):
             request.end(f"{name}:{port} is not on the function's egress allow-list", refused=True)
             return None
-        try:
+        if _is_ip(name):
             # An address needs no resolver (whose thread hop costs a request ~0.1 ms).
-            found = [name] if _is_ip(name) else await self._resolve(name, port)
-        except OSError as exc:
-            request.end(f"cannot resolve {name}: {exc}")
-            return None
+            found = [name]
+        else:
+            if self._resolving is not None:
+                await asyncio.wait({self._resolving})
+            # Shielded: a timeout leaves it running, and the call's next request waits for it.
+            self._resolving = self._loop.run_in_executor(_resolver(), _resolve, name, port)
+            infos = await asyncio.shield(self._resolving)
+            if isinstance(infos, OSError):
+                request.end(f"cannot resolve {name}: {infos}")
+                return None
+            found = [str(info[4][0]) for info in infos]
         kept: list[str] = []
         dropped: list[str] = []
         for text in found:
             address = ipaddress.ip_address(text)
-            allowed = is_public(address) or any(address in net for net in self._egress.private)
-            (kept if allowed else dropped).append(str(address))
+            if any(address in net for net in self._egress.private):
+                kept.append(str(address))
+            elif not is_public(address):
+                dropped.append(str(address))
+            elif _is_own(address):
+                dropped.append(f"{address} (this machine's own)")
+            else:
+                kept.append(str(address))
         if not kept:
             why = f"{name} resolves only to addresses that are not public ({', '.join(dropped)})"
             request.end(why, refused=True)
@@ -460,12 +512,10 @@ class Door:
         request.end(f"cannot connect to {name}:{port} ({'; '.join(failures)})")
         return None
 
-    async def _resolve(self, name: str, port: int) -> list[str]:
-        infos = await self._loop.getaddrinfo(name, port, type=socket.SOCK_STREAM)
-        return [str(info[4][0]) for info in infos]
-
-    def _answer(self, message: dict[str, object], fd: int | None = None) -> None:
-        """Send one answer and read on; hang up when the sandbox does not take it."""
+    def _answer(
+        self, message: dict[str, object], fd: int | None = None, *, last: bool = False
+    ) -> None:
+        """Send one answer and read on; hang up after the ``last``, or when it is not taken."""
         if self._sock.fileno() < 0:
             return
         data = json.dumps(message).encode()
@@ -476,7 +526,7 @@ class Door:
             sent = socket.send_fds(self._sock, [frame], [] if fd is None else [fd])
         except OSError:
             sent = 0
-        if sent != len(frame):
+        if last or sent != len(frame):
             self._hang_up()
             return
         self._resume()
@@ -513,6 +563,40 @@ class Door:
         with contextlib.suppress(OSError):
             if sink.can_write_eof():
                 sink.write_eof()
+
+
+def _is_own(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is one of this machine's, which reaches what loopback does.
+
+    Public or not, it reaches whatever listens on all the machine's interfaces (the
+    server's own port, a database). The kernel's own test: only a local address binds.
+    (Where net.ipv4.ip_nonlocal_bind lets any address bind, every one looks local, and
+    the door refuses them all.)
+    """
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        # Without IPv6 in the kernel, the socket fails: no IPv6 address is its own.
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
+
+
+@functools.cache
+def _resolver() -> concurrent.futures.ThreadPoolExecutor:
+    """The doors' own executor, not the loop's default one; made in the server, when used."""
+    return concurrent.futures.ThreadPoolExecutor(
+        _RESOLVER_THREADS, thread_name_prefix="toolvault-egress-dns"
+    )
+
+
+def _resolve(name: str, port: int) -> list[tuple[Any, ...]] | OSError:
+    """The addresses of ``name``, or why there are none: a value, for a thread nobody awaits."""
+    try:
+        return socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return exc
 
 
 def _sniff(request: _Request, chunk: bytes, *, sending: bool) -> None:
@@ -561,6 +645,9 @@ def install() -> None:
     hosts has no business reading the sandbox's files through a URL.
     """
     socket.create_connection = connect  # type: ignore[assignment]
+    if "ssl" in sys.modules:
+        # ssl took the function itself at import, for get_server_certificate.
+        sys.modules["ssl"].create_connection = connect  # type: ignore[attr-defined]
     with contextlib.suppress(ImportError):
         import urllib.request
 

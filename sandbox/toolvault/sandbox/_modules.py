@@ -36,6 +36,7 @@ check their names themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -85,6 +86,19 @@ DENIED: tuple[str, ...] = (
     # getnode may start ip/ifconfig subprocesses; both reveal the host's MAC address.
     "uuid.getnode",
     "uuid.uuid1",
+    # Read and write files by name (egress's modules): file: URLs, downloads to a file,
+    # cookie files. Restricted code touches no file; urlopen's file: scheme is closed too.
+    "urllib.request.FileHandler",
+    "urllib.request.URLopener",
+    "urllib.request.FancyURLopener",
+    "urllib.request.urlretrieve",
+    "http.cookiejar.FileCookieJar",
+    "http.cookiejar.LWPCookieJar",
+    "http.cookiejar.MozillaCookieJar",
+    # Make a socket of whatever fd number the object they are given names: the call's
+    # door, a warm worker's channel to the runner, its report pipe.
+    "ssl.SSLContext.wrap_socket",
+    "ssl.wrap_socket",
 )
 
 
@@ -477,7 +491,12 @@ class Policy:
             return
         value: object = importlib.import_module(module_name)
         for part in rest.split("."):
-            value = getattr(value, part, None)
+            found = getattr(value, part, None)
+            if found is None and isinstance(value, ModuleType):
+                # A submodule nothing imported yet: user code may import it later.
+                with contextlib.suppress(ImportError):
+                    found = importlib.import_module(f"{value.__name__}.{part}")
+            value = found
         if value is not None:
             self._denied[id(value)] = path
 

@@ -147,6 +147,8 @@ _DENIED_MODULES = frozenset(
     {
         # A command-line program: its main() opens the files named in sys.argv.
         "json.tool",
+        # A server (egress's http): its handlers read and list files and run CGI programs.
+        "http.server",
     }
 )
 
