@@ -51,6 +51,14 @@ def add_commands(commands: Commands) -> None:
         help="warm (default): calls may share warm workers of this version; "
         "fresh: every call in a process of its own",
     )
+    cmd.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a secret of the namespace the code reads as `from toolvault import secrets` "
+        "(repeatable; see `toolvault secrets set`)",
+    )
     cmd.set_defaults(call=_publish)
 
     cmd = commands.add_parser("invoke", help="run a function; exit 1 if it fails")
@@ -106,6 +114,7 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         deterministic=args.deterministic,
         isolation=args.isolation,
+        secrets=args.secret,
     )
     if args.json:
         print_json(version)

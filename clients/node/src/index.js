@@ -84,6 +84,7 @@ export class ToolvaultError extends Error {
  * @property {boolean} deterministic
  * @property {"ISOLATION_WARM" | "ISOLATION_FRESH"} isolation Whether calls may share warm
  *   workers of this version, or each runs in a process of its own.
+ * @property {string[]} secrets Names of the namespace's secrets its calls get, sorted.
  */
 
 /**
@@ -218,6 +219,8 @@ export class ToolvaultClient {
    * @param {boolean} [options.deterministic] Results may come from the server's cache.
    * @param {"ISOLATION_WARM" | "ISOLATION_FRESH"} [options.isolation] "ISOLATION_FRESH" runs
    *   every call in a process of its own; by default calls may share warm workers.
+   * @param {string[]} [options.secrets] Names of secrets of the function's namespace its
+   *   calls read as `from toolvault import secrets`; they need not be set yet.
    * @returns {Promise<{version: FunctionVersion, created: boolean}>}
    * @throws {ToolvaultError} INVALID_ARGUMENT naming the field, or the source's line.
    */
@@ -233,6 +236,7 @@ export class ToolvaultClient {
       allowedImports: options.allowedImports ?? [],
       deterministic: options.deterministic ?? false,
       isolation: options.isolation ?? "ISOLATION_UNSPECIFIED",
+      secrets: options.secrets ?? [],
     };
     const response = await this.#call(this.#functions, "PublishFunction", request);
     return { version: fromVersion(response.version), created: response.created };

@@ -77,13 +77,15 @@ class FunctionVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
     version: _builtins.int
     """Version number, 1 for the first, dense and increasing."""
     sha256: _builtins.str
     """Hex sha256 of the canonical content: source, entrypoint, description, schemas,
-    limits, allowed imports, the deterministic flag and the isolation.
+    limits, allowed imports, the deterministic flag, the isolation and the secrets'
+    names.
     """
     source: _builtins.str
     """The Python source. Empty in list responses."""
@@ -113,6 +115,12 @@ class FunctionVersion(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When this version was stored (UTC)."""
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names of the secrets of the function's namespace that its calls get, sorted
+        (never their values).
+        """
+
     def __init__(
         self,
         *,
@@ -129,10 +137,11 @@ class FunctionVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
+        secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,6 +233,7 @@ class PublishFunctionRequest(_message.Message):
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name, [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"."""
     source: _builtins.str
@@ -254,6 +264,13 @@ class PublishFunctionRequest(_message.Message):
         Empty means the server's default list.
         """
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of secrets of the function's namespace (SecretService) that its calls get as
+        `from toolvault import secrets`; each matches [A-Z_][A-Z0-9_]{0,63}. They need not
+        be set yet: a call fails while one is missing. Part of the content; values are not.
+        """
+
     def __init__(
         self,
         *,
@@ -267,10 +284,11 @@ class PublishFunctionRequest(_message.Message):
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
+        secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,4 +1,4 @@
-"""The server's side of the ``toolvault`` command: ``serve``, ``db upgrade`` and ``doctor``.
+"""The server's side of ``toolvault``: ``serve``, ``db upgrade``, ``doctor``, ``secrets rotate``.
 
 The CLI in ``toolvault.cli`` parses the command line and calls these; options
 left as None fall back to ``TOOLVAULT_*`` environment variables, then to defaults.
@@ -21,7 +21,9 @@ from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
+from toolvault.server.domain.errors import FailedPrecondition
 from toolvault.server.services.plugins import PluginError
+from toolvault.server.services.secrets import Secrets
 from toolvault.server.telemetry import logs
 
 EXIT_OK = 0
@@ -87,6 +89,27 @@ def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
     finally:
         database.dispose()
     print(f"database at head: {database.url.render_as_string(hide_password=True)}")
+    return EXIT_OK
+
+
+def secrets_rotate(*, db: str | None = None, data_dir: str | None = None) -> int:
+    """Re-encrypt every secret with the first key of TOOLVAULT_SECRETS_KEY; the exit code."""
+    settings = _settings(db=db, data_dir=data_dir)
+    if settings is None:
+        return EXIT_USAGE
+    _configure_logging(settings)
+    database = Database(settings.database_url)
+    try:
+        rotated = Secrets(database, settings.secrets_keys()).rotate()
+    except FailedPrecondition as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except SQLAlchemyError as e:
+        print(f"error: re-encrypting the secrets failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        database.dispose()
+    print(f"re-encrypted {rotated} secret{'' if rotated == 1 else 's'} with the first key")
     return EXIT_OK
 
 

@@ -41,6 +41,7 @@ def _version_info(row: FunctionVersion | Row[Any], name: str) -> VersionInfo:
             max_concurrency=row.max_concurrency,
             deterministic=row.deterministic,
             isolation=Isolation(row.isolation),
+            secrets=tuple(json.loads(row.secrets)),
         ),
         created_at=row.created_at,
     )
@@ -177,6 +178,7 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
         max_concurrency=content.max_concurrency,
         deterministic=content.deterministic,
         isolation=content.isolation.value,
+        secrets=json.dumps(sorted(content.secrets)),
     )
     session.add(row)
     session.flush()

@@ -41,6 +41,7 @@ from toolvault.server.domain.functions import (
 from toolvault.server.domain.names import ALIAS, EVERYWHERE, LATEST, Scope, check_name, parse_ref
 from toolvault.server.domain.paging import decode_token, encode_token, page_size
 from toolvault.server.domain.schemas import checked_schema
+from toolvault.server.domain.secrets import checked_declarations
 from toolvault.server.services.plugins import Plugins
 
 log = logging.getLogger("toolvault.server")
@@ -68,6 +69,7 @@ class PublishRequest:
     max_concurrency: int = 0
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
+    secrets: tuple[str, ...] = ()
 
 
 class _ResolveCache:
@@ -300,8 +302,13 @@ class FunctionStore:
                 f"({', '.join(sorted(settings.allowed_imports))})"
             )
         entrypoint = request.entrypoint or "main"
+        declared = checked_declarations(request.secrets)
         checked = check_source(
-            request.source, entrypoint=entrypoint, allowed_imports=allowed, filename=request.name
+            request.source,
+            entrypoint=entrypoint,
+            allowed_imports=allowed,
+            filename=request.name,
+            secrets=bool(declared),
         )
         if not checked.ok:
             problems = [
@@ -326,6 +333,7 @@ class FunctionStore:
             max_concurrency=_max_concurrency(request.max_concurrency),
             deterministic=request.deterministic,
             isolation=request.isolation,
+            secrets=declared,
         )
 
 
