@@ -116,7 +116,8 @@ class FunctionVersion:
     `source` is empty when the version comes from a list; `created` is only meaningful for
     the result of `Client.publish`: False when identical content was already stored.
     `deterministic` versions may be answered from the server's result cache; `isolation`
-    says whether its calls may share warm workers.
+    says whether its calls may share warm workers; `secrets` names the secrets of its
+    namespace that its calls get (never their values).
     """
 
     name: str
@@ -133,6 +134,7 @@ class FunctionVersion:
     created: bool = False
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(
@@ -159,6 +161,7 @@ class FunctionVersion:
             created=created,
             deterministic=pb.deterministic,
             isolation=Isolation.from_proto(pb.isolation),
+            secrets=tuple(pb.secrets),
         )
 
 
