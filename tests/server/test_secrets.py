@@ -384,9 +384,7 @@ def test_roles_admins_and_publishers_set_in_their_namespaces_readers_only_list(
         assert [s.name for s in invoker.list_secrets()] == ["team/API_KEY"]
         assert [s.name for s in publisher.list_secrets(namespace="other")] == []
         events = publisher.audit_events(action="secret.set")
-        assert [(e.target, e.actor) for e in events] == [
-            ("team/API_KEY", publisher_listed.prefix)
-        ]
+        assert [(e.target, e.actor) for e in events] == [("team/API_KEY", publisher_listed.prefix)]
     # The refused attempts changed nothing.
     publisher_secret = next(s for s in admin.list_secrets() if s.name == "team/API_KEY")
     assert publisher_secret.updated_at == secret.updated_at
