@@ -76,11 +76,10 @@ def serve(
 
 def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
     """Apply pending database migrations; returns the process exit code."""
-    settings = _settings(db=db, data_dir=data_dir)
-    if settings is None:
+    found = _database(db, data_dir)
+    if found is None:
         return EXIT_USAGE
-    _configure_logging(settings)
-    database = Database(settings.database_url)
+    _, database = found
     try:
         database.upgrade()
     except SQLAlchemyError as e:
@@ -94,11 +93,10 @@ def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
 
 def secrets_rotate(*, db: str | None = None, data_dir: str | None = None) -> int:
     """Re-encrypt every secret with the first key of TOOLVAULT_SECRETS_KEY; the exit code."""
-    settings = _settings(db=db, data_dir=data_dir)
-    if settings is None:
+    found = _database(db, data_dir)
+    if found is None:
         return EXIT_USAGE
-    _configure_logging(settings)
-    database = Database(settings.database_url)
+    settings, database = found
     try:
         rotated = Secrets(database, settings.secrets_keys()).rotate()
     except FailedPrecondition as e:
@@ -136,6 +134,15 @@ def _settings(**flags: Any) -> Settings | None:
             field = ".".join(str(p) for p in error["loc"]) or "settings"
             print(f"error: {field} (TOOLVAULT_{field.upper()}): {error['msg']}", file=sys.stderr)
         return None
+
+
+def _database(db: str | None, data_dir: str | None) -> tuple[Settings, Database] | None:
+    """The settings and the database of a command on it; None after a usage error."""
+    settings = _settings(db=db, data_dir=data_dir)
+    if settings is None:
+        return None
+    _configure_logging(settings)
+    return settings, Database(settings.database_url)
 
 
 def _configure_logging(settings: Settings) -> None:
