@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.conftest import TOOLVAULT, ServerProcess
+from tests.server import ACTOR
 from toolvault.client import (
     Client,
     Execution,
@@ -28,6 +31,8 @@ from toolvault.client import (
     NotFound,
     PermissionDenied,
 )
+from toolvault.server.db.engine import Database
+from toolvault.server.services.secrets import Secrets
 
 # A quote, a backslash and non-ASCII: the JSON-escaped form differs from the raw one.
 VALUE = 'sk-"live"\\ключ-0123456789'
@@ -390,3 +395,19 @@ def test_roles_admins_and_publishers_set_in_their_namespaces_readers_only_list(
     assert publisher_secret.updated_at == secret.updated_at
     assert [s.name for s in admin.list_secrets()] == ["other/API_KEY", "team/API_KEY"]
     assert_no_value(repr(admin.audit_events()))
+
+
+def test_concurrent_sets_of_a_new_name_make_one_secret_and_all_succeed(database: Database) -> None:
+    store = Secrets(database, [Fernet.generate_key().decode()])
+    barrier = threading.Barrier(6)
+
+    def set_value(number: int) -> bool:
+        barrier.wait()
+        return store.set("team/RACE_KEY", f"value-{number}", actor=ACTOR)[1]
+
+    with ThreadPoolExecutor(6) as pool:
+        created = list(pool.map(set_value, range(6)))
+    assert created.count(True) == 1
+    (listed,), _ = store.secrets(size=0, token="")
+    assert listed.name == "team/RACE_KEY"
+    assert store.values("team", ["RACE_KEY"])["RACE_KEY"].startswith("value-")

@@ -18,6 +18,7 @@ import json
 from collections.abc import Collection
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from sqlalchemy.exc import IntegrityError
 
 from toolvault.server.db import audit, secrets
 from toolvault.server.db.engine import Database
@@ -48,6 +49,13 @@ class Secrets:
         check_secret_name(name)
         check_value(value)
         ciphertext = self._cipher().encrypt(_plaintext(name, value)).decode()
+        try:
+            return self._put(name, ciphertext, actor)
+        except IntegrityError:
+            # A concurrent set inserted the same new name first: replace its value.
+            return self._put(name, ciphertext, actor)
+
+    def _put(self, name: str, ciphertext: str, actor: Actor) -> tuple[SecretInfo, bool]:
         with self._db.write.begin() as session:
             info, created = secrets.put(session, name, ciphertext, actor.key)
             # The value stays out of the log, and so does its length.
