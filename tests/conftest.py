@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,6 +91,15 @@ class ServerProcess:
         keys = [m.group(1) for line in self.log if (m := BOOTSTRAP.search(line))]
         assert len(keys) == 1, "".join(self.log)
         return keys[0]
+
+    def logged(self, wanted: Callable[[str], bool], timeout: float = 10.0) -> bool:
+        """Whether a line of the log is ``wanted``, waiting for lines still on their way."""
+        deadline = time.monotonic() + timeout
+        while not any(wanted(line) for line in list(self.log)):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
 
     def _pump(self, found: threading.Event) -> None:
         assert self.process is not None and self.process.stderr is not None

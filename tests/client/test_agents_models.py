@@ -172,6 +172,7 @@ def test_tool_specs_render_in_the_exact_shape_of_each_target() -> None:
         "name": "add",
         "description": "Adds two numbers.",
         "inputSchema": ADD_SCHEMA,
+        "annotations": {"openWorldHint": False},
         "outputSchema": {"type": "object", "properties": {"sum": {"type": "integer"}}},
     }
 
@@ -181,6 +182,12 @@ def test_mcp_gets_an_output_schema_only_for_object_results(
     output_schema: dict[str, Any] | None,
 ) -> None:
     assert "outputSchema" not in tool(output_schema=output_schema).to_mcp()
+
+
+def test_mcp_says_which_tools_reach_the_network() -> None:
+    # MCP's default is to assume a tool reaches the world: each says so, either way.
+    assert tool().to_mcp()["annotations"] == {"openWorldHint": False}
+    assert tool(open_world=True).to_mcp()["annotations"] == {"openWorldHint": True}
 
 
 def test_changing_a_rendered_tool_leaves_the_spec_alone() -> None:

@@ -27,7 +27,12 @@ import pytest
 from tests.sandbox import test_run
 from tests.sandbox.test_run import BUSY, job
 from toolvault.sandbox import Plan, SandboxHost, detect, isolation_layers
-from toolvault.sandbox._isolation import PRIVATE_WORKDIR, WORKDIR_BYTES, runtime_paths
+from toolvault.sandbox._isolation import (
+    PRIVATE_WORKDIR,
+    WORKDIR_BYTES,
+    runtime_paths,
+    trust_store,
+)
 
 SECRET = "tv-isolation-secret-7c1d"
 UNSHARE = shutil.which("unshare")
@@ -342,11 +347,21 @@ def test_a_running_sandbox_is_confined_as_doctor_claims(plan: Plan, tmp_path: Pa
         assert seen["new"] == list(NAMESPACES)
     if "private-root" in active:
         # The hidden directory is not covered but absent: nothing of the host is mounted
-        # but the standard library, /proc and the four devices.
+        # but the standard library, /proc, the four devices and the CA bundle.
         assert seen["hidden"] == []
         kept, covered = runtime_paths()
         devices = [f"/dev/{name}" for name in ("null", "zero", "random", "urandom")]
-        expected = {"/", "/proc", "/proc/cmdline", PRIVATE_WORKDIR, *kept, *covered, *devices}
+        certificates = [path for _, path in trust_store()]
+        expected = {
+            "/",
+            "/proc",
+            "/proc/cmdline",
+            PRIVATE_WORKDIR,
+            *kept,
+            *covered,
+            *devices,
+            *certificates,
+        }
         assert set(seen["mount_points"]) == expected
     elif plan.namespaces:
         assert seen["hidden"] == ["tmpfs"]

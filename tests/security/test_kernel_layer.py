@@ -34,7 +34,7 @@ import pytest
 
 from tests.security.conftest import Listener
 from toolvault.sandbox import _seccomp
-from toolvault.sandbox._isolation import PRIVATE_WORKDIR, runtime_paths
+from toolvault.sandbox._isolation import PRIVATE_WORKDIR, runtime_paths, trust_store
 
 SECRET = f"tv-kernel-secret-{secrets.token_hex(16)}"
 UNSHARE = shutil.which("unshare")
@@ -232,13 +232,20 @@ def main(secret, paths):
 
     assert found["found"] == []
     kept, _ = runtime_paths()
-    expected_top = {"dev", "proc", PRIVATE_WORKDIR.strip("/"), *(p.split("/")[1] for p in kept)}
+    certificates = [path for _, path in trust_store()]
+    expected_top = {
+        "dev",
+        "proc",
+        PRIVATE_WORKDIR.strip("/"),
+        *(p.split("/")[1] for p in [*kept, *certificates]),
+    }
     assert set(found["top"]) == expected_top
     assert {p for p in found["files"] if not any(p.startswith(k + "/") for k in kept)} == {
         "/dev/null",
         "/dev/zero",
         "/dev/random",
         "/dev/urandom",
+        *certificates,
     }
     # Gone, not refused: nothing of the host's tree is in the sandbox's root.
     for path in (*map(str, host.planted), "/etc/passwd", PG_SOCKET, f"/proc/{os.getpid()}/environ"):
@@ -350,6 +357,84 @@ def main(markers):
         for way in (through_proc, through_ctypes, through_objects)
     }
 """
+
+
+@pytest.fixture
+def answering() -> Iterator[Listener]:
+    """A loopback server that answers one line to every connection: what a door may reach."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    listener = Listener(sock)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            listener.connections += 1
+            with conn:
+                conn.recv(1024)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield listener
+    sock.close()
+
+
+def test_with_a_door_it_still_reaches_only_what_the_door_allows(
+    host: Host, answering: Listener
+) -> None:
+    """Full Python holding its door: raw requests, names, fds and garbage get nothing else."""
+    host.needs("network-namespace", "seccomp")
+    (outcome,) = host.run(
+        {
+            "source": """\
+def main(allowed, port4, port6, unix_path):
+    from toolvault.sandbox import _door
+    door = _door._door
+    def ask(message, fds=()):
+        data = json.dumps(message).encode()
+        socket.send_fds(door, [len(data).to_bytes(4, "big") + data], list(fds))
+        reply, got, _, _ = socket.recv_fds(door, 1024, 4)
+        return json.loads(reply[4:]), got
+    out = {"socket": attempt(lambda: socket.socket(socket.AF_INET).close())}
+    out["tcp4"] = ask({"host": "127.0.0.1", "port": port4})[0]
+    out["tcp6"] = ask({"host": "::1", "port": port6})[0]
+    out["name"] = ask({"host": "localhost", "port": allowed})[0]
+    out["path"] = ask({"host": unix_path, "port": 1})[0]
+    read_end, write_end = os.pipe()
+    out["fds"] = ask({"host": "127.0.0.1", "port": port4}, [read_end, write_end])[0]
+    reply, got = ask({"host": "127.0.0.1", "port": allowed})
+    with socket.socket(fileno=got[0]) as connection:
+        connection.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+        out["allowed"] = [reply, connection.recv(100).decode()]
+    door.sendall(b"\\x00\\x00\\x00\\x05hello")
+    out["garbage"] = attempt(lambda: door.recv(10).decode())
+    return out
+""",
+            "args": {
+                "allowed": answering.port,
+                "port4": host.tcp_ports["tcp4"],
+                "port6": host.tcp_ports["tcp6"],
+                "unix_path": host.unix_path,
+            },
+            "egress": [f"127.0.0.1:{answering.port}"],
+        }
+    )
+
+    assert outcome["status"] == "ok", (outcome["error_type"], outcome["error_message"])
+    seen = json.loads(outcome["result_json"])
+    assert seen["socket"] == ["PermissionError", errno.EPERM]
+    for name in ("tcp4", "tcp6", "name", "path", "fds"):
+        assert seen[name]["refused"] is True, (name, seen[name])
+    assert seen["allowed"][0] == {"ok": True}
+    assert seen["allowed"][1].startswith("HTTP/1.0 200 OK")
+    assert seen["garbage"] == ["ok", ""]  # the door hung up
+    assert answering.connections == 1
+    records = outcome["egress"]
+    assert [r["refused"] for r in records] == [True] * 5 + [False, True]
+    assert records[5]["address"] == "127.0.0.1" and records[5]["status"] == 200
+    assert "not a JSON object" in records[6]["reason"]
 
 
 def test_cant_find_another_calls_source_arguments_or_secrets_in_its_memory(host: Host) -> None:

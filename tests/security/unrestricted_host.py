@@ -9,18 +9,23 @@ list of jobs to run at once; each line on stdout is the list of their results.
 it has no program for, to attack the other layers alone. ``--warm`` runs every job in a
 warm worker, keyed by its filename, as the server runs the calls of a function version;
 ``--spares`` keeps two spares ready for the jobs (``SandboxHost(spares=2)``) and waits for
-them before each line.
+them before each line. A job with ``egress`` (a list of allow-list entries) gets a door
+to the network that allows them, and loopback as the operator's private-address setting
+would (the tests' listeners are all on loopback).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import json
 import sys
 from typing import Any
 
-from toolvault.sandbox import Job, Limits, RunResult, SandboxHost
+from toolvault.sandbox import Egress, Job, Limits, RunResult, SandboxHost, parse_rules
+
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 
 def _job(fields: dict[str, Any]) -> Job:
@@ -43,6 +48,12 @@ def _job(fields: dict[str, Any]) -> Job:
     )
 
 
+def _egress(fields: dict[str, Any]) -> Egress | None:
+    if "egress" not in fields:
+        return None
+    return Egress(rules=parse_rules(fields["egress"]), private=_LOOPBACK)
+
+
 def _encode(result: RunResult) -> dict[str, Any]:
     return {**dataclasses.asdict(result), "status": result.status.value}
 
@@ -55,14 +66,18 @@ async def _serve(data_dir: str, warm: bool, spares: int) -> None:
         layers = {layer.name: layer.active for layer in isolation.layers}
         print(json.dumps({"layers": layers, "host_pid": host.pid}), flush=True)
         while line := await loop.run_in_executor(None, sys.stdin.readline):
-            jobs = [_job(fields) for fields in json.loads(line)]
+            requested = json.loads(line)
+            jobs = [_job(fields) for fields in requested]
             # Every spare ready (but before the first line): each job of the kind last
             # called runs in one.
             deadline = loop.time() + 2
             while host.spares < spares and loop.time() < deadline:
                 await asyncio.sleep(0.005)
             results = await asyncio.gather(
-                *(host.run(job, worker_key=job.filename if warm else None) for job in jobs)
+                *(
+                    host.run(job, worker_key=job.filename if warm else None, egress=_egress(fields))
+                    for job, fields in zip(jobs, requested, strict=True)
+                )
             )
             print(json.dumps([_encode(result) for result in results]), flush=True)
     finally:

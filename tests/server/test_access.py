@@ -251,7 +251,7 @@ def test_an_agent_key_calls_its_agents_tools_and_nothing_else(
         result = bot.call_tool("team/bot", "echo", {"x": 5})
         assert (result.is_error, result.execution.result) == (False, 5)
         assert result.execution.caller.startswith(key[:16] + " ")
-        assert any("CallTool" in line and f"caller={key[:16]} " in line for line in auth_server.log)
+        assert auth_server.logged(lambda line: "CallTool" in line and f"caller={key[:16]} " in line)
         with pytest.raises(NotFound):
             bot.call_tool("team/other", "echo", {"x": 5})
         with pytest.raises(PermissionDenied, match="role agent may not call Invoke"):

@@ -209,7 +209,7 @@ def test_bytes_that_are_no_message_are_unauthenticated_without_a_key(
                 with pytest.raises(grpc.RpcError) as refused:
                     stub(b"\x00\x01", metadata=metadata, timeout=30)
                 assert refused.value.code().name == expected, (method.name, key)
-    assert any("code=UNAUTHENTICATED" in line for line in auth_server.log)
+    assert auth_server.logged(lambda line: "code=UNAUTHENTICATED" in line)
 
 
 def test_another_namespaces_objects_get_the_answer_of_objects_that_exist_nowhere(

@@ -52,6 +52,13 @@ def add_commands(commands: Commands) -> None:
         "fresh: every call in a process of its own",
     )
     cmd.add_argument(
+        "--egress",
+        action="append",
+        metavar="HOST[:PORT]",
+        help="a host its calls may reach, e.g. api.example.com:443 or *.example.org "
+        "(ports 80 and 443); repeatable; within what the server allows the namespace",
+    )
+    cmd.add_argument(
         "--secret",
         action="append",
         default=[],
@@ -114,6 +121,7 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         deterministic=args.deterministic,
         isolation=args.isolation,
+        egress=args.egress,
         secrets=args.secret,
     )
     if args.json:

@@ -20,11 +20,22 @@ from toolvault.cli._output import (
     print_table,
     text,
 )
-from toolvault.client import Client
+from toolvault.client import Client, EgressRequest
 
 __all__ = ["add_commands"]
 
 _USER_NAMES = {"args_json": "arguments", "args_truncated": "arguments_truncated"}
+_EGRESS_COLUMNS = (
+    "HOST",
+    "PORT",
+    "ADDRESS",
+    "METHOD",
+    "STATUS",
+    "SENT",
+    "RECEIVED",
+    "MS",
+    "OUTCOME",
+)
 
 
 def add_commands(commands: Commands) -> None:
@@ -144,5 +155,36 @@ def _execution(client: Client, args: argparse.Namespace) -> int:
     else:
         # The JSON texts show exactly what was recorded, even when cut to fit the history;
         # the arguments under the name --args gives them, not the wire's.
-        print_object(execution, hide={"result", "args"}, rename=_USER_NAMES)
+        print_object(execution, hide={"result", "args", "egress"}, rename=_USER_NAMES)
+        if execution.egress:
+            print("egress:")
+            print_table(
+                (
+                    "HOST",
+                    "PORT",
+                    "ADDRESS",
+                    "METHOD",
+                    "STATUS",
+                    "SENT",
+                    "RECEIVED",
+                    "MS",
+                    "OUTCOME",
+                ),
+                (_egress_row(request) for request in execution.egress),
+            )
     return 0
+
+
+def _egress_row(request: EgressRequest) -> tuple[str, ...]:
+    outcome = "refused" if request.refused else "failed" if not request.address else "ok"
+    return (
+        request.host,
+        str(request.port),
+        request.address or "-",
+        request.method or "-",
+        str(request.status or "-"),
+        str(request.bytes_sent),
+        str(request.bytes_received),
+        f"{request.duration_ms:.1f}",
+        f"{outcome}: {request.reason}" if request.reason else outcome,
+    )

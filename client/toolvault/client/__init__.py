@@ -30,6 +30,7 @@ from toolvault.client._client import (
     check_health,
 )
 from toolvault.client._models import (
+    EgressRequest,
     Execution,
     ExecutionError,
     ExecutionStatus,
@@ -69,6 +70,7 @@ __all__ = [
     "ChainContext",
     "Client",
     "DeadlineExceeded",
+    "EgressRequest",
     "Execution",
     "ExecutionError",
     "ExecutionStatus",

@@ -166,7 +166,8 @@ class ToolSpec:
     """One of an agent's tools as a model sees it, and the version its ref resolves to.
 
     The `to_*` methods return new dicts in each target's shape; changing them does not
-    change the spec.
+    change the spec. `open_world` is True when the tool may reach hosts on the network
+    (its version declares egress).
     """
 
     name: str
@@ -176,6 +177,7 @@ class ToolSpec:
     ref: str
     version: int
     sha256: str
+    open_world: bool = False
 
     @classmethod
     def from_proto(cls, pb: agent_pb2.ToolSpec) -> ToolSpec:
@@ -188,6 +190,7 @@ class ToolSpec:
             ref=pb.ref,
             version=pb.version,
             sha256=pb.sha256,
+            open_world=pb.open_world,
         )
 
     def to_openai_chat(self) -> dict[str, Any]:
@@ -228,11 +231,13 @@ class ToolSpec:
 
         MCP requires an output schema of type "object" (structured content is an object),
         so schemas of other results are left out and the result goes as text only.
+        `openWorldHint` is always given: MCP takes a tool without it to reach the world.
         """
         tool: dict[str, Any] = {
             "name": self.name,
             "description": self.description,
             "inputSchema": copy.deepcopy(self.input_schema),
+            "annotations": {"openWorldHint": self.open_world},
         }
         if self.output_schema is not None and self.output_schema.get("type") == "object":
             tool["outputSchema"] = copy.deepcopy(self.output_schema)

@@ -314,6 +314,7 @@ class Client:
         max_concurrency: int | None = None,
         deterministic: bool = False,
         isolation: Isolation | str | None = None,
+        egress: Iterable[str] | None = None,
         secrets: Iterable[str] = (),
     ) -> FunctionVersion:
         """Validate and store a function version.
@@ -342,6 +343,10 @@ class Client:
                 version, which keep module state between calls) or "fresh" (every
                 call in a process of its own). Part of the content, so it changes the
                 sha256.
+            egress: Hosts its calls may reach, `HOST[:PORT]` (`api.example.com:443`,
+                `*.example.org`; without a port, 80 and 443), within what the server
+                allows the namespace. Code reaches them with `urllib.request` or
+                `http.client`. Part of the content.
             secrets: Names of secrets of the function's namespace (`set_secret`) its
                 calls may read, as `from toolvault import secrets` then
                 `secrets["NAME"]`. They need not be set yet; a call fails while one is
@@ -351,8 +356,11 @@ class Client:
             The stored version, with its number and sha256.
 
         Raises:
-            InvalidArgument: The server rejected the name, source, schemas or limits, or
-                the source is larger than `max_source_bytes` (checked before sending).
+            InvalidArgument: The server rejected the name, source, schemas, limits or
+                egress entries, or the source is larger than `max_source_bytes`
+                (checked before sending).
+            PermissionDenied: An egress entry is beyond what the namespace may reach.
+            FailedPrecondition: Egress is off on the server.
             ValueError: `isolation` is not an isolation name.
         """
         _refuse_over("source", len(source.encode()), self._max_source_bytes)
@@ -377,6 +385,7 @@ class Client:
             allowed_imports=allowed_imports or (),
             deterministic=deterministic,
             isolation=isolation_pb,
+            egress=egress or (),
             secrets=list(secrets),
         )
         response = self._call(self._functions.PublishFunction, request)

@@ -116,8 +116,9 @@ class FunctionVersion:
     `source` is empty when the version comes from a list; `created` is only meaningful for
     the result of `Client.publish`: False when identical content was already stored.
     `deterministic` versions may be answered from the server's result cache; `isolation`
-    says whether its calls may share warm workers; `secrets` names the secrets of its
-    namespace that its calls get (never their values).
+    says whether its calls may share warm workers; `egress` lists the hosts its calls may
+    reach (normalized: `api.example.com:443`, `*.example.org` for ports 80 and 443);
+    `secrets` names the secrets of its namespace that its calls get (never their values).
     """
 
     name: str
@@ -134,6 +135,7 @@ class FunctionVersion:
     created: bool = False
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
+    egress: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()
 
     @classmethod
@@ -161,6 +163,7 @@ class FunctionVersion:
             created=created,
             deterministic=pb.deterministic,
             isolation=Isolation.from_proto(pb.isolation),
+            egress=tuple(pb.egress),
             secrets=tuple(pb.secrets),
         )
 
@@ -199,6 +202,45 @@ class ExecutionError:
 
 
 @dataclass(frozen=True)
+class EgressRequest:
+    """One connection a run asked its sandbox's door to the network for.
+
+    `address` is where the door connected ("" if it did not); `method` and `status` are
+    those of the connection's first HTTP request and response when it was plain HTTP
+    ("" and 0 for TLS). `refused` is True when the door refused it (the allow-list, an
+    address that is not public, a limit of the call); `reason` says why it was refused,
+    failed or cut short, and is "" for a connection that ended normally.
+    """
+
+    host: str
+    port: int
+    address: str
+    method: str
+    status: int
+    bytes_sent: int
+    bytes_received: int
+    duration_ms: float
+    refused: bool
+    reason: str
+
+    @classmethod
+    def from_proto(cls, pb: execution_pb2.EgressRequest) -> EgressRequest:
+        """Build a request's record from its message."""
+        return cls(
+            host=pb.host,
+            port=pb.port,
+            address=pb.address,
+            method=pb.method,
+            status=pb.status,
+            bytes_sent=pb.bytes_sent,
+            bytes_received=pb.bytes_received,
+            duration_ms=pb.duration_ms,
+            refused=pb.refused,
+            reason=pb.reason,
+        )
+
+
+@dataclass(frozen=True)
 class Execution:
     """One recorded run of a function version.
 
@@ -213,6 +255,7 @@ class Execution:
     call was not traced). `isolation` says how its sandbox ran: `WARM` in a warm worker of
     its version, `FRESH` in a process of its own (a fresh version's call, or a warm one's
     that found no worker free); None when none ran (cached) or the server did not say.
+    `egress` lists the connections it asked its door to the network for, in order.
     """
 
     execution_id: str
@@ -242,6 +285,7 @@ class Execution:
     cached_from: str = ""
     trace_id: str = ""
     isolation: Isolation | None = None
+    egress: tuple[EgressRequest, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -292,6 +336,7 @@ class Execution:
                 if pb.isolation == execution_pb2.ISOLATION_UNSPECIFIED
                 else Isolation.from_proto(pb.isolation)
             ),
+            egress=tuple(EgressRequest.from_proto(request) for request in pb.egress),
         )
 
 

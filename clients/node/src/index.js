@@ -84,6 +84,7 @@ export class ToolvaultError extends Error {
  * @property {boolean} deterministic
  * @property {"ISOLATION_WARM" | "ISOLATION_FRESH"} isolation Whether calls may share warm
  *   workers of this version, or each runs in a process of its own.
+ * @property {string[]} egress The hosts its calls may reach ("api.example.com:443").
  * @property {string[]} secrets Names of the namespace's secrets its calls get, sorted.
  */
 
@@ -219,6 +220,8 @@ export class ToolvaultClient {
    * @param {boolean} [options.deterministic] Results may come from the server's cache.
    * @param {"ISOLATION_WARM" | "ISOLATION_FRESH"} [options.isolation] "ISOLATION_FRESH" runs
    *   every call in a process of its own; by default calls may share warm workers.
+   * @param {string[]} [options.egress] Hosts its calls may reach, "HOST[:PORT]", within
+   *   what the server allows the namespace.
    * @param {string[]} [options.secrets] Names of secrets of the function's namespace its
    *   calls read as `from toolvault import secrets`; they need not be set yet.
    * @returns {Promise<{version: FunctionVersion, created: boolean}>}
@@ -236,6 +239,7 @@ export class ToolvaultClient {
       allowedImports: options.allowedImports ?? [],
       deterministic: options.deterministic ?? false,
       isolation: options.isolation ?? "ISOLATION_UNSPECIFIED",
+      egress: options.egress ?? [],
       secrets: options.secrets ?? [],
     };
     const response = await this.#call(this.#functions, "PublishFunction", request);

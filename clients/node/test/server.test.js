@@ -78,6 +78,13 @@ describe(
       );
     });
 
+    test("egress reaches the server, which refuses it while its egress is off", async () => {
+      await assert.rejects(client.publish(`${name}_web`, ADD, { egress: ["api.example.com"] }), {
+        code: grpc.status.FAILED_PRECONDITION,
+        message: /egress is off on this server/,
+      });
+    });
+
     test("a version declares the secrets it reads, sorted, as part of its content", async () => {
       const source = "from toolvault import secrets\n\ndef main():\n    return len(secrets)\n";
       const { version } = await client.publish(`${name}_sec`, source, {

@@ -172,6 +172,7 @@ class ToolSpec(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     SHA256_FIELD_NUMBER: _builtins.int
+    OPEN_WORLD_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The tool's name: the function's name without its namespace (an agent's tools are all
     in its own namespace, and models allow no slash in tool names).
@@ -190,6 +191,10 @@ class ToolSpec(_message.Message):
     """The version the ref resolves to now."""
     sha256: _builtins.str
     """The sha256 of that version."""
+    open_world: _builtins.bool
+    """True when the tool may reach hosts on the network (its version declares egress), as
+    MCP's openWorldHint says; false when it only computes on its arguments.
+    """
     def __init__(
         self,
         *,
@@ -200,10 +205,11 @@ class ToolSpec(_message.Message):
         ref: _builtins.str = ...,
         version: _builtins.int = ...,
         sha256: _builtins.str = ...,
+        open_world: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_schema_json", b"input_schema_json", "name", b"name", "output_schema_json", b"output_schema_json", "ref", b"ref", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "input_schema_json", b"input_schema_json", "name", b"name", "open_world", b"open_world", "output_schema_json", b"output_schema_json", "ref", b"ref", "sha256", b"sha256", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

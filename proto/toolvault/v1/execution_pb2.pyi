@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -129,6 +131,68 @@ class ExecutionError(_message.Message):
 Global___ExecutionError: _TypeAlias = ExecutionError  # noqa: Y015
 
 @_typing.final
+class EgressRequest(_message.Message):
+    """One connection a run asked its sandbox's door to the network for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_FIELD_NUMBER: _builtins.int
+    PORT_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    BYTES_SENT_FIELD_NUMBER: _builtins.int
+    BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    host: _builtins.str
+    """The host it asked for, normalized (lower case, IDNA)."""
+    port: _builtins.int
+    """The port it asked for."""
+    address: _builtins.str
+    """The address the door connected to; empty when it did not connect."""
+    method: _builtins.str
+    """The method of the connection's first HTTP request, when it was plain HTTP; empty
+    for TLS, whose requests only the sandbox and the host see.
+    """
+    status: _builtins.int
+    """The status of the connection's first HTTP response, when plain HTTP; else 0."""
+    bytes_sent: _builtins.int
+    """Bytes the function sent to the host."""
+    bytes_received: _builtins.int
+    """Bytes the host sent to the function."""
+    duration_ms: _builtins.float
+    """From the request to the connection's end, in milliseconds."""
+    refused: _builtins.bool
+    """True when the door refused it: not on the allow-list, not a public address, or a
+    limit of the call; false when it connected, or the host or network failed it.
+    """
+    reason: _builtins.str
+    """Why it was refused, failed or cut short; empty for a connection that ended normally."""
+    def __init__(
+        self,
+        *,
+        host: _builtins.str = ...,
+        port: _builtins.int = ...,
+        address: _builtins.str = ...,
+        method: _builtins.str = ...,
+        status: _builtins.int = ...,
+        bytes_sent: _builtins.int = ...,
+        bytes_received: _builtins.int = ...,
+        duration_ms: _builtins.float = ...,
+        refused: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "duration_ms", b"duration_ms", "host", b"host", "method", b"method", "port", b"port", "reason", b"reason", "refused", b"refused", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EgressRequest: _TypeAlias = EgressRequest  # noqa: Y015
+
+@_typing.final
 class Execution(_message.Message):
     """One recorded run of a function version."""
 
@@ -159,6 +223,7 @@ class Execution(_message.Message):
     CACHED_FROM_FIELD_NUMBER: _builtins.int
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned unique id (a UUID in canonical text form)."""
     function_name: _builtins.str
@@ -229,6 +294,10 @@ class Execution(_message.Message):
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the run started (UTC)."""
 
+    @_builtins.property
+    def egress(self) -> _containers.RepeatedCompositeFieldContainer[Global___EgressRequest]:
+        """The connections it asked its door for, in order (see EgressRequest)."""
+
     def __init__(
         self,
         *,
@@ -257,10 +326,11 @@ class Execution(_message.Message):
         cached_from: _builtins.str = ...,
         trace_id: _builtins.str = ...,
         isolation: Global___Isolation.ValueType = ...,
+        egress: _abc.Iterable[Global___EgressRequest] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "error", b"error", "function_name", b"function_name", "id", b"id", "isolation", b"isolation", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "egress", b"egress", "error", b"error", "function_name", b"function_name", "id", b"id", "isolation", b"isolation", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

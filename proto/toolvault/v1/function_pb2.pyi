@@ -77,6 +77,7 @@ class FunctionVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
@@ -84,8 +85,8 @@ class FunctionVersion(_message.Message):
     """Version number, 1 for the first, dense and increasing."""
     sha256: _builtins.str
     """Hex sha256 of the canonical content: source, entrypoint, description, schemas,
-    limits, allowed imports, the deterministic flag, the isolation and the secrets'
-    names.
+    limits, allowed imports, the deterministic flag, the isolation, the egress list and
+    the secrets' names.
     """
     source: _builtins.str
     """The Python source. Empty in list responses."""
@@ -116,6 +117,12 @@ class FunctionVersion(_message.Message):
         """When this version was stored (UTC)."""
 
     @_builtins.property
+    def egress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The hosts its calls may reach, normalized and sorted ("api.example.com:443",
+        "*.example.org"; without a port, 80 and 443). Empty: none.
+        """
+
+    @_builtins.property
     def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The names of the secrets of the function's namespace that its calls get, sorted
         (never their values).
@@ -137,11 +144,12 @@ class FunctionVersion(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
+        egress: _abc.Iterable[_builtins.str] | None = ...,
         secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +241,7 @@ class PublishFunctionRequest(_message.Message):
     ALLOWED_IMPORTS_FIELD_NUMBER: _builtins.int
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
+    EGRESS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name, [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"."""
@@ -265,6 +274,15 @@ class PublishFunctionRequest(_message.Message):
         """
 
     @_builtins.property
+    def egress(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts its calls may reach through the sandbox's door: "HOST[:PORT]", where HOST is
+        a name, "*.DOMAIN" (every subdomain) or an IP address ("[v6]" in brackets); without
+        a port, 80 and 443. Each must be within what the server allows the function's
+        namespace (PERMISSION_DENIED names the first that is not; FAILED_PRECONDITION when
+        the server's egress is off). Part of the content and its sha256. Empty: none.
+        """
+
+    @_builtins.property
     def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of secrets of the function's namespace (SecretService) that its calls get as
         `from toolvault import secrets`; each matches [A-Z_][A-Z0-9_]{0,63}. They need not
@@ -284,11 +302,12 @@ class PublishFunctionRequest(_message.Message):
         allowed_imports: _abc.Iterable[_builtins.str] | None = ...,
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
+        egress: _abc.Iterable[_builtins.str] | None = ...,
         secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,12 @@ Layers, each useful alone:
    ``isolation_layers`` says which layers a probe sandbox, forked by a host like any
    call, found in effect.
 
+Egress (``_door``): a sandbox never has a network of its own. A call that may reach hosts
+(``SandboxHost.run(job, egress=...)``) is handed one more fd, a door whose other end the
+runner holds: it connects on the sandbox's behalf to the allowed hosts' public addresses
+only, relays the bytes under the call's limits, and records every request
+(``RunResult.egress``). The sandbox's ``socket.create_connection`` asks the door.
+
 Approaches not taken, and why:
 
 - ``exec`` in the server process or a thread: it cannot be stopped or bounded, and it
@@ -85,6 +91,15 @@ which includes the pages it still shares with the host it was forked from, about
 and wait4's ``ru_maxrss``, the kernel's own figure: a report can raise it, never lower it.
 """
 
+from ._door import (
+    EGRESS_IMPORTS,
+    EGRESS_PRELOAD,
+    Egress,
+    EgressError,
+    EgressRecord,
+    EgressRule,
+    parse_rules,
+)
 from ._isolation import Isolation, Layer, Plan
 from ._models import DEFAULT_ALLOWED_IMPORTS, Job, Limits, RunResult, RunStatus
 from ._runner import HostFailed, SandboxHost, detect, run
@@ -103,7 +118,13 @@ def isolation_layers() -> tuple[Layer, ...]:
 
 __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
+    "EGRESS_IMPORTS",
+    "EGRESS_PRELOAD",
     "CheckedSource",
+    "Egress",
+    "EgressError",
+    "EgressRecord",
+    "EgressRule",
     "HostFailed",
     "Isolation",
     "Job",
@@ -116,5 +137,6 @@ __all__ = [
     "SourceIssue",
     "check_source",
     "isolation_layers",
+    "parse_rules",
     "run",
 ]

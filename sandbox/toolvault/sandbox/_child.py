@@ -39,6 +39,7 @@ from typing import Any, NoReturn, cast
 
 from RestrictedPython.compile import compile_restricted_exec
 
+from . import _door
 from ._globals import SECRETS_GLOBAL, secrets_module
 from ._isolation import Plan, seal, set_limits
 from ._models import (
@@ -62,13 +63,16 @@ _LAZY_IMPORTS = ("_strptime",)
 
 
 JOB_FD = 0
+# Where a sandbox forked for a call has its door to the network, when it has one.
+DOOR_FD = 4
 # A warm worker's end of its channel to the runner: where a per-call sandbox has its job.
 CHANNEL_FD = JOB_FD
 # What a worker sends on its channel after a call: ready for the next, or retire me.
 CALL_DONE = b"d"
 CALL_DONE_DIRTY = b"x"
-# The job's memfd, then the call's stdout, stderr and report pipes.
+# The job's memfd, then the call's stdout, stderr and report pipes, then its door if any.
 _FDS_PER_CALL = 4
+_FDS_WITH_DOOR = 5
 # The trusted call a spare runs before its call, to fault in the pages a call touches.
 WARM_UP_SOURCE = "def main():\n    return None\n"
 WARM_UP_FILENAME = "<warm-up>"
@@ -142,7 +146,9 @@ def preload(modules: Iterable[str]) -> None:
             importlib.import_module(name)
 
 
-def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoReturn:
+def run_job(
+    job: Job, program: Program, module: ModuleType, plan: Plan, *, door: bool = False
+) -> NoReturn:
     """Run ``job`` in this confined process under its limits, report on fd 3 and exit.
 
     Args:
@@ -150,12 +156,15 @@ def run_job(job: Job, program: Program, module: ModuleType, plan: Plan) -> NoRet
         program: ``job.source`` compiled.
         module: Fresh globals for the code (restricted_module), this process's own.
         plan: How the process is confined: its system-call filter goes on last.
+        door: Whether the call's door to the network is on DOOR_FD.
     """
     # Encoded now: when memory runs out there may be none left to encode it with.
     out_of_memory = _encode(_report("memory_limit", error_type="MemoryError"))
     # So that what was printed before a kill for time or output still reaches the runner.
     cast(io.TextIOWrapper, sys.stdout).reconfigure(line_buffering=True)
-    set_limits(job.limits)
+    set_limits(job.limits, kept_fds=DOOR_FD + 1 if door else DOOR_FD)
+    _door.install()
+    _door.enter(DOOR_FD if door else None)
     seal(plan)
     data = _run(job, program, module, out_of_memory)
     with os.fdopen(REPORT_FD, "wb") as report:
@@ -194,6 +203,7 @@ def serve_calls(
     # The init of a PID namespace ignores a SIGXCPU it has no handler for; a worker must
     # stop at each call's soft limit. (The hard limit's SIGKILL still ends it regardless.)
     signal.signal(signal.SIGXCPU, lambda *_: os._exit(CPU_LIMIT_EXIT))
+    _door.install()
     seal(plan)
     workdir = os.getcwd()
     if warm_up:
@@ -204,8 +214,8 @@ def serve_calls(
         fds = [job_fd, os.dup(1), os.dup(2), os.dup(REPORT_FD)]
         _serve_call(channel, fds, prepared, out_of_memory, cpu_hard_s, workdir)
     while True:
-        _, fds, _, _ = socket.recv_fds(channel, 1, _FDS_PER_CALL)
-        if len(fds) != _FDS_PER_CALL:
+        _, fds, _, _ = socket.recv_fds(channel, 1, _FDS_WITH_DOOR)
+        if len(fds) not in (_FDS_PER_CALL, _FDS_WITH_DOOR):
             os._exit(0)  # the runner closed the channel: retired
         _serve_call(channel, fds, prepared, out_of_memory, cpu_hard_s, workdir)
 
@@ -218,17 +228,20 @@ def _serve_call(
     cpu_hard_s: int,
     workdir: str,
 ) -> None:
-    """Serve one call: its job's memfd and its output pipes in ``fds``, which it closes."""
+    """Serve one call: its job's memfd, its output pipes and its door in ``fds``, all closed."""
     # Out of the way first: with fds 1 to 3 closed between calls, they arrive there.
     job_fd, *outputs = [_move_up(fd) for fd in fds]
+    door = outputs.pop() if len(outputs) > 3 else None
     for target, fd in zip((1, 2, REPORT_FD), outputs, strict=True):
         os.dup2(fd, target)
         os.close(fd)
+    _door.enter(door)
     job, program = read_job(job_fd)
     used = resource.getrusage(resource.RUSAGE_SELF)
     soft = math.ceil(used.ru_utime + used.ru_stime) + cpu_limit_seconds(job.limits)
     resource.setrlimit(resource.RLIMIT_CPU, (min(soft, cpu_hard_s), cpu_hard_s))
     data = _run(job, program, fresh_module(prepared), out_of_memory)
+    _door.leave()
     with os.fdopen(REPORT_FD, "wb") as report:
         report.write(data)
     sys.stderr.flush()
@@ -240,7 +253,7 @@ def _serve_call(
 
 def _move_up(fd: int) -> int:
     """``fd`` moved to a number above the call's four (closing ``fd``)."""
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FDS_PER_CALL * 2)
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FDS_WITH_DOOR * 2)
     os.close(fd)
     return moved
 

@@ -9,10 +9,11 @@ both ways on the socket:
   the runtime and the modules of the server's allow-list, confines itself once
   (``enter_host``), forks a probe sandbox that reports from inside what it sees, and
   answers ``ready`` {facts}, or ``failed`` {error} when the plan cannot be applied;
-- ``run`` {id, slot, allowed_imports} with the write ends of the call's stdout, stderr
-  and report pipes and a memfd holding the job attached (SCM_RIGHTS): the host forks a
-  sandbox, which confines itself, reads the job from the memfd and runs it
-  (``_child.run_job``);
+- ``run`` {id, slot, allowed_imports, door} with the write ends of the call's stdout,
+  stderr and report pipes and a memfd holding the job attached (SCM_RIGHTS), and with
+  ``door`` the sandbox's end of the call's door to the network after them
+  (``_door``): the host forks a sandbox, which confines itself, reads the job from the
+  memfd and runs it (``_child.run_job``);
 - ``spawn`` {id, slot, allowed_imports, limits, cpu_hard_s, warm_up} with one end of a socket
   pair the server made attached: the host forks a warm worker, confined exactly as a
   call's sandbox (``confine``, the rlimits, the filter), which serves calls of one
@@ -54,6 +55,7 @@ from typing import Any, NoReturn
 
 from . import _seccomp
 from ._child import (
+    DOOR_FD,
     JOB_FD,
     WARM_UP_FILENAME,
     WARM_UP_SOURCE,
@@ -80,8 +82,10 @@ from ._models import Job, Limits, decode_frames, encode_frame
 from ._modules import USER_MODULE
 
 CONTROL_FD = 3
-# A run frame carries four fds; one recvmsg never returns those of two frames.
+# A run frame carries four fds, five with a door; one recvmsg never returns those of two
+# frames.
 _FDS_PER_FRAME = 4
+_FDS_WITH_DOOR = 5
 _FDS_PER_SPAWN = 1
 _RECEIVE_BYTES = 1024 * 1024
 _CACHED_MODULES = 16
@@ -135,7 +139,7 @@ class _Channel:
 
     def receive(self) -> list[dict[str, Any]] | None:
         """The messages completed by what one read returns; None at EOF."""
-        data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_PER_FRAME)
+        data, fds, flags, _ = socket.recv_fds(self._sock, _RECEIVE_BYTES, _FDS_WITH_DOOR)
         self.fds.extend(fds)
         if flags & socket.MSG_CTRUNC:
             raise RuntimeError("a frame came with more fds than it may carry")
@@ -218,7 +222,8 @@ class _Host:
 
     def _handle(self, message: dict[str, Any]) -> None:
         if message["op"] == "run":
-            fds = tuple(self._channel.fds.popleft() for _ in range(_FDS_PER_FRAME))
+            count = _FDS_WITH_DOOR if message["door"] else _FDS_PER_FRAME
+            fds = tuple(self._channel.fds.popleft() for _ in range(count))
             self._run(message["id"], message["slot"], tuple(message["allowed_imports"]), fds)
         elif message["op"] == "spawn":
             self._spawn(message, self._channel.fds.popleft())
@@ -231,8 +236,11 @@ class _Host:
         self, call_id: int, slot: int, allowed_imports: tuple[str, ...], fds: Sequence[int]
     ) -> None:
         module = self._module(allowed_imports)
+        door = len(fds) == _FDS_WITH_DOOR
         try:
-            pid = self._fork(slot, fds, lambda: run_job(*read_job(JOB_FD), module, self._plan))
+            pid = self._fork(
+                slot, fds, lambda: run_job(*read_job(JOB_FD), module, self._plan, door=door)
+            )
         except OSError as exc:
             self._finish(slot)
             self._channel.send({"op": "exited", "id": call_id, "error": f"fork: {exc}"})
@@ -280,7 +288,10 @@ class _Host:
         return self._warm_up
 
     def _fork(self, slot: int, fds: Sequence[int], body: Callable[[], object]) -> int:
-        """Fork a sandbox with ``fds`` as its stdout, stderr, report and job; it runs ``body``."""
+        """Fork a sandbox that runs ``body``, with ``fds`` on its fds 1, 2, 3, 0 and 4.
+
+        Those are its stdout, stderr, report and job, then its door if it has one.
+        """
         workdir = self._workdir_of(slot)
         if not self._plan.namespaces:
             os.mkdir(workdir, 0o700)
@@ -304,7 +315,7 @@ class _Host:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             # 3 was the socket: the sandbox never holds it.
-            for target, fd in zip((1, 2, 3, JOB_FD), fds, strict=True):
+            for target, fd in zip((1, 2, 3, JOB_FD, DOOR_FD), fds, strict=False):
                 os.dup2(fd, target)
             confine(self._plan, workdir, slot)
             body()

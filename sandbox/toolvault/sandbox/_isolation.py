@@ -3,16 +3,16 @@
 A warm sandbox host (``_host``) confines itself once with enter_host(): new network, PID,
 mount, IPC, UTS and cgroup namespaces (inside a new user namespace when the server is
 not root), a private root (pivot_root into a read-only tmpfs holding the standard
-library, /proc, four devices and the working directory; runtime_paths() says what of the
-host it keeps) or, where that fails, a read-only view of every mount with the server's
-data hidden; its own /proc and hostname. Per call it forks with fork_sandbox(): the
-process for the call is PID 1 of a fresh PID namespace of its own, in its own session,
-and dies with the host. That
-process then calls confine(): its own mount namespace with a private tmpfs as working
-directory and a /proc that shows only itself, its own IPC namespace, an unprivileged uid
-of its own (one per concurrent call) without capabilities, and no_new_privs;
-set_limits() then sets the rlimits and closes inherited fds, and seal() installs the
-system-call filter (``_seccomp``) as the very last step before user code.
+library, /proc, four devices, the CA bundle and the working directory; runtime_paths()
+and trust_store() say what of the host it keeps) or, where that fails, a read-only view
+of every mount with the server's data hidden; its own /proc and hostname. Per call it
+forks with fork_sandbox(): the process for the call is PID 1 of a fresh PID namespace of
+its own, in its own session, and dies with the host. That process then calls confine():
+its own mount namespace with a private tmpfs as working directory and a /proc that shows
+only itself, its own IPC namespace, an unprivileged uid of its own (one per concurrent
+call) without capabilities, and no_new_privs; set_limits() then sets the rlimits and
+closes inherited fds, and seal() installs the system-call filter (``_seccomp``) as the
+very last step before user code.
 
 The first process in a new PID namespace is its init: signals it has no handler for are
 ignored when sent from inside, and its death kills everything in the namespace. So
@@ -282,15 +282,17 @@ def seal(plan: Plan) -> None:
         _seccomp.install(filter_)
 
 
-def set_limits(limits: Limits, *, cpu_hard_s: int | None = None) -> None:
-    """Close every fd above the four pipes and set the rlimits; then only seal() is left.
+def set_limits(limits: Limits, *, cpu_hard_s: int | None = None, kept_fds: int = 4) -> None:
+    """Close every fd above the pipes and set the rlimits; then only seal() is left.
 
     Args:
         limits: The call's limits.
         cpu_hard_s: The hard CPU limit of a warm worker, which serves many calls and
             lowers its soft limit per call; by default one second above the call's.
+        kept_fds: The fds below this number stay open: the four pipes, and a call's
+            door to the network after them when it has one.
     """
-    os.closerange(4, os.sysconf("SC_OPEN_MAX"))
+    os.closerange(kept_fds, os.sysconf("SC_OPEN_MAX"))
     cpu_seconds = cpu_limit_seconds(limits)
     for limit, soft, hard in (
         (resource.RLIMIT_AS, limits.memory_mb * _MIB, limits.memory_mb * _MIB),
@@ -402,6 +404,19 @@ def runtime_paths() -> tuple[list[str], list[str]]:
     return kept, covered
 
 
+def trust_store() -> list[tuple[str, str]]:
+    """The CA bundle a private root holds, for TLS through a call's door: (source, path).
+
+    OpenSSL's default file, bound where OpenSSL looks for it; empty when there is none.
+    Public certificates, read-only: nothing of the host's.
+    """
+    import _ssl  # the C module alone: ssl itself imports far more
+
+    path = _ssl.get_default_verify_paths()[1]
+    real = os.path.realpath(path)
+    return [(real, path)] if os.path.isfile(real) else []
+
+
 def _pivot_to_a_private_root(mount_point: str) -> None:
     """Make a tmpfs on ``mount_point`` this mount namespace's root, and drop the old one.
 
@@ -418,6 +433,10 @@ def _pivot_to_a_private_root(mount_point: str) -> None:
         _mount(path, mount_point + path, None, _MS_BIND | _MS_REC)
     for path in covered:
         _mount("tmpfs", mount_point + path, "tmpfs", sealed | _MS_RDONLY, _EMPTY)
+    for source, path in trust_store():
+        os.makedirs(os.path.dirname(mount_point + path), exist_ok=True)
+        os.close(os.open(mount_point + path, os.O_CREAT | os.O_WRONLY, 0o644))
+        _mount(source, mount_point + path, None, _MS_BIND)
     os.mkdir(f"{mount_point}/dev", 0o755)
     for device in _DEVICES:
         target = f"{mount_point}/dev/{device}"
@@ -605,13 +624,14 @@ def layers(
     ]
     if plan.user_namespace:
         found.append(("user-namespace", "user" in new, "maps only the server's uid, to root"))
-    private = plan.private_root and facts["root_files"] == [f"/dev/{d}" for d in sorted(_DEVICES)]
+    expected = sorted([f"/dev/{d}" for d in _DEVICES] + [path for _, path in trust_store()])
+    private = plan.private_root and facts["root_files"] == expected
     found.append(
         (
             "private-root",
             private,
             "a root of its own: the standard library read-only (no third-party packages), "
-            "the working directory, its own /proc and /dev/"
+            "the working directory, the system's CA certificates, its own /proc and /dev/"
             + ", ".join(sorted(_DEVICES))
             + "; no other file or socket of the host"
             if private

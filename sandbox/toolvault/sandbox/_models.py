@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._door import EgressRecord
+
 DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "json",
     "math",
@@ -109,6 +111,7 @@ class RunResult:
         peak_memory_bytes: The sandbox process's peak resident set size.
         warm: Whether it ran in a warm worker (else in a process of its own: forked
             for it, or a spare).
+        egress: The requests it made through its door to the network, in order.
     """
 
     status: RunStatus
@@ -122,6 +125,7 @@ class RunResult:
     cpu_time_ms: float
     peak_memory_bytes: int
     warm: bool = False
+    egress: tuple[EgressRecord, ...] = ()
 
 
 # The sandbox process writes its report to this fd.

@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._child import CALL_DONE, WARM_UP_FILENAME, WARM_UP_SOURCE, Program, compile_job, encode_job
+from ._door import Door, Egress
 from ._isolation import Isolation, Plan, candidates, layers, namespace_ids
 from ._models import (
     CPU_LIMIT_EXIT,
@@ -242,7 +243,9 @@ class SandboxHost:
         """How many spares are ready for a call without a worker key (for tests and metrics)."""
         return len(self._ready)
 
-    async def run(self, job: Job, *, worker_key: str | None = None) -> RunResult:
+    async def run(
+        self, job: Job, *, worker_key: str | None = None, egress: Egress | None = None
+    ) -> RunResult:
         """Run ``job`` in a sandbox under its limits; say what happened.
 
         A failing function is a result, not an exception; so is a host that died or
@@ -255,6 +258,8 @@ class SandboxHost:
                 Otherwise the call runs in a warm worker that serves only calls with
                 this key (and the same allowed imports and limits): one function
                 version of one namespace, say. Opaque here.
+            egress: What the call may reach through a door of its own (``_door``);
+                None: nothing.
 
         Raises:
             asyncio.CancelledError: When the awaiting task is cancelled, after the
@@ -277,14 +282,19 @@ class SandboxHost:
             slot = self._take_slot()
         else:
             slot = worker.slot
-        call = _Call(job, program, next(self._ids), slot, process, worker)
+        door = None if egress is None else Door(egress)
+        call = _Call(job, program, next(self._ids), slot, process, worker, door)
         ok = False
         try:
             result = await call.run()
             ok = result.status is RunStatus.OK and call.clean
+            if door is not None:
+                result = dataclasses.replace(result, egress=door.close())
             return result
         finally:
             call.close()
+            if door is not None:
+                door.close()
             if worker is None:
                 self._busy_slots.discard(slot)
             elif worker_key is None:
@@ -787,6 +797,7 @@ class _Process:
             "id": call.id,
             "slot": call.slot,
             "allowed_imports": call.job.allowed_imports,
+            "door": call.door is not None,
         }
         self.send(message, fds)
 
@@ -1243,6 +1254,7 @@ class _Call:
         slot: int,
         process: _Process,
         worker: _Worker | None = None,
+        door: Door | None = None,
     ) -> None:
         self.job = job
         self._program = program
@@ -1250,6 +1262,7 @@ class _Call:
         self.slot = slot
         self._process = process
         self.worker = worker
+        self.door = door
         # The id the host knows the sandbox by.
         self.target = call_id if worker is None else worker.id
         # The worker said it finished the call (and whether its working directory is
@@ -1314,7 +1327,10 @@ class _Call:
         return self.finished and self.clean and self._verdict is None
 
     def give_away(self) -> list[int]:
-        """Make the pipes and the job's memfd, start the clock; return what the host gets."""
+        """Make the pipes and the job's memfd, start the clock; return what the host gets.
+
+        That is the pipes' write ends and the memfd, then the sandbox's end of the door.
+        """
         for pipe in self._pipes:
             pipe.fd, write_end = os.pipe()
             self._write_ends.append(write_end)
@@ -1327,6 +1343,8 @@ class _Call:
         while data:
             data = data[os.write(job, data) :]
         os.lseek(job, 0, os.SEEK_SET)
+        if self.door is not None:
+            self._write_ends.append(self.door.give_away())
         self._start_clock()
         write_ends, self._write_ends = self._write_ends, []
         return write_ends
@@ -1342,13 +1360,13 @@ class _Call:
         )
 
     def send_to_worker(self, fds: list[int]) -> None:
-        """Send the job's memfd and the call's pipes to the worker (closed here)."""
+        """Send the job's memfd, the call's pipes and its door to the worker (closed here)."""
         worker = self.worker
         assert worker is not None
-        stdout, stderr, report, job = fds
+        stdout, stderr, report, job, *door = fds
         worker.pause(False)
         try:
-            socket.send_fds(worker.sock, [b"r"], [job, stdout, stderr, report])
+            socket.send_fds(worker.sock, [b"r"], [job, stdout, stderr, report, *door])
         except OSError:
             pass  # the worker is gone: the host's exited frame says how
         finally:

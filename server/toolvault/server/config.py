@@ -11,7 +11,7 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS
+from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS, EgressError, EgressRule, parse_rules
 from toolvault.server.domain.names import NAMESPACE, NAMESPACE_RULE
 
 MiB = 1024 * 1024
@@ -96,9 +96,34 @@ class Settings(BaseSettings):
     require_isolation: Annotated[tuple[str, ...], NoDecode] = Field(
         (), description="sandbox layers (toolvault doctor's names, or all) needed to start"
     )
+    egress: Literal["off", "allowlist"] = Field(
+        "off",
+        description="off: no call reaches the network; allowlist: a call reaches the hosts "
+        "its version declares, within its namespace's list (egress_namespaces)",
+    )
+    egress_namespaces: dict[str, tuple[str, ...]] = Field(
+        {},
+        description="JSON, namespace to the hosts its versions may declare, e.g. "
+        '{"default": ["api.example.com:443", "*.example.org"]}',
+    )
+    egress_allow_private: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="addresses or networks (CIDR) a door may reach although they are not "
+        "public, e.g. a service on the LAN; by default none",
+    )
+    egress_max_requests: int = Field(16, ge=1, le=10_000, description="connections per call")
+    egress_max_bytes: int = Field(8 * MiB, ge=1024, description="per call, sent and received each")
+    egress_request_timeout_ms: int = Field(
+        10_000, ge=100, description="from a request to the end of its connection"
+    )
 
     @field_validator(
-        "allowed_imports", "plugins", "require_isolation", "fresh_namespaces", mode="before"
+        "allowed_imports",
+        "plugins",
+        "require_isolation",
+        "fresh_namespaces",
+        "egress_allow_private",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
@@ -114,6 +139,37 @@ class Settings(BaseSettings):
             if not NAMESPACE.fullmatch(name):
                 raise ValueError(f"{name!r} is not a namespace: use {NAMESPACE_RULE}")
         return value
+
+    @field_validator("egress_namespaces")
+    @classmethod
+    def _check_egress_namespaces(
+        cls, value: dict[str, tuple[str, ...]]
+    ) -> dict[str, tuple[str, ...]]:
+        normal = {}
+        for name, entries in value.items():
+            if not NAMESPACE.fullmatch(name):
+                raise ValueError(f"{name!r} is not a namespace: use {NAMESPACE_RULE}")
+            try:
+                normal[name] = tuple(str(rule) for rule in parse_rules(entries))
+            except EgressError as exc:
+                raise ValueError(f"namespace {name!r}: {exc}") from None
+        return normal
+
+    @field_validator("egress_allow_private")
+    @classmethod
+    def _check_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for network in value:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network") from None
+        return value
+
+    def egress_ceiling(self, namespace: str) -> tuple[EgressRule, ...]:
+        """What the versions of ``namespace`` may reach at most; nothing with egress off."""
+        if self.egress == "off":
+            return ()
+        return parse_rules(self.egress_namespaces.get(namespace, ()))
 
     @field_validator("secrets_key")
     @classmethod

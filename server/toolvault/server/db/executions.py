@@ -6,13 +6,16 @@ commits. ``history_row`` decides what the history keeps of a run.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
 from sqlalchemy import Connection, select
 from sqlalchemy.orm import Session
 
+from toolvault.sandbox import EgressRecord
 from toolvault.server.db.tables import Execution
 from toolvault.server.domain.executions import (
     CallContext,
@@ -115,6 +118,7 @@ def history_row(info: ExecutionInfo) -> dict[str, Any]:
         "cached_from": info.cached_from,
         "trace_id": info.trace_id,
         "isolation": "" if info.isolation is None else info.isolation.value,
+        "egress": json.dumps([dataclasses.asdict(record) for record in info.egress]),
     }
 
 
@@ -149,6 +153,7 @@ def _execution_info(row: Execution) -> ExecutionInfo:
         cached_from=row.cached_from,
         trace_id=row.trace_id,
         isolation=Isolation(row.isolation) if row.isolation else None,
+        egress=tuple(EgressRecord(**fields) for fields in json.loads(row.egress)),
     )
 
 

@@ -118,6 +118,7 @@ class FunctionVersion(Base):
     max_concurrency: Mapped[int] = mapped_column(Integer, server_default="0")
     deterministic: Mapped[bool] = mapped_column(server_default=false())
     isolation: Mapped[str] = mapped_column(String(8), server_default="warm")  # warm or fresh
+    egress: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON list of rules, sorted
     secrets: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON list of names, sorted
 
     function: Mapped[Function] = relationship(back_populates="versions")
@@ -185,6 +186,8 @@ class Execution(Base):
     trace_id: Mapped[str] = mapped_column(String(32), server_default="")
     # "warm" or "fresh", how its sandbox ran; "" when none ran.
     isolation: Mapped[str] = mapped_column(String(8), server_default="")
+    # JSON list of its egress requests (sandbox.EgressRecord's fields), in order.
+    egress: Mapped[str] = mapped_column(Text, server_default="[]")
 
 
 class Agent(Base):

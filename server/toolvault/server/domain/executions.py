@@ -7,6 +7,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 
+from toolvault.sandbox import EgressRecord
 from toolvault.server.domain.functions import Isolation
 
 
@@ -70,6 +71,8 @@ class ExecutionInfo:
     trace_id: str = ""
     # How its sandbox ran: in a warm worker or a process of its own; None when none ran.
     isolation: Isolation | None = None
+    # The requests it made through its door to the network, in order.
+    egress: tuple[EgressRecord, ...] = ()
 
 
 @dataclass(frozen=True)

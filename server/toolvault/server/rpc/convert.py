@@ -97,6 +97,7 @@ def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.Function
         create_time=timestamp(info.created_at),
         deterministic=content.deterministic,
         isolation=execution_pb2.Isolation.Value(_ISOLATION_PREFIX + content.isolation.name),
+        egress=content.egress,
         secrets=content.secrets,
     )
 
@@ -150,6 +151,7 @@ def execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
             if info.isolation is None
             else execution_pb2.Isolation.Value(_ISOLATION_PREFIX + info.isolation.name)
         ),
+        egress=[execution_pb2.EgressRequest(**vars(record)) for record in info.egress],
     )
 
 
@@ -238,6 +240,7 @@ def tool_pb(tool: ToolInfo) -> agent_pb2.ToolSpec:
         ref=tool.ref,
         version=tool.version.version,
         sha256=tool.version.sha256,
+        open_world=bool(tool.version.content.egress),
     )
 
 

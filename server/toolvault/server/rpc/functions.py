@@ -52,6 +52,7 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
             max_concurrency=request.limits.max_concurrency,
             deterministic=request.deterministic,
             isolation=convert.isolation(request.isolation),
+            egress=tuple(request.egress),
             secrets=tuple(request.secrets),
         )
         version, created = await asyncio.to_thread(

@@ -25,20 +25,34 @@ from dataclasses import dataclass
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from toolvault.sandbox import Limits, check_source
+from toolvault.sandbox import EGRESS_IMPORTS, EgressError, Limits, check_source, parse_rules
 from toolvault.server.config import Settings
 from toolvault.server.db import audit, functions
 from toolvault.server.db.engine import Database
 from toolvault.server.db.tables import Function
 from toolvault.server.domain.audit import Actor
-from toolvault.server.domain.errors import InvalidArgument, NotFound, not_found
+from toolvault.server.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    not_found,
+)
 from toolvault.server.domain.functions import (
     FunctionInfo,
     Isolation,
     VersionContent,
     VersionInfo,
 )
-from toolvault.server.domain.names import ALIAS, EVERYWHERE, LATEST, Scope, check_name, parse_ref
+from toolvault.server.domain.names import (
+    ALIAS,
+    EVERYWHERE,
+    LATEST,
+    Scope,
+    check_name,
+    namespace_of,
+    parse_ref,
+)
 from toolvault.server.domain.paging import decode_token, encode_token, page_size
 from toolvault.server.domain.schemas import checked_schema
 from toolvault.server.domain.secrets import checked_declarations
@@ -50,6 +64,7 @@ _PUBLISH_ATTEMPTS = 3
 _MAX_REPORTED_ISSUES = 20
 # Far above any useful setting; it only keeps the counter's bound meaningful.
 MAX_CONCURRENCY = 100_000
+MAX_EGRESS_ENTRIES = 64
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class PublishRequest:
     max_concurrency: int = 0
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
+    egress: tuple[str, ...] = ()
     secrets: tuple[str, ...] = ()
 
 
@@ -294,12 +310,15 @@ class FunctionStore:
             raise InvalidArgument(
                 f"source is {size} bytes, more than the limit of {settings.max_source_bytes}"
             )
-        allowed = tuple(sorted(set(request.allowed_imports or settings.allowed_imports)))
-        refused = [m for m in allowed if m not in settings.allowed_imports]
+        egress = self._checked_egress(request.egress, namespace_of(request.name))
+        # A version that reaches the network may import the stdlib's clients too.
+        permitted = settings.allowed_imports + (EGRESS_IMPORTS if egress else ())
+        allowed = tuple(sorted(set(request.allowed_imports or permitted)))
+        refused = [m for m in allowed if m not in permitted]
         if refused:
             raise InvalidArgument(
                 f"allowed_imports {refused} are not on the server's allow-list "
-                f"({', '.join(sorted(settings.allowed_imports))})"
+                f"({', '.join(sorted(permitted))})"
             )
         entrypoint = request.entrypoint or "main"
         declared = checked_declarations(request.secrets)
@@ -333,8 +352,34 @@ class FunctionStore:
             max_concurrency=_max_concurrency(request.max_concurrency),
             deterministic=request.deterministic,
             isolation=request.isolation,
+            egress=egress,
             secrets=declared,
         )
+
+    def _checked_egress(self, entries: tuple[str, ...], namespace: str) -> tuple[str, ...]:
+        """The normalized egress entries of a version of ``namespace``, within its ceiling."""
+        if len(entries) > MAX_EGRESS_ENTRIES:
+            raise InvalidArgument(
+                f"egress has {len(entries)} entries, more than the limit of {MAX_EGRESS_ENTRIES}"
+            )
+        try:
+            rules = parse_rules(entries)
+        except EgressError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if rules and self._settings.egress == "off":
+            raise FailedPrecondition(
+                "egress is off on this server (TOOLVAULT_EGRESS=off): a version cannot "
+                "declare hosts to reach"
+            )
+        ceiling = self._settings.egress_ceiling(namespace)
+        for rule in rules:
+            if not any(allowed.covers(rule) for allowed in ceiling):
+                listed = ", ".join(str(allowed) for allowed in ceiling) or "nothing"
+                raise PermissionDenied(
+                    f"egress to {rule} is beyond what namespace {namespace!r} may reach "
+                    f"(TOOLVAULT_EGRESS_NAMESPACES allows it {listed})"
+                )
+        return tuple(sorted(str(rule) for rule in rules))
 
 
 def _limit(value: int, field: str, settings: Settings, minimum: int) -> int:

@@ -23,6 +23,8 @@ the RPC's span; the execution keeps the trace id.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
 import time
@@ -111,7 +113,8 @@ class Invocations:
         # Started by start_sandbox (or the first run), and again whenever it dies.
         if sandbox_host is None:
             sandbox_host = sandbox.SandboxHost(
-                preload=settings.allowed_imports,
+                preload=settings.allowed_imports
+                + (sandbox.EGRESS_PRELOAD if settings.egress != "off" else ()),
                 hidden_paths=(str(settings.data_dir),),
                 max_workers=settings.warm_workers,
                 max_workers_per_key=settings.warm_workers_per_version,
@@ -121,6 +124,9 @@ class Invocations:
                 spares=settings.fresh_spares,
             )
         self._sandbox = sandbox_host
+        self._private = tuple(
+            ipaddress.ip_network(network, strict=False) for network in settings.egress_allow_private
+        )
 
     async def invoke(
         self, ref: str, args_json: str, context: CallContext, *, idempotency_key: str = ""
@@ -262,7 +268,7 @@ class Invocations:
         started = time.monotonic()
         try:
             with self._admission.function_slot(version):
-                result = await self._run(job, self._worker_key(version))
+                result = await self._run(job, self._worker_key(version), self._egress(version))
         except asyncio.CancelledError:
             cancelled = redactor.execution(
                 replace(info, duration_ms=(time.monotonic() - started) * 1000)
@@ -283,7 +289,9 @@ class Invocations:
             cpu_time_ms=result.cpu_time_ms,
             peak_memory_bytes=result.peak_memory_bytes,
             isolation=Isolation.WARM if result.warm else Isolation.FRESH,
+            egress=result.egress,
         )
+        _count_egress(info)
         if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
             found = problems(content.output_schema, json.loads(result.result_json))
             if found:
@@ -322,16 +330,19 @@ class Invocations:
             cached_from=hit.id,
             trace_id=trace_id(trace.get_current_span()),
             isolation=None,
+            egress=(),  # no sandbox ran: nothing reached the network for it
         )
         await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         return info
 
-    async def _run(self, job: sandbox.Job, worker_key: str | None) -> sandbox.RunResult:
+    async def _run(
+        self, job: sandbox.Job, worker_key: str | None, egress: sandbox.Egress | None
+    ) -> sandbox.RunResult:
         await self._admission.acquire()
         try:
             with self._tracer.start_as_current_span("sandbox"):
-                return await self._sandbox.run(job, worker_key=worker_key)
+                return await self._sandbox.run(job, worker_key=worker_key, egress=egress)
         finally:
             self._admission.release()
 
@@ -360,6 +371,27 @@ class Invocations:
             return None
         stored = version.created_at.isoformat()
         return f"{version.name}@{version.version}#{version.sha256}#{stored}"
+
+    def _egress(self, version: VersionInfo) -> sandbox.Egress | None:
+        """What a call of ``version`` may reach: its list, within its namespace's today.
+
+        The namespace's list (and the server's egress setting) may have narrowed since
+        the version was published; a version that declares egress gets a door even when
+        nothing is left, so that its requests are refused and recorded, not lost.
+        """
+        if not version.content.egress:
+            return None
+        settings = self._settings
+        return sandbox.Egress(
+            rules=_rules_within(
+                version.content.egress, settings.egress_ceiling(namespace_of(version.name))
+            ),
+            private=self._private,
+            max_requests=settings.egress_max_requests,
+            max_bytes_sent=settings.egress_max_bytes,
+            max_bytes_received=settings.egress_max_bytes,
+            request_timeout_ms=settings.egress_request_timeout_ms,
+        )
 
     async def start_sandbox(self) -> tuple[sandbox.Layer, ...]:
         """Start the sandbox host; return the layers its probe sandbox found in effect."""
@@ -392,6 +424,25 @@ class Invocations:
             await self._writer.write(history_row(info), info.id, idempotency_key)
         if self._plugins.implemented("after_invoke"):
             await asyncio.to_thread(self._plugins.after_invoke, info)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rules_within(
+    entries: tuple[str, ...], ceiling: tuple[sandbox.EgressRule, ...]
+) -> tuple[sandbox.EgressRule, ...]:
+    return tuple(
+        rule
+        for rule in sandbox.parse_rules(entries)
+        if any(allowed.covers(rule) for allowed in ceiling)
+    )
+
+
+def _count_egress(info: ExecutionInfo) -> None:
+    for record in info.egress:
+        outcome = "refused" if record.refused else "failed" if not record.address else "ok"
+        metrics.EGRESS_REQUESTS.labels(info.function_name, outcome).inc()
+        metrics.EGRESS_BYTES.labels(info.function_name, "sent").inc(record.bytes_sent)
+        metrics.EGRESS_BYTES.labels(info.function_name, "received").inc(record.bytes_received)
 
 
 def _output_bytes(info: ExecutionInfo) -> int:

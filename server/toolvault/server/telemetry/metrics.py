@@ -56,6 +56,19 @@ SANDBOX_LAYERS = Gauge(
     ["layer"],
     registry=REGISTRY,
 )
+EGRESS_REQUESTS = Counter(
+    "toolvault_egress_requests",
+    "Connections runs asked their door to the network for, by function and outcome "
+    "(ok, refused by the door, failed by the host or the network).",
+    ["function", "outcome"],
+    registry=REGISTRY,
+)
+EGRESS_BYTES = Counter(
+    "toolvault_egress_bytes",
+    "Bytes carried through the doors to the network, by function and direction.",
+    ["function", "direction"],
+    registry=REGISTRY,
+)
 PLUGIN_ERRORS = Counter(
     "toolvault_plugin_errors",
     "Plugin hook implementations that raised, by plugin and hook.",
