@@ -71,6 +71,12 @@ def attempt(action):
 """
 
 
+def root_entries() -> list[str]:
+    """What a private root's top directory holds, sorted."""
+    kept = [*runtime_paths()[0], *(path for _, path in trust_store())]
+    return sorted({"dev", "proc", PRIVATE_WORKDIR.strip("/"), *(p.split("/")[1] for p in kept)})
+
+
 @dataclass
 class Host:
     """The unrestricted sandbox host, the secrets planted around it and the listeners."""
@@ -233,13 +239,7 @@ def main(secret, paths):
     assert found["found"] == []
     kept, _ = runtime_paths()
     certificates = [path for _, path in trust_store()]
-    expected_top = {
-        "dev",
-        "proc",
-        PRIVATE_WORKDIR.strip("/"),
-        *(p.split("/")[1] for p in [*kept, *certificates]),
-    }
-    assert set(found["top"]) == expected_top
+    assert found["top"] == root_entries()
     assert {p for p in found["files"] if not any(p.startswith(k + "/") for k in kept)} == {
         "/dev/null",
         "/dev/zero",
