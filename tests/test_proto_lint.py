@@ -92,9 +92,18 @@ def test_every_file_names_its_go_package() -> None:
         function_pb2,
         history_pb2,
         invocation_pb2,
+        secret_pb2,
     )
 
-    modules = [access_pb2, agent_pb2, execution_pb2, function_pb2, history_pb2, invocation_pb2]
+    modules = [
+        access_pb2,
+        agent_pb2,
+        execution_pb2,
+        function_pb2,
+        history_pb2,
+        invocation_pb2,
+        secret_pb2,
+    ]
     assert len(modules) == len(list((ROOT / "proto" / "toolvault" / "v1").glob("*.proto")))
     packages = {module.DESCRIPTOR.GetOptions().go_package for module in modules}
     assert packages == {"github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1"}

@@ -437,19 +437,40 @@ def main(allowed, port4, port6, unix_path):
     assert "not a JSON object" in records[6]["reason"]
 
 
-def test_cant_find_another_calls_source_or_arguments_in_its_memory(host: Host) -> None:
-    in_source, in_arguments = (f"{SECRET}-{part}" for part in ("source", "args"))
+def test_cant_find_another_calls_source_arguments_or_secrets_in_its_memory(host: Host) -> None:
+    in_source, in_arguments, in_secrets = (
+        f"{SECRET}-{part}" for part in ("source", "args", "secrets")
+    )
+    # The values of its declared secrets travel in its job, as the server sends them.
+    declared = {"API_KEY": in_secrets}
     own = f"tv-own-{secrets.token_hex(8)}"  # no secret: the hunter reports finding it
     victim = f"def main(token):\n    kept = {in_source!r}\n    return len(token) + len(kept)\n"
     # A call that ran before, with another name, as another function of another namespace.
-    (done,) = host.run({"source": victim, "args": {"token": in_arguments}, "filename": "victim@1"})
+    (done,) = host.run(
+        {
+            "source": victim,
+            "args": {"token": in_arguments},
+            "filename": "victim@1",
+            "secrets": declared,
+        }
+    )
     assert done["status"] == "ok", done
 
-    markers = {"source": hidden(in_source), "arguments": hidden(in_arguments), "own": hidden(own)}
+    markers = {
+        "source": hidden(in_source),
+        "arguments": hidden(in_arguments),
+        "secrets": hidden(in_secrets),
+        "own": hidden(own),
+    }
     hunter = {"source": MEMORY_SCAN + f"MINE = {own!r}\n", "args": {"markers": markers}}
     # One victim running alongside, holding its secrets while the hunter searches.
     slow = victim.replace("return", "import time; time.sleep(1.5); return")
-    running = {"source": slow, "args": {"token": in_arguments}, "filename": "victim@2"}
+    running = {
+        "source": slow,
+        "args": {"token": in_arguments},
+        "filename": "victim@2",
+        "secrets": declared,
+    }
     for outcome in host.run(hunter, running) + host.run(hunter):
         assert outcome["status"] == "ok", (outcome["error_type"], outcome["error_message"])
         if "through_proc" not in outcome["result_json"]:

@@ -44,6 +44,7 @@ def _job(fields: dict[str, Any]) -> Job:
         tuple(fields.get("allowed_imports", ())),
         limits,
         filename=fields.get("filename", "attack@1"),
+        secrets=fields.get("secrets", {}),
     )
 
 

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 from tests.conftest import ServerProcess
 from toolvault.client import Client
@@ -32,8 +33,13 @@ def functions(database: Database, settings: Settings) -> FunctionStore:
 
 @pytest.fixture
 def auth_server(db_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
-    """A started server with ``--auth required`` on each database backend."""
-    server = ServerProcess(db=db_url, data_dir=tmp_path / "data", extra_args=["--auth", "required"])
+    """A started server with ``--auth required`` (and a secrets key) on each database backend."""
+    server = ServerProcess(
+        db=db_url,
+        data_dir=tmp_path / "data",
+        extra_args=["--auth", "required"],
+        env={"TOOLVAULT_SECRETS_KEY": Fernet.generate_key().decode()},
+    )
     server.start()
     yield server
     server.stop()

@@ -22,12 +22,19 @@ from grpc_reflection.v1alpha import reflection_pb2
 from tests.conftest import BOOTSTRAP, ServerProcess
 from toolvault.client import AgentSpec, Client, NotFound, PermissionDenied, Unauthenticated
 from toolvault.client.errors import ResourceExhausted
-from toolvault.v1 import access_pb2, agent_pb2, function_pb2, history_pb2, invocation_pb2
+from toolvault.v1 import (
+    access_pb2,
+    agent_pb2,
+    function_pb2,
+    history_pb2,
+    invocation_pb2,
+    secret_pb2,
+)
 
 ECHO = "def main(x: int) -> int:\n    return x\n"
 METHODS: list[MethodDescriptor] = [
     method
-    for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2, access_pb2)
+    for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2, access_pb2, secret_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
     for method in service.methods
 ]
@@ -47,6 +54,7 @@ READ = {
     "ListAgentTools",
     "CallTool",
     "RouteTask",
+    "ListSecrets",
 }
 WRITE = {
     "PublishFunction",
@@ -57,6 +65,8 @@ WRITE = {
     "UpdateAgent",
     "DeleteAgent",
     "ListAuditEvents",
+    "SetSecret",
+    "DeleteSecret",
 }
 KEYS = {"CreateKey", "ListKeys", "RevokeKey"}
 ALLOWED = {
@@ -145,6 +155,9 @@ def matrix_requests(echo_execution: str) -> dict[str, Any]:
         "ListKeys": access_pb2.ListKeysRequest(),
         "RevokeKey": access_pb2.RevokeKeyRequest(prefix="tvk_000000000000"),
         "ListAuditEvents": access_pb2.ListAuditEventsRequest(),
+        "SetSecret": secret_pb2.SetSecretRequest(name="team/API_KEY", value="k-1234"),
+        "ListSecrets": secret_pb2.ListSecretsRequest(),
+        "DeleteSecret": secret_pb2.DeleteSecretRequest(name="team/NO_SUCH_KEY"),
     }
 
 

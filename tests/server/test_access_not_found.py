@@ -1,9 +1,9 @@
 """Every lookup answers an object of another namespace as it answers one that does not exist.
 
-A publisher key of namespace red asks for blue's function, agent and run, for names that
-exist nowhere in blue, and for names that exist nowhere in red: each RPC that looks
-something up by name or id must give the three the same status and the same message (the
-name aside), so that a key learns nothing of what other namespaces hold.
+A publisher key of namespace red asks for blue's function, agent, secret and run, for
+names that exist nowhere in blue, and for names that exist nowhere in red: each RPC that
+looks something up by name or id must give the three the same status and the same
+message (the name aside), so that a key learns nothing of what other namespaces hold.
 """
 
 from __future__ import annotations
@@ -19,15 +19,17 @@ from tests.conftest import ServerProcess
 from tests.server.test_access import ECHO, METHODS, call
 from toolvault.client import AgentSpec, Client
 from toolvault.server.rpc.auth import RULES
-from toolvault.v1 import agent_pb2, function_pb2, history_pb2, invocation_pb2
+from toolvault.v1 import agent_pb2, function_pb2, history_pb2, invocation_pb2, secret_pb2
 
 FUNCTIONS = ("blue/secret", "blue/nothing", "red/nothing")
 AGENTS = ("blue/bot", "blue/nobody", "red/nobody")
+SECRETS = ("blue/API_KEY", "blue/NO_KEY", "red/NO_KEY")
 # A function with no runs in the window has statistics of zeros whether it exists or
 # not, and a create or update in another namespace is refused as such whether its name
 # exists there or not: for these, only the two names in blue must answer alike.
 ELSEWHERE_FUNCTIONS = FUNCTIONS[:2]
 ELSEWHERE_AGENTS = AGENTS[:2]
+ELSEWHERE_SECRETS = SECRETS[:2]
 
 Request = Callable[[str], Any]
 LOOKUPS: dict[str, list[tuple[Request, tuple[str, ...]]]] = {
@@ -79,13 +81,20 @@ LOOKUPS: dict[str, list[tuple[Request, tuple[str, ...]]]] = {
         ),
         (lambda name: agent_pb2.RouteTaskRequest(capability="c", calling_agent=name), AGENTS),
     ],
+    "SetSecret": [
+        (lambda name: secret_pb2.SetSecretRequest(name=name, value="v-1234"), ELSEWHERE_SECRETS)
+    ],
+    "DeleteSecret": [(lambda name: secret_pb2.DeleteSecretRequest(name=name), SECRETS)],
 }
+# Creates and updates in another namespace are refused as such.
+REFUSED_AS_ELSEWHERE = {"UpdateAgent", "SetSecret"}
 
 
 @pytest.fixture
 def red_key(admin: Client) -> str:
-    """A publisher key of namespace red; blue has a function with an alias, an agent, a run."""
+    """A publisher key of namespace red; blue has a function (alias, run), agent and secret."""
     admin.publish("blue/secret", ECHO)
+    admin.set_secret("blue/API_KEY", "blue-value")
     admin.set_alias("blue/secret", "prod", 1)
     admin.create_agent(AgentSpec(name="blue/bot", tools=("blue/secret",), capabilities=("c",)))
     admin.invoke("blue/secret", {"x": 7})
@@ -118,7 +127,7 @@ def test_another_namespaces_objects_answer_as_objects_that_exist_nowhere(
                 answers = {answer(channel, method, request(n), red_key, n) for n in names}
                 assert len(answers) == 1, (method, answers)
                 (only,) = answers
-                expected = "PERMISSION_DENIED" if method == "UpdateAgent" else "NOT_FOUND"
+                expected = "PERMISSION_DENIED" if method in REFUSED_AS_ELSEWHERE else "NOT_FOUND"
                 assert only.startswith(expected + ": "), (method, only)
         (blue_run,) = admin.history()
         answers = {
@@ -129,3 +138,4 @@ def test_another_namespaces_objects_answer_as_objects_that_exist_nowhere(
     # Nothing of blue's changed.
     assert admin.function("blue/secret").aliases == {"prod": 1}
     assert [a.spec.name for a in admin.agents()] == ["blue/bot"]
+    assert [s.name for s in admin.list_secrets()] == ["blue/API_KEY"]

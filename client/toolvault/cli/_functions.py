@@ -58,6 +58,14 @@ def add_commands(commands: Commands) -> None:
         help="a host its calls may reach, e.g. api.example.com:443 or *.example.org "
         "(ports 80 and 443); repeatable; within what the server allows the namespace",
     )
+    cmd.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a secret of the namespace the code reads as `from toolvault import secrets` "
+        "(repeatable; see `toolvault secrets set`)",
+    )
     cmd.set_defaults(call=_publish)
 
     cmd = commands.add_parser("invoke", help="run a function; exit 1 if it fails")
@@ -114,6 +122,7 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
         deterministic=args.deterministic,
         isolation=args.isolation,
         egress=args.egress,
+        secrets=args.secret,
     )
     if args.json:
         print_json(version)

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from toolvault.cli import _access, _agents, _functions, _runs, _server
+from toolvault.cli import _access, _agents, _functions, _runs, _secrets, _server
 from toolvault.cli._input import BadCommandLine, Parser, UsageError, positive_int, tls
 from toolvault.client import (
     DEFAULT_MAX_ARGS_BYTES,
@@ -173,6 +173,7 @@ def _parser() -> argparse.ArgumentParser:
     _runs.add_commands(commands)
     _agents.add_commands(commands)
     _access.add_commands(commands)
+    _secrets.add_commands(commands)
     _server.add_mcp_command(commands)
     _accept_json_after(parser)
     return parser

@@ -1,9 +1,9 @@
-"""The commands that run something here: serve, db upgrade, doctor, health, mcp.
+"""The commands that run something here: serve, db upgrade, doctor, health, mcp, secrets rotate.
 
-`serve`, `db upgrade` and `doctor` hand over to `toolvault.server.cli` (the `server` extra),
-and `mcp` to `toolvault.agent.mcp` (the `mcp` extra). Each is imported inside its command
-only: the client must work without the extras, whose dependencies (SQLAlchemy,
-RestrictedPython, the `mcp` package...) it does not need.
+`serve`, `db upgrade`, `doctor` and `secrets rotate` hand over to `toolvault.server.cli`
+(the `server` extra), and `mcp` to `toolvault.agent.mcp` (the `mcp` extra). Each is
+imported inside its command only: the client must work without the extras, whose
+dependencies (SQLAlchemy, RestrictedPython, the `mcp` package...) it does not need.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from toolvault.cli._input import Commands, UsageError, tls
 from toolvault.cli._output import print_json
 from toolvault.client import ToolvaultError, Unavailable, check_health
 
-__all__ = ["add_commands", "add_mcp_command"]
+__all__ = ["add_commands", "add_mcp_command", "add_rotate_command"]
 
 
 def add_commands(commands: Commands) -> None:
@@ -75,6 +75,17 @@ def add_mcp_command(commands: Commands) -> None:
     cmd.set_defaults(local=_mcp)
 
 
+def add_rotate_command(commands: Commands) -> None:
+    """Add rotate to the `secrets` commands."""
+    cmd = commands.add_parser(
+        "rotate",
+        help="re-encrypt every secret with the first key of TOOLVAULT_SECRETS_KEY "
+        "(on the server's database; then the old keys may go)",
+    )
+    _add_storage_options(cmd)
+    cmd.set_defaults(local=_secrets_rotate)
+
+
 def _add_storage_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--db", metavar="URL", help="database URL (default: the server's)")
     cmd.add_argument("--data-dir", metavar="DIR", help="directory for the server's files")
@@ -132,6 +143,14 @@ def _doctor(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         raise _server_missing(error) from error
     return doctor(json_output=args.json)
+
+
+def _secrets_rotate(args: argparse.Namespace) -> int:
+    try:
+        from toolvault.server.cli import secrets_rotate
+    except ModuleNotFoundError as error:
+        raise _server_missing(error) from error
+    return secrets_rotate(db=args.db, data_dir=args.data_dir)
 
 
 def _server_missing(error: ModuleNotFoundError) -> UsageError:

@@ -11,7 +11,7 @@
 Everything public is re-exported here; the modules starting with "_" are private.
 """
 
-from toolvault.client._access_models import ApiKey, AuditEvent, Role, generate_key
+from toolvault.client._access_models import ApiKey, AuditEvent, Role, Secret, generate_key
 from toolvault.client._agent_models import (
     Agent,
     AgentSpec,
@@ -89,6 +89,7 @@ __all__ = [
     "Role",
     "RoutedTask",
     "RoutingStrategy",
+    "Secret",
     "ToolResult",
     "ToolSpec",
     "ToolvaultError",

@@ -1,4 +1,4 @@
-"""API keys and audit events: frozen values built from the `toolvault.v1` access messages.
+"""API keys, audit events and secrets: frozen values built from the `toolvault.v1` messages.
 
 `generate_key` makes a key in the server's format without a server, for example to give a
 new server its first admin key (TOOLVAULT_ADMIN_KEY).
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from toolvault.v1 import access_pb2
+from toolvault.v1 import access_pb2, secret_pb2
 
-__all__ = ["ApiKey", "AuditEvent", "Role", "generate_key"]
+__all__ = ["ApiKey", "AuditEvent", "Role", "Secret", "generate_key"]
 
 _ROLE_PREFIX = "ROLE_"
 
@@ -105,4 +105,24 @@ class AuditEvent:
             namespace=pb.namespace,
             target=pb.target,
             details=json.loads(pb.details_json or "{}"),
+        )
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret as listed: its name, when it was set and by whom; never its value."""
+
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    updated_by: str
+
+    @classmethod
+    def from_proto(cls, pb: secret_pb2.Secret) -> Secret:
+        """Build a secret's listing from its message."""
+        return cls(
+            name=pb.name,
+            created_at=pb.create_time.ToDatetime(tzinfo=UTC),
+            updated_at=pb.update_time.ToDatetime(tzinfo=UTC),
+            updated_by=pb.updated_by,
         )

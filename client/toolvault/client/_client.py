@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from toolvault.client._access_models import ApiKey, AuditEvent, Role
+from toolvault.client._access_models import ApiKey, AuditEvent, Role, Secret
 from toolvault.client._agent_models import (
     Agent,
     AgentSpec,
@@ -51,6 +51,8 @@ from toolvault.v1 import (
     history_pb2_grpc,
     invocation_pb2,
     invocation_pb2_grpc,
+    secret_pb2,
+    secret_pb2_grpc,
 )
 
 __all__ = [
@@ -84,7 +86,14 @@ _RETRY_POLICY = [
     {
         "name": [
             {"service": service.full_name}
-            for module in (function_pb2, invocation_pb2, history_pb2, agent_pb2, access_pb2)
+            for module in (
+                function_pb2,
+                invocation_pb2,
+                history_pb2,
+                agent_pb2,
+                access_pb2,
+                secret_pb2,
+            )
             for service in module.DESCRIPTOR.services_by_name.values()
         ],
         "retryPolicy": {
@@ -272,6 +281,7 @@ class Client:
         self._agents = agent_pb2_grpc.AgentServiceStub(self._channel)
         self._keys = access_pb2_grpc.KeyServiceStub(self._channel)
         self._audit = access_pb2_grpc.AuditServiceStub(self._channel)
+        self._secrets = secret_pb2_grpc.SecretServiceStub(self._channel)
 
     def close(self) -> None:
         """Close the channel; calls in flight are cancelled."""
@@ -305,6 +315,7 @@ class Client:
         deterministic: bool = False,
         isolation: Isolation | str | None = None,
         egress: Iterable[str] | None = None,
+        secrets: Iterable[str] = (),
     ) -> FunctionVersion:
         """Validate and store a function version.
 
@@ -336,6 +347,10 @@ class Client:
                 `*.example.org`; without a port, 80 and 443), within what the server
                 allows the namespace. Code reaches them with `urllib.request` or
                 `http.client`. Part of the content.
+            secrets: Names of secrets of the function's namespace (`set_secret`) its
+                calls may read, as `from toolvault import secrets` then
+                `secrets["NAME"]`. They need not be set yet; a call fails while one is
+                missing. Part of the content (the names, never the values).
 
         Returns:
             The stored version, with its number and sha256.
@@ -371,6 +386,7 @@ class Client:
             deterministic=deterministic,
             isolation=isolation_pb,
             egress=egress or (),
+            secrets=list(secrets),
         )
         response = self._call(self._functions.PublishFunction, request)
         return FunctionVersion.from_proto(response.version, created=response.created)
@@ -765,6 +781,40 @@ class Client:
             request.start_time_to.FromDatetime(until)
         events = self._pages(self._audit.ListAuditEvents, request, "events")
         return [AuditEvent.from_proto(e) for e in itertools.islice(events, limit)]
+
+    def set_secret(self, name: str, value: str) -> tuple[Secret, bool]:
+        """Create or replace a secret; the server never returns its value again.
+
+        Args:
+            name: `NAME` or `NAMESPACE/NAME`, NAME matching `[A-Z_][A-Z0-9_]{0,63}`; the
+                versions of the namespace's functions that declare NAME get its value.
+            value: At least 4 bytes (UTF-8) and at most 64 KiB.
+
+        Returns:
+            The secret as listed, and whether it is new (False: its value was replaced).
+
+        Raises:
+            InvalidArgument: The name or the value breaks its rule.
+            FailedPrecondition: The server has no TOOLVAULT_SECRETS_KEY.
+            PermissionDenied: The key may not set secrets (only admins and publishers may).
+        """
+        request = secret_pb2.SetSecretRequest(name=name, value=value)
+        reply = self._call(self._secrets.SetSecret, request)
+        return Secret.from_proto(reply.secret), reply.created
+
+    def list_secrets(self, *, namespace: str | None = None) -> list[Secret]:
+        """The secrets the key may see (names and times, never values), by name.
+
+        Args:
+            namespace: Only those of this namespace.
+        """
+        request = secret_pb2.ListSecretsRequest(namespace=namespace or "", page_size=_MAX_PAGE_SIZE)
+        pages = self._pages(self._secrets.ListSecrets, request, "secrets")
+        return [Secret.from_proto(s) for s in pages]
+
+    def delete_secret(self, name: str) -> None:
+        """Delete a secret; calls of versions that declare it fail from then on."""
+        self._call(self._secrets.DeleteSecret, secret_pb2.DeleteSecretRequest(name=name))
 
     def _arguments(self, arguments: Mapping[str, Any] | None, field: str) -> str:
         """Encode arguments as the request's `field`, refusing them as the server would."""

@@ -117,7 +117,8 @@ class FunctionVersion:
     the result of `Client.publish`: False when identical content was already stored.
     `deterministic` versions may be answered from the server's result cache; `isolation`
     says whether its calls may share warm workers; `egress` lists the hosts its calls may
-    reach (normalized: `api.example.com:443`, `*.example.org` for ports 80 and 443).
+    reach (normalized: `api.example.com:443`, `*.example.org` for ports 80 and 443);
+    `secrets` names the secrets of its namespace that its calls get (never their values).
     """
 
     name: str
@@ -135,6 +136,7 @@ class FunctionVersion:
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
     egress: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_proto(
@@ -162,6 +164,7 @@ class FunctionVersion:
             deterministic=pb.deterministic,
             isolation=Isolation.from_proto(pb.isolation),
             egress=tuple(pb.egress),
+            secrets=tuple(pb.secrets),
         )
 
 

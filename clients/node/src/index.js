@@ -85,6 +85,7 @@ export class ToolvaultError extends Error {
  * @property {"ISOLATION_WARM" | "ISOLATION_FRESH"} isolation Whether calls may share warm
  *   workers of this version, or each runs in a process of its own.
  * @property {string[]} egress The hosts its calls may reach ("api.example.com:443").
+ * @property {string[]} secrets Names of the namespace's secrets its calls get, sorted.
  */
 
 /**
@@ -221,6 +222,8 @@ export class ToolvaultClient {
    *   every call in a process of its own; by default calls may share warm workers.
    * @param {string[]} [options.egress] Hosts its calls may reach, "HOST[:PORT]", within
    *   what the server allows the namespace.
+   * @param {string[]} [options.secrets] Names of secrets of the function's namespace its
+   *   calls read as `from toolvault import secrets`; they need not be set yet.
    * @returns {Promise<{version: FunctionVersion, created: boolean}>}
    * @throws {ToolvaultError} INVALID_ARGUMENT naming the field, or the source's line.
    */
@@ -237,6 +240,7 @@ export class ToolvaultClient {
       deterministic: options.deterministic ?? false,
       isolation: options.isolation ?? "ISOLATION_UNSPECIFIED",
       egress: options.egress ?? [],
+      secrets: options.secrets ?? [],
     };
     const response = await this.#call(this.#functions, "PublishFunction", request);
     return { version: fromVersion(response.version), created: response.created };

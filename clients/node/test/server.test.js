@@ -85,6 +85,16 @@ describe(
       });
     });
 
+    test("a version declares the secrets it reads, sorted, as part of its content", async () => {
+      const source = "from toolvault import secrets\n\ndef main():\n    return len(secrets)\n";
+      const { version } = await client.publish(`${name}_sec`, source, {
+        secrets: ["B_KEY", "A_KEY"],
+      });
+      assert.deepEqual(version.secrets, ["A_KEY", "B_KEY"]);
+      const plain = await client.publish(`${name}_sec`, ADD);
+      assert.deepEqual(plain.version.secrets, []);
+    });
+
     test("a failing function is a successful call whose execution carries the error", async () => {
       await client.publish(`${name}_div`, "def main(x):\n    return 1 / x\n");
       const execution = await client.invoke(`${name}_div`, { x: 0 });

@@ -302,7 +302,8 @@ class AuditEvent(_message.Message):
     """The network address the change came from."""
     action: _builtins.str
     """What was done: function.publish, function.delete, alias.set, alias.delete,
-    agent.create, agent.update, agent.delete, key.create or key.revoke.
+    agent.create, agent.update, agent.delete, key.create, key.revoke, secret.set or
+    secret.delete (whose details never hold the value).
     """
     namespace: _builtins.str
     """The namespace of the object; empty for key changes."""

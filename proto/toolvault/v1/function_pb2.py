@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from toolvault.v1 import execution_pb2 as toolvault_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolvault/v1/function.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctoolvault/v1/execution.proto\"b\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x18\n\x10max_output_bytes\x18\x03 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\r\"\xf3\x02\n\x0f\x46unctionVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x19\n\x11input_schema_json\x18\x07 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x08 \x01(\t\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdeterministic\x18\x0c \x01(\x08\x12*\n\tisolation\x18\r \x01(\x0e\x32\x17.toolvault.v1.Isolation\x12\x0e\n\x06\x65gress\x18\x0e \x03(\t\"\x8d\x02\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\r\x12\x34\n\x07\x61liases\x18\x03 \x03(\x0b\x32#.toolvault.v1.Function.AliasesEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xa8\x02\n\x16PublishFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12$\n\x06limits\x18\x07 \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\x08 \x03(\t\x12\x15\n\rdeterministic\x18\t \x01(\x08\x12*\n\tisolation\x18\n \x01(\x0e\x32\x17.toolvault.v1.Isolation\x12\x0e\n\x06\x65gress\x18\x0b \x03(\t\"Z\n\x17PublishFunctionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x12GetFunctionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"o\n\x13GetFunctionResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x15ListFunctionsResponse\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.toolvault.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1bListFunctionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x1cListFunctionVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"<\n\x10SetAliasResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x16\x44\x65leteFunctionResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x01(\r\"\xb7\x01\n\x17GetFunctionStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_limit\x18\x05 \x01(\r\"F\n\x18GetFunctionStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.toolvault.v1.FunctionStats\"K\n\x0bStatusCount\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"-\n\x0e\x45rrorTypeCount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc2\x01\n\x0f\x46unctionFailure\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\r\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"\xf8\x03\n\rFunctionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x04\x12\x30\n\rstatus_counts\x18\x06 \x03(\x0b\x32\x19.toolvault.v1.StatusCount\x12\x14\n\x0csuccess_rate\x18\x07 \x01(\x01\x12\x17\n\x0fp50_duration_ms\x18\x08 \x01(\x01\x12\x17\n\x0fp95_duration_ms\x18\t \x01(\x01\x12\x17\n\x0fp99_duration_ms\x18\n \x01(\x01\x12\x1d\n\x15max_peak_memory_bytes\x18\x0b \x01(\x04\x12\x1d\n\x15p95_peak_memory_bytes\x18\x0c \x01(\x04\x12\x32\n\x0c\x65rror_counts\x18\r \x03(\x0b\x32\x1c.toolvault.v1.ErrorTypeCount\x12\x36\n\x0frecent_failures\x18\x0e \x03(\x0b\x32\x1d.toolvault.v1.FunctionFailure\x12\x14\n\x0c\x63\x61\x63hed_calls\x18\x0f \x01(\x04\x32\xed\x05\n\x0f\x46unctionService\x12^\n\x0fPublishFunction\x12$.toolvault.v1.PublishFunctionRequest\x1a%.toolvault.v1.PublishFunctionResponse\x12R\n\x0bGetFunction\x12 .toolvault.v1.GetFunctionRequest\x1a!.toolvault.v1.GetFunctionResponse\x12X\n\rListFunctions\x12\".toolvault.v1.ListFunctionsRequest\x1a#.toolvault.v1.ListFunctionsResponse\x12m\n\x14ListFunctionVersions\x12).toolvault.v1.ListFunctionVersionsRequest\x1a*.toolvault.v1.ListFunctionVersionsResponse\x12I\n\x08SetAlias\x12\x1d.toolvault.v1.SetAliasRequest\x1a\x1e.toolvault.v1.SetAliasResponse\x12R\n\x0b\x44\x65leteAlias\x12 .toolvault.v1.DeleteAliasRequest\x1a!.toolvault.v1.DeleteAliasResponse\x12[\n\x0e\x44\x65leteFunction\x12#.toolvault.v1.DeleteFunctionRequest\x1a$.toolvault.v1.DeleteFunctionResponse\x12\x61\n\x10GetFunctionStats\x12%.toolvault.v1.GetFunctionStatsRequest\x1a&.toolvault.v1.GetFunctionStatsResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btoolvault/v1/function.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctoolvault/v1/execution.proto\"b\n\x06Limits\x12\x12\n\ntimeout_ms\x18\x01 \x01(\r\x12\x11\n\tmemory_mb\x18\x02 \x01(\r\x12\x18\n\x10max_output_bytes\x18\x03 \x01(\r\x12\x17\n\x0fmax_concurrency\x18\x04 \x01(\r\"\x84\x03\n\x0f\x46unctionVersion\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x12\n\nentrypoint\x18\x05 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x06 \x01(\t\x12\x19\n\x11input_schema_json\x18\x07 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x08 \x01(\t\x12$\n\x06limits\x18\t \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\n \x03(\t\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rdeterministic\x18\x0c \x01(\x08\x12*\n\tisolation\x18\r \x01(\x0e\x32\x17.toolvault.v1.Isolation\x12\x0e\n\x06\x65gress\x18\x0e \x03(\t\x12\x0f\n\x07secrets\x18\x0f \x03(\t\"\x8d\x02\n\x08\x46unction\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\r\x12\x34\n\x07\x61liases\x18\x03 \x03(\x0b\x32#.toolvault.v1.Function.AliasesEntry\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0c\x41liasesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\xb9\x02\n\x16PublishFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x19\n\x11input_schema_json\x18\x05 \x01(\t\x12\x1a\n\x12output_schema_json\x18\x06 \x01(\t\x12$\n\x06limits\x18\x07 \x01(\x0b\x32\x14.toolvault.v1.Limits\x12\x17\n\x0f\x61llowed_imports\x18\x08 \x03(\t\x12\x15\n\rdeterministic\x18\t \x01(\x08\x12*\n\tisolation\x18\n \x01(\x0e\x32\x17.toolvault.v1.Isolation\x12\x0e\n\x06\x65gress\x18\x0b \x03(\t\x12\x0f\n\x07secrets\x18\x0c \x03(\t\"Z\n\x17PublishFunctionResponse\x12.\n\x07version\x18\x01 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"!\n\x12GetFunctionRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\"o\n\x13GetFunctionResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\x12.\n\x07version\x18\x02 \x01(\x0b\x32\x1d.toolvault.v1.FunctionVersion\"=\n\x14ListFunctionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x15ListFunctionsResponse\x12)\n\tfunctions\x18\x01 \x03(\x0b\x32\x16.toolvault.v1.Function\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"R\n\x1bListFunctionVersionsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x1cListFunctionVersionsResponse\x12/\n\x08versions\x18\x01 \x03(\x0b\x32\x1d.toolvault.v1.FunctionVersion\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\"<\n\x10SetAliasResponse\x12(\n\x08\x66unction\x18\x01 \x01(\x0b\x32\x16.toolvault.v1.Function\"1\n\x12\x44\x65leteAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x61lias\x18\x02 \x01(\t\"\x15\n\x13\x44\x65leteAliasResponse\"%\n\x15\x44\x65leteFunctionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x16\x44\x65leteFunctionResponse\x12\x18\n\x10\x64\x65leted_versions\x18\x01 \x01(\r\"\xb7\x01\n\x17GetFunctionStatsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rfailure_limit\x18\x05 \x01(\r\"F\n\x18GetFunctionStatsResponse\x12*\n\x05stats\x18\x01 \x01(\x0b\x32\x1b.toolvault.v1.FunctionStats\"K\n\x0bStatusCount\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"-\n\x0e\x45rrorTypeCount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xc2\x01\n\x0f\x46unctionFailure\x12\x14\n\x0c\x65xecution_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x03 \x01(\r\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x12\n\nerror_type\x18\x05 \x01(\t\x12\x15\n\rerror_message\x18\x06 \x01(\t\"\xf8\x03\n\rFunctionStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x63\x61lls\x18\x05 \x01(\x04\x12\x30\n\rstatus_counts\x18\x06 \x03(\x0b\x32\x19.toolvault.v1.StatusCount\x12\x14\n\x0csuccess_rate\x18\x07 \x01(\x01\x12\x17\n\x0fp50_duration_ms\x18\x08 \x01(\x01\x12\x17\n\x0fp95_duration_ms\x18\t \x01(\x01\x12\x17\n\x0fp99_duration_ms\x18\n \x01(\x01\x12\x1d\n\x15max_peak_memory_bytes\x18\x0b \x01(\x04\x12\x1d\n\x15p95_peak_memory_bytes\x18\x0c \x01(\x04\x12\x32\n\x0c\x65rror_counts\x18\r \x03(\x0b\x32\x1c.toolvault.v1.ErrorTypeCount\x12\x36\n\x0frecent_failures\x18\x0e \x03(\x0b\x32\x1d.toolvault.v1.FunctionFailure\x12\x14\n\x0c\x63\x61\x63hed_calls\x18\x0f \x01(\x04\x32\xed\x05\n\x0f\x46unctionService\x12^\n\x0fPublishFunction\x12$.toolvault.v1.PublishFunctionRequest\x1a%.toolvault.v1.PublishFunctionResponse\x12R\n\x0bGetFunction\x12 .toolvault.v1.GetFunctionRequest\x1a!.toolvault.v1.GetFunctionResponse\x12X\n\rListFunctions\x12\".toolvault.v1.ListFunctionsRequest\x1a#.toolvault.v1.ListFunctionsResponse\x12m\n\x14ListFunctionVersions\x12).toolvault.v1.ListFunctionVersionsRequest\x1a*.toolvault.v1.ListFunctionVersionsResponse\x12I\n\x08SetAlias\x12\x1d.toolvault.v1.SetAliasRequest\x1a\x1e.toolvault.v1.SetAliasResponse\x12R\n\x0b\x44\x65leteAlias\x12 .toolvault.v1.DeleteAliasRequest\x1a!.toolvault.v1.DeleteAliasResponse\x12[\n\x0e\x44\x65leteFunction\x12#.toolvault.v1.DeleteFunctionRequest\x1a$.toolvault.v1.DeleteFunctionResponse\x12\x61\n\x10GetFunctionStats\x12%.toolvault.v1.GetFunctionStatsRequest\x1a&.toolvault.v1.GetFunctionStatsResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,51 +39,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LIMITS']._serialized_start=108
   _globals['_LIMITS']._serialized_end=206
   _globals['_FUNCTIONVERSION']._serialized_start=209
-  _globals['_FUNCTIONVERSION']._serialized_end=580
-  _globals['_FUNCTION']._serialized_start=583
-  _globals['_FUNCTION']._serialized_end=852
-  _globals['_FUNCTION_ALIASESENTRY']._serialized_start=806
-  _globals['_FUNCTION_ALIASESENTRY']._serialized_end=852
-  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_start=855
-  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_end=1151
-  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_start=1153
-  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_end=1243
-  _globals['_GETFUNCTIONREQUEST']._serialized_start=1245
-  _globals['_GETFUNCTIONREQUEST']._serialized_end=1278
-  _globals['_GETFUNCTIONRESPONSE']._serialized_start=1280
-  _globals['_GETFUNCTIONRESPONSE']._serialized_end=1391
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1393
-  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1454
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1456
-  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1547
-  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_start=1549
-  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_end=1631
-  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_start=1633
-  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_end=1737
-  _globals['_SETALIASREQUEST']._serialized_start=1739
-  _globals['_SETALIASREQUEST']._serialized_end=1802
-  _globals['_SETALIASRESPONSE']._serialized_start=1804
-  _globals['_SETALIASRESPONSE']._serialized_end=1864
-  _globals['_DELETEALIASREQUEST']._serialized_start=1866
-  _globals['_DELETEALIASREQUEST']._serialized_end=1915
-  _globals['_DELETEALIASRESPONSE']._serialized_start=1917
-  _globals['_DELETEALIASRESPONSE']._serialized_end=1938
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1940
-  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=1977
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=1979
-  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=2029
-  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_start=2032
-  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_end=2215
-  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_start=2217
-  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_end=2287
-  _globals['_STATUSCOUNT']._serialized_start=2289
-  _globals['_STATUSCOUNT']._serialized_end=2364
-  _globals['_ERRORTYPECOUNT']._serialized_start=2366
-  _globals['_ERRORTYPECOUNT']._serialized_end=2411
-  _globals['_FUNCTIONFAILURE']._serialized_start=2414
-  _globals['_FUNCTIONFAILURE']._serialized_end=2608
-  _globals['_FUNCTIONSTATS']._serialized_start=2611
-  _globals['_FUNCTIONSTATS']._serialized_end=3115
-  _globals['_FUNCTIONSERVICE']._serialized_start=3118
-  _globals['_FUNCTIONSERVICE']._serialized_end=3867
+  _globals['_FUNCTIONVERSION']._serialized_end=597
+  _globals['_FUNCTION']._serialized_start=600
+  _globals['_FUNCTION']._serialized_end=869
+  _globals['_FUNCTION_ALIASESENTRY']._serialized_start=823
+  _globals['_FUNCTION_ALIASESENTRY']._serialized_end=869
+  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_start=872
+  _globals['_PUBLISHFUNCTIONREQUEST']._serialized_end=1185
+  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_start=1187
+  _globals['_PUBLISHFUNCTIONRESPONSE']._serialized_end=1277
+  _globals['_GETFUNCTIONREQUEST']._serialized_start=1279
+  _globals['_GETFUNCTIONREQUEST']._serialized_end=1312
+  _globals['_GETFUNCTIONRESPONSE']._serialized_start=1314
+  _globals['_GETFUNCTIONRESPONSE']._serialized_end=1425
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_start=1427
+  _globals['_LISTFUNCTIONSREQUEST']._serialized_end=1488
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_start=1490
+  _globals['_LISTFUNCTIONSRESPONSE']._serialized_end=1581
+  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_start=1583
+  _globals['_LISTFUNCTIONVERSIONSREQUEST']._serialized_end=1665
+  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_start=1667
+  _globals['_LISTFUNCTIONVERSIONSRESPONSE']._serialized_end=1771
+  _globals['_SETALIASREQUEST']._serialized_start=1773
+  _globals['_SETALIASREQUEST']._serialized_end=1836
+  _globals['_SETALIASRESPONSE']._serialized_start=1838
+  _globals['_SETALIASRESPONSE']._serialized_end=1898
+  _globals['_DELETEALIASREQUEST']._serialized_start=1900
+  _globals['_DELETEALIASREQUEST']._serialized_end=1949
+  _globals['_DELETEALIASRESPONSE']._serialized_start=1951
+  _globals['_DELETEALIASRESPONSE']._serialized_end=1972
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_start=1974
+  _globals['_DELETEFUNCTIONREQUEST']._serialized_end=2011
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_start=2013
+  _globals['_DELETEFUNCTIONRESPONSE']._serialized_end=2063
+  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_start=2066
+  _globals['_GETFUNCTIONSTATSREQUEST']._serialized_end=2249
+  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_start=2251
+  _globals['_GETFUNCTIONSTATSRESPONSE']._serialized_end=2321
+  _globals['_STATUSCOUNT']._serialized_start=2323
+  _globals['_STATUSCOUNT']._serialized_end=2398
+  _globals['_ERRORTYPECOUNT']._serialized_start=2400
+  _globals['_ERRORTYPECOUNT']._serialized_end=2445
+  _globals['_FUNCTIONFAILURE']._serialized_start=2448
+  _globals['_FUNCTIONFAILURE']._serialized_end=2642
+  _globals['_FUNCTIONSTATS']._serialized_start=2645
+  _globals['_FUNCTIONSTATS']._serialized_end=3149
+  _globals['_FUNCTIONSERVICE']._serialized_start=3152
+  _globals['_FUNCTIONSERVICE']._serialized_end=3901
 # @@protoc_insertion_point(module_scope)

@@ -78,13 +78,15 @@ class FunctionVersion(_message.Message):
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The function's name."""
     version: _builtins.int
     """Version number, 1 for the first, dense and increasing."""
     sha256: _builtins.str
     """Hex sha256 of the canonical content: source, entrypoint, description, schemas,
-    limits, allowed imports, the deterministic flag and the isolation.
+    limits, allowed imports, the deterministic flag, the isolation, the egress list and
+    the secrets' names.
     """
     source: _builtins.str
     """The Python source. Empty in list responses."""
@@ -120,6 +122,12 @@ class FunctionVersion(_message.Message):
         "*.example.org"; without a port, 80 and 443). Empty: none.
         """
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The names of the secrets of the function's namespace that its calls get, sorted
+        (never their values).
+        """
+
     def __init__(
         self,
         *,
@@ -137,10 +145,11 @@ class FunctionVersion(_message.Message):
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
         egress: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "create_time", b"create_time", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "sha256", b"sha256", "source", b"source", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -233,6 +242,7 @@ class PublishFunctionRequest(_message.Message):
     DETERMINISTIC_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Function name, [a-z][a-z0-9_]{0,63}, optionally after "NAMESPACE/"."""
     source: _builtins.str
@@ -272,6 +282,13 @@ class PublishFunctionRequest(_message.Message):
         the server's egress is off). Part of the content and its sha256. Empty: none.
         """
 
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of secrets of the function's namespace (SecretService) that its calls get as
+        `from toolvault import secrets`; each matches [A-Z_][A-Z0-9_]{0,63}. They need not
+        be set yet: a call fails while one is missing. Part of the content; values are not.
+        """
+
     def __init__(
         self,
         *,
@@ -286,10 +303,11 @@ class PublishFunctionRequest(_message.Message):
         deterministic: _builtins.bool = ...,
         isolation: _execution_pb2.Isolation.ValueType = ...,
         egress: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_imports", b"allowed_imports", "description", b"description", "deterministic", b"deterministic", "egress", b"egress", "entrypoint", b"entrypoint", "input_schema_json", b"input_schema_json", "isolation", b"isolation", "limits", b"limits", "name", b"name", "output_schema_json", b"output_schema_json", "secrets", b"secrets", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,10 +9,11 @@ How a call runs: the server starts a warm sandbox host (``_host``) once, spawned
 posix_spawn and supervised over a Unix socket (``_runner``). The host imports the runtime
 and the allowed modules and confines itself once (the kernel layer's namespaces and a
 private root); per call it forks a sandbox process, which confines itself further, reads
-its job from a memfd the server wrote (the code the server compiled, marshalled, and the
-arguments) and runs the function (``_child.run_job``). The server owns the call's job,
-output pipes, the wall clock and the verdict, and parses the report as hostile input;
-the host forks, kills and reaps, and never reads a job.
+its job from a memfd the server wrote (the code the server compiled, marshalled, the
+arguments and the values of the secrets its version declares, which the code reads as
+``from toolvault import secrets``) and runs the function (``_child.run_job``). The
+server owns the call's job, output pipes, the wall clock and the verdict, and parses the
+report as hostile input; the host forks, kills and reaps, and never reads a job.
 
 Warm workers: ``SandboxHost.run(job, worker_key=...)`` runs the call in a worker the host
 forked and confined once (``_child.serve_calls``), which serves only calls with that key

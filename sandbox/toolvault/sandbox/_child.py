@@ -40,6 +40,7 @@ from typing import Any, NoReturn, cast
 from RestrictedPython.compile import compile_restricted_exec
 
 from . import _door
+from ._globals import SECRETS_GLOBAL, secrets_module
 from ._isolation import Plan, seal, set_limits
 from ._models import (
     CPU_LIMIT_EXIT,
@@ -309,6 +310,8 @@ def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:
         message = f"arguments must be a JSON object, not {type(kwargs).__name__}"
         return _report("error", error_type="TypeError", error_message=message)
 
+    if job.secrets:
+        module.__dict__[SECRETS_GLOBAL] = secrets_module(job.secrets)
     lines = source_lines(job.source)
     linecache.cache[job.filename] = (len(job.source), None, lines, job.filename)
     # Where dataclasses and typing look for the module of the code's classes.

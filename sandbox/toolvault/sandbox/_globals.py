@@ -10,7 +10,9 @@ guard refuses ``str.format``; whatever attribute or item access returns then pas
 Policy of ``_modules`` (no modules but proxies, no internals, nothing from modules outside
 the allow-list, no class that makes classes), which hands out the functions and methods of
 modules as wrappers that check what they return. ``setattr`` and ``delattr`` follow the
-rules of ``obj.name = value``. Imports return module proxies. Iteration is not checked:
+rules of ``obj.name = value``. Imports return module proxies; ``toolvault`` is no real
+module but the call's own secrets module (``secrets_module``), for a version that
+declares secrets only. Iteration is not checked:
 ``list()``, ``sorted()`` and the like iterate in C anyway; what module code returns was
 checked with all it contains.
 
@@ -23,8 +25,8 @@ what the guards or dataclasses believe, stay out of user classes.
 
 import builtins
 import sys
-from collections.abc import Callable, Collection, Sequence
-from types import ModuleType
+from collections.abc import Callable, Collection, Mapping, Sequence
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 from RestrictedPython.Guards import (
@@ -39,7 +41,11 @@ from RestrictedPython.Guards import (
 )
 
 from ._modules import PLAIN_DATA, USER_MODULE, ModuleProxy, Policy, check_namespace
-from ._validate import import_problem
+from ._validate import SECRETS_ATTRIBUTE, SECRETS_MODULE, import_problem, secrets_import_problem
+
+# Where a call's globals hold its secrets module, if its version declares secrets: a name
+# restricted code cannot spell (it starts with "_"), read by the import hook.
+SECRETS_GLOBAL = "__toolvault_secrets__"
 
 # Builtins RestrictedPython leaves out. It drops sorted, zip, tuple and the like because
 # they iterate without calling _getiter_; here _getiter_ is plain iter and guards nothing,
@@ -123,6 +129,14 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
         fromlist: Sequence[str] | None = (),
         level: int = 0,
     ) -> ModuleType:
+        if not level and name.partition(".")[0] == SECRETS_MODULE:
+            # The call's own module, which its job put in its globals; none: no secrets.
+            secrets = globals.get(SECRETS_GLOBAL) if type(globals) is dict else None
+            problem = secrets_import_problem(name, fromlist, secrets is not None)
+            if problem:
+                raise ImportError(problem)
+            assert isinstance(secrets, ModuleProxy)
+            return secrets
         problem = import_problem(name, level, allowed_imports)
         if problem:
             raise ImportError(problem)
@@ -157,6 +171,18 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
             "_print_": _Print,
         }
     )
+    return module
+
+
+def secrets_module(values: Mapping[str, str]) -> ModuleProxy:
+    """The module ``from toolvault import secrets`` gives one call: its values, read-only.
+
+    Built from each call's job, so a warm worker's next call never sees this one's
+    mapping, and a value set again reaches the next call. A ModuleProxy, as every module
+    user code holds: the guards hand it out as it is, and user code cannot write to it.
+    """
+    module = ModuleProxy(SECRETS_MODULE, "The secrets this version declares.")
+    setattr(module, SECRETS_ATTRIBUTE, MappingProxyType(dict(values)))
     return module
 
 

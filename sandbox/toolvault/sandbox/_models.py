@@ -9,7 +9,8 @@ the sandbox's report comes back on fd 3.
 import enum
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ._door import EgressRecord
@@ -76,6 +77,10 @@ class Job:
         allowed_imports: Top-level modules the code may import.
         limits: What the run may use.
         filename: The name tracebacks give the source, e.g. ``"add@3"``.
+        secrets: The values of the secrets the version declares, by name, for
+            ``from toolvault import secrets``. They travel in the job's memfd, which
+            only the call's sandbox reads; never through the host or the environment.
+            Kept out of the repr.
     """
 
     source: str
@@ -84,6 +89,7 @@ class Job:
     allowed_imports: tuple[str, ...]
     limits: Limits
     filename: str = "<function>"
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -143,7 +149,7 @@ def job_fields(job: Job) -> dict[str, Any]:
 
     Built by hand: ``dataclasses.asdict`` deep-copies, forty times slower on every call.
     """
-    return {**vars(job), "limits": vars(job.limits)}
+    return {**vars(job), "limits": vars(job.limits), "secrets": dict(job.secrets)}
 
 
 def decode_job(data: bytes | dict[str, Any]) -> Job:

@@ -153,6 +153,36 @@ _DENIED_MODULES = frozenset(
 )
 
 
+# What a version that declares secrets imports them from: ``from toolvault import secrets``
+# hands out the call's values as a read-only mapping (``_globals``); nothing else of the
+# real package of that name is ever importable.
+SECRETS_MODULE = "toolvault"
+SECRETS_ATTRIBUTE = "secrets"
+
+
+def secrets_import_problem(
+    module: str, names: Collection[str] | None, declares_secrets: bool
+) -> str | None:
+    """Why importing ``module`` (``SECRETS_MODULE`` or below it) is not allowed, or None.
+
+    Args:
+        module: The dotted module name, starting with SECRETS_MODULE.
+        names: What ``from module import ...`` imports; empty or None for ``import module``.
+        declares_secrets: Whether the version declares secrets.
+    """
+    if not declares_secrets:
+        return (
+            f"import of {module!r} is not allowed: only a version that declares secrets "
+            f"may import it (from {SECRETS_MODULE} import {SECRETS_ATTRIBUTE})"
+        )
+    if module != SECRETS_MODULE or any(name != SECRETS_ATTRIBUTE for name in names or ()):
+        return (
+            f"import of {module!r} is not allowed: {SECRETS_MODULE} holds only "
+            f"{SECRETS_ATTRIBUTE} (from {SECRETS_MODULE} import {SECRETS_ATTRIBUTE})"
+        )
+    return None
+
+
 def import_problem(module: str | None, level: int, allowed: Collection[str]) -> str | None:
     """Why importing ``module`` is not allowed, or None if it is.
 
@@ -180,6 +210,7 @@ def check_source(
     entrypoint: str,
     allowed_imports: Collection[str],
     filename: str = "<function>",
+    secrets: bool = False,
 ) -> CheckedSource:
     """Find what keeps ``source`` from being stored and run; never raises for bad source.
 
@@ -192,6 +223,8 @@ def check_source(
         entrypoint: The module-level function that calls will run.
         allowed_imports: The top-level modules the source may import.
         filename: The name syntax errors give the source.
+        secrets: Whether the version declares secrets, and so may import them
+            (``from toolvault import secrets``).
     """
     try:
         # Compiling catches what parsing lets through, such as "return" outside a function.
@@ -210,7 +243,10 @@ def check_source(
     lines = source_lines(source)
     issues = [_issue_at(lines, node, info) for node, info in policy.error_nodes]
     issues += sorted(
-        (_issue_at(lines, node, why) for node, why in _import_problems(tree, allowed_imports)),
+        (
+            _issue_at(lines, node, why)
+            for node, why in _import_problems(tree, allowed_imports, secrets)
+        ),
         key=lambda issue: (issue.line or 0, issue.column or 0),
     )
     problem, docstring = _find_entrypoint(tree, entrypoint)
@@ -228,17 +264,32 @@ def source_lines(source: str) -> list[str]:
     return io.StringIO(source, newline=None).readlines()
 
 
-def _import_problems(tree: ast.AST, allowed: Collection[str]) -> Iterator[tuple[ast.AST, str]]:
+def _import_problems(
+    tree: ast.AST, allowed: Collection[str], secrets: bool
+) -> Iterator[tuple[ast.AST, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                problem = import_problem(alias.name, 0, allowed)
+                problem = _problem(alias.name, 0, (), allowed, secrets)
                 if problem:
                     yield alias, problem
         elif isinstance(node, ast.ImportFrom):
-            problem = import_problem(node.module, node.level, allowed)
+            names = [alias.name for alias in node.names]
+            problem = _problem(node.module, node.level, names, allowed, secrets)
             if problem:
                 yield node, problem
+
+
+def _problem(
+    module: str | None,
+    level: int,
+    names: Collection[str],
+    allowed: Collection[str],
+    secrets: bool,
+) -> str | None:
+    if not level and (module or "").partition(".")[0] == SECRETS_MODULE:
+        return secrets_import_problem(module or "", names, secrets)
+    return import_problem(module, level, allowed)
 
 
 def _find_entrypoint(tree: ast.Module, entrypoint: str) -> tuple[str | None, str | None]:

@@ -26,6 +26,7 @@ from toolvault.server.rpc.history import HistoryServicer
 from toolvault.server.rpc.interceptors import ReadinessGate, interceptors
 from toolvault.server.rpc.invocations import InvocationServicer
 from toolvault.server.rpc.keys import KeyServicer
+from toolvault.server.rpc.secrets import SecretServicer
 from toolvault.server.services.agents import Agents
 from toolvault.server.services.audit import AuditLog
 from toolvault.server.services.functions import FunctionStore
@@ -33,6 +34,7 @@ from toolvault.server.services.history import History
 from toolvault.server.services.invocations import Invocations
 from toolvault.server.services.keys import Keys
 from toolvault.server.services.plugins import Plugins
+from toolvault.server.services.secrets import Secrets
 from toolvault.server.services.stats import FunctionStatistics
 from toolvault.server.telemetry import metrics, tracing
 from toolvault.v1 import (
@@ -46,6 +48,8 @@ from toolvault.v1 import (
     history_pb2_grpc,
     invocation_pb2,
     invocation_pb2_grpc,
+    secret_pb2,
+    secret_pb2_grpc,
 )
 
 log = logging.getLogger("toolvault.server")
@@ -59,6 +63,7 @@ SERVICES = tuple(
         (agent_pb2, "AgentService"),
         (access_pb2, "KeyService"),
         (access_pb2, "AuditService"),
+        (secret_pb2, "SecretService"),
     )
 )
 
@@ -180,7 +185,12 @@ async def serve(settings: Settings) -> None:
     await health_service.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     functions = FunctionStore(db, settings, plugins=plugins)
-    invocations = Invocations(db, functions, settings, plugins=plugins, tracer=tracer)
+    secrets = Secrets(db, settings.secrets_keys())
+    if not settings.secrets_key:
+        log.info("no TOOLVAULT_SECRETS_KEY: secrets cannot be set, nor used by calls")
+    invocations = Invocations(
+        db, functions, settings, plugins=plugins, secrets=secrets, tracer=tracer
+    )
     agents = Agents(db, functions, invocations, settings, plugins=plugins)
     function_pb2_grpc.add_FunctionServiceServicer_to_server(
         FunctionServicer(functions, FunctionStatistics(db), invocations), server
@@ -194,6 +204,7 @@ async def serve(settings: Settings) -> None:
     history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(History(db)), server)
     access_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), server)
     access_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(db)), server)
+    secret_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), server)
     reflection.enable_server_reflection([*SERVICES, *services, reflection.SERVICE_NAME], server)
 
     # Before the address is announced, so that a SIGTERM right after it drains cleanly.

@@ -1,4 +1,4 @@
-"""The server's side of the ``toolvault`` command: ``serve``, ``db upgrade`` and ``doctor``.
+"""The server's side of ``toolvault``: ``serve``, ``db upgrade``, ``doctor``, ``secrets rotate``.
 
 The CLI in ``toolvault.cli`` parses the command line and calls these; options
 left as None fall back to ``TOOLVAULT_*`` environment variables, then to defaults.
@@ -21,7 +21,9 @@ from toolvault.server.app import StartupError
 from toolvault.server.app import serve as run_server
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
+from toolvault.server.domain.errors import FailedPrecondition
 from toolvault.server.services.plugins import PluginError
+from toolvault.server.services.secrets import Secrets
 from toolvault.server.telemetry import logs
 
 EXIT_OK = 0
@@ -74,11 +76,10 @@ def serve(
 
 def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
     """Apply pending database migrations; returns the process exit code."""
-    settings = _settings(db=db, data_dir=data_dir)
-    if settings is None:
+    found = _database(db, data_dir)
+    if found is None:
         return EXIT_USAGE
-    _configure_logging(settings)
-    database = Database(settings.database_url)
+    _, database = found
     try:
         database.upgrade()
     except SQLAlchemyError as e:
@@ -87,6 +88,26 @@ def db_upgrade(*, db: str | None = None, data_dir: str | None = None) -> int:
     finally:
         database.dispose()
     print(f"database at head: {database.url.render_as_string(hide_password=True)}")
+    return EXIT_OK
+
+
+def secrets_rotate(*, db: str | None = None, data_dir: str | None = None) -> int:
+    """Re-encrypt every secret with the first key of TOOLVAULT_SECRETS_KEY; the exit code."""
+    found = _database(db, data_dir)
+    if found is None:
+        return EXIT_USAGE
+    settings, database = found
+    try:
+        rotated = Secrets(database, settings.secrets_keys()).rotate()
+    except FailedPrecondition as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except SQLAlchemyError as e:
+        print(f"error: re-encrypting the secrets failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        database.dispose()
+    print(f"re-encrypted {rotated} secret{'' if rotated == 1 else 's'} with the first key")
     return EXIT_OK
 
 
@@ -113,6 +134,15 @@ def _settings(**flags: Any) -> Settings | None:
             field = ".".join(str(p) for p in error["loc"]) or "settings"
             print(f"error: {field} (TOOLVAULT_{field.upper()}): {error['msg']}", file=sys.stderr)
         return None
+
+
+def _database(db: str | None, data_dir: str | None) -> tuple[Settings, Database] | None:
+    """The settings and the database of a command on it; None after a usage error."""
+    settings = _settings(db=db, data_dir=data_dir)
+    if settings is None:
+        return None
+    _configure_logging(settings)
+    return settings, Database(settings.database_url)
 
 
 def _configure_logging(settings: Settings) -> None:

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -81,6 +82,11 @@ class Settings(BaseSettings):
     otlp_endpoint: str = Field("", description="OTLP/gRPC collector for traces; default: off")
     auth: Literal["off", "required"] = Field("off", description="require API keys")
     admin_key: SecretStr | None = Field(None, description="the first admin key, on first start")
+    secrets_key: SecretStr | None = Field(
+        None,
+        description="Fernet keys, comma-separated, that encrypt secrets at rest: the first "
+        "encrypts, all decrypt (rotation); without one, secrets cannot be set",
+    )
     rate_limit_per_s: float = Field(100.0, ge=0, description="calls a second per key; 0: off")
     rate_limit_burst: int = Field(200, ge=1, description="calls a key may make at once")
     tls_cert: Path | None = Field(None, description="PEM certificate chain; enables TLS")
@@ -164,6 +170,28 @@ class Settings(BaseSettings):
         if self.egress == "off":
             return ()
         return parse_rules(self.egress_namespaces.get(namespace, ()))
+
+    @field_validator("secrets_key")
+    @classmethod
+    def _check_secrets_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # an empty variable, as a template leaves it, means none
+        # Says which key of the list is wrong, never what it holds.
+        for number, key in enumerate(value.get_secret_value().split(","), 1):
+            try:
+                Fernet(key.strip())
+            except ValueError:
+                raise ValueError(
+                    f"key {number} is not a Fernet key (32 bytes in URL-safe base64, "
+                    "as `toolvault secrets generate-key` prints)"
+                ) from None
+        return value
+
+    def secrets_keys(self) -> list[str]:
+        """The Fernet keys of ``secrets_key``, the one that encrypts first; [] for none."""
+        if self.secrets_key is None:
+            return []
+        return [key.strip() for key in self.secrets_key.get_secret_value().split(",")]
 
     @field_validator("log_level", mode="before")
     @classmethod

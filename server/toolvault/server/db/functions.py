@@ -42,6 +42,7 @@ def _version_info(row: FunctionVersion | Row[Any], name: str) -> VersionInfo:
             deterministic=row.deterministic,
             isolation=Isolation(row.isolation),
             egress=tuple(json.loads(row.egress)),
+            secrets=tuple(json.loads(row.secrets)),
         ),
         created_at=row.created_at,
     )
@@ -179,6 +180,7 @@ def add_version(session: Session, name: str, content: VersionContent) -> tuple[V
         deterministic=content.deterministic,
         isolation=content.isolation.value,
         egress=json.dumps(sorted(content.egress)),
+        secrets=json.dumps(sorted(content.secrets)),
     )
     session.add(row)
     session.flush()

@@ -1,4 +1,4 @@
-"""The tables: functions, agents, their revisions, executions, API keys, audit events.
+"""The tables: functions, agents, their revisions, executions, keys, audit events, secrets.
 
 Functions have immutable versions and movable aliases; agents have immutable revisions.
 Functions, agents and executions carry the namespace of their name (``team/name``; a bare
@@ -119,6 +119,7 @@ class FunctionVersion(Base):
     deterministic: Mapped[bool] = mapped_column(server_default=false())
     isolation: Mapped[str] = mapped_column(String(8), server_default="warm")  # warm or fresh
     egress: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON list of rules, sorted
+    secrets: Mapped[str] = mapped_column(Text, server_default="[]")  # JSON list of names, sorted
 
     function: Mapped[Function] = relationship(back_populates="versions")
 
@@ -286,6 +287,25 @@ class AuditEvent(Base):
     namespace: Mapped[str] = mapped_column(String(32))
     target: Mapped[str] = mapped_column(String(128))
     details: Mapped[str] = mapped_column(Text)
+
+
+class Secret(Base):
+    """A namespace's secret: its value only encrypted (``services.secrets``), never in clear.
+
+    ``ciphertext`` is a Fernet token of the name and the value together, so that a token
+    moved to another row (another namespace) fails to decrypt there.
+    """
+
+    __tablename__ = "secrets"
+    __table_args__ = (Index("ix_secrets_namespace", "namespace", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    namespace: Mapped[str] = mapped_column(String(32))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str] = mapped_column(String(64))
 
 
 class FunctionsGeneration(Base):

@@ -16,6 +16,8 @@ ACTIONS = (
     "agent.delete",
     "key.create",
     "key.revoke",
+    "secret.set",
+    "secret.delete",
 )
 
 

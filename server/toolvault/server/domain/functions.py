@@ -34,13 +34,15 @@ class VersionContent:
     isolation: Isolation = Isolation.WARM
     # The hosts it may reach, as normalized allow-list entries (sandbox.EgressRule).
     egress: tuple[str, ...] = ()
+    # The names of the namespace's secrets its calls get, sorted; never their values.
+    secrets: tuple[str, ...] = ()
 
     def sha256(self) -> str:
         """Hex sha256 of the canonical form: sorted-key compact JSON of every field.
 
-        ``max_concurrency``, ``deterministic``, ``isolation`` and ``egress`` join the
-        document only when they differ from their defaults, so versions stored before
-        these fields existed keep their hash.
+        ``max_concurrency``, ``deterministic``, ``isolation``, ``egress`` and ``secrets``
+        join the document only when they differ from their defaults, so versions stored
+        before these fields existed keep their hash.
         """
         document: dict[str, object] = {
             "source": self.source,
@@ -63,6 +65,8 @@ class VersionContent:
             document["isolation"] = self.isolation.value
         if self.egress:
             document["egress"] = sorted(self.egress)
+        if self.secrets:
+            document["secrets"] = sorted(self.secrets)
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -32,6 +32,7 @@ from toolvault.v1 import (
     function_pb2,
     history_pb2,
     invocation_pb2,
+    secret_pb2,
 )
 
 if TYPE_CHECKING:
@@ -128,6 +129,16 @@ RULES: dict[str, Rule] = {
         {"CreateKey": Rule(_ADMINS), "ListKeys": Rule(_ADMINS), "RevokeKey": Rule(_ADMINS)},
     ),
     **_methods(access_pb2, "AuditService", {"ListAuditEvents": Rule(_WRITERS)}),
+    # Nobody reads a value: no RPC returns one. Who may read functions may see the names.
+    **_methods(
+        secret_pb2,
+        "SecretService",
+        {
+            "SetSecret": Rule(_WRITERS, "name", "secret", creates=True),
+            "ListSecrets": Rule(_READERS),
+            "DeleteSecret": Rule(_WRITERS, "name", "secret"),
+        },
+    ),
 }
 # Health answers everyone (probes carry no key); reflection only describes the API.
 _OPEN = "/grpc.health."

@@ -18,8 +18,9 @@ from toolvault.server.domain.audit import AuditEventInfo
 from toolvault.server.domain.errors import InvalidArgument
 from toolvault.server.domain.executions import ExecutionInfo, ExecutionStatus
 from toolvault.server.domain.functions import FunctionInfo, Isolation, VersionInfo
+from toolvault.server.domain.secrets import SecretInfo
 from toolvault.server.domain.stats import FunctionStatsInfo
-from toolvault.v1 import access_pb2, agent_pb2, execution_pb2, function_pb2
+from toolvault.v1 import access_pb2, agent_pb2, execution_pb2, function_pb2, secret_pb2
 
 _STATUS_PREFIX = "EXECUTION_STATUS_"
 _ISOLATION_PREFIX = "ISOLATION_"
@@ -97,6 +98,7 @@ def version_pb(info: VersionInfo, *, with_source: bool) -> function_pb2.Function
         deterministic=content.deterministic,
         isolation=execution_pb2.Isolation.Value(_ISOLATION_PREFIX + content.isolation.name),
         egress=content.egress,
+        secrets=content.secrets,
     )
 
 
@@ -299,4 +301,14 @@ def audit_event_pb(info: AuditEventInfo) -> access_pb2.AuditEvent:
         namespace=info.namespace,
         target=info.target,
         details_json=json.dumps(info.details, sort_keys=True),
+    )
+
+
+def secret_pb(info: SecretInfo) -> secret_pb2.Secret:
+    """A secret as a reply lists it: never its value."""
+    return secret_pb2.Secret(
+        name=info.name,
+        create_time=timestamp(info.created_at),
+        update_time=timestamp(info.updated_at),
+        updated_by=info.updated_by,
     )

@@ -53,6 +53,7 @@ class FunctionServicer(function_pb2_grpc.FunctionServiceServicer):
             deterministic=request.deterministic,
             isolation=convert.isolation(request.isolation),
             egress=tuple(request.egress),
+            secrets=tuple(request.secrets),
         )
         version, created = await asyncio.to_thread(
             self._functions.publish, publish, actor=actor(context)

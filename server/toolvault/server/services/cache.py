@@ -10,23 +10,31 @@ together pass ``MAX_ENTRY_BYTES`` is not stored, which bounds the cache's memory
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 V = TypeVar("V")
 MAX_ENTRY_BYTES = 64 * 1024
 
 
-def cache_key(name: str, sha256: str, args: dict[str, Any]) -> tuple[str, str, str]:
+def cache_key(
+    name: str, sha256: str, args: dict[str, Any], secrets: Mapping[str, str]
+) -> tuple[str, str, str]:
     """The key of a call: the function, its version's hash and the canonical arguments.
 
     The name keeps namespaces apart: equal code elsewhere must not answer from, or reveal,
-    another namespace's calls.
+    another namespace's calls. The values of the call's secrets join the hash (as a
+    digest), so that a result computed with a value set before is not served after it
+    changed. Cached results have those values redacted already.
     """
     canonical = json.dumps(args, sort_keys=True, separators=(",", ":"))
+    if secrets:
+        values = json.dumps(dict(secrets), sort_keys=True).encode()
+        sha256 = f"{sha256}:{hashlib.sha256(values).hexdigest()}"
     return name, sha256, canonical
 
 

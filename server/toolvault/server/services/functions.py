@@ -55,6 +55,7 @@ from toolvault.server.domain.names import (
 )
 from toolvault.server.domain.paging import decode_token, encode_token, page_size
 from toolvault.server.domain.schemas import checked_schema
+from toolvault.server.domain.secrets import checked_declarations
 from toolvault.server.services.plugins import Plugins
 
 log = logging.getLogger("toolvault.server")
@@ -84,6 +85,7 @@ class PublishRequest:
     deterministic: bool = False
     isolation: Isolation = Isolation.WARM
     egress: tuple[str, ...] = ()
+    secrets: tuple[str, ...] = ()
 
 
 class _ResolveCache:
@@ -319,8 +321,13 @@ class FunctionStore:
                 f"({', '.join(sorted(permitted))})"
             )
         entrypoint = request.entrypoint or "main"
+        declared = checked_declarations(request.secrets)
         checked = check_source(
-            request.source, entrypoint=entrypoint, allowed_imports=allowed, filename=request.name
+            request.source,
+            entrypoint=entrypoint,
+            allowed_imports=allowed,
+            filename=request.name,
+            secrets=bool(declared),
         )
         if not checked.ok:
             problems = [
@@ -346,6 +353,7 @@ class FunctionStore:
             deterministic=request.deterministic,
             isolation=request.isolation,
             egress=egress,
+            secrets=declared,
         )
 
     def _checked_egress(self, entries: tuple[str, ...], namespace: str) -> tuple[str, ...]:

@@ -9,6 +9,12 @@ A successful run of a deterministic version is kept in the result cache (see
 execution with ``cached`` set and ``cached_from`` naming the run it came from. Invoke's
 idempotency keys are kept in ``idempotency``.
 
+A version that declares secrets gets their values from its function's namespace in its
+job (``secrets``); a call fails before it runs (FAILED_PRECONDITION, not recorded: no
+run happened, as for arguments that fail their schema) while one is not set. Every
+occurrence of those values in the execution is replaced with ``***`` (``Redactor``)
+before it is recorded, cached, reported to plugins or returned.
+
 Plugins hear of each call once its arguments are checked (and may refuse it), and of each
 recorded run. A run's spans are ``validate``, ``queue``, ``sandbox`` and ``record``, under
 the RPC's span; the execution keeps the trace id.
@@ -39,6 +45,7 @@ from toolvault.server.domain.executions import CallContext, ExecutionInfo, Execu
 from toolvault.server.domain.functions import Isolation, VersionInfo
 from toolvault.server.domain.names import namespace_of
 from toolvault.server.domain.schemas import parse_json, problems
+from toolvault.server.domain.secrets import Redactor
 from toolvault.server.domain.toolspec import derived_schema_json
 from toolvault.server.services import idempotency
 from toolvault.server.services.admission import Admission
@@ -46,6 +53,7 @@ from toolvault.server.services.cache import MAX_ENTRY_BYTES, ResultCache, cache_
 from toolvault.server.services.functions import FunctionStore
 from toolvault.server.services.history import History, HistoryWriter
 from toolvault.server.services.plugins import Call, Plugins
+from toolvault.server.services.secrets import Secrets
 from toolvault.server.telemetry import metrics
 from toolvault.server.telemetry.tracing import QuietTracer, trace_id
 
@@ -63,6 +71,8 @@ class Invocations:
         settings: Concurrency, queue, cache and argument limits, and the allow-list the
             default sandbox host preloads.
         plugins: Told of each call and of each recorded run.
+        secrets: Where the values of the secrets that versions declare come from; by
+            default the database's, under ``settings``' keys.
         tracer: Makes the spans of each run.
         sandbox_host: The host to run the calls in; by default one built from
             ``settings``. The seam the test suite uses to run code that escaped the
@@ -77,10 +87,12 @@ class Invocations:
         settings: Settings,
         *,
         plugins: Plugins | None = None,
+        secrets: Secrets | None = None,
         tracer: trace.Tracer | None = None,
         sandbox_host: sandbox.SandboxHost | None = None,
     ) -> None:
         self._db = db
+        self._secrets = secrets or Secrets(db, settings.secrets_keys())
         self._functions = functions
         self._settings = settings
         self._plugins = plugins or Plugins()
@@ -207,13 +219,21 @@ class Invocations:
                 call = Call(version=version, args_json=args_json, context=context)
                 await asyncio.to_thread(self._plugins.before_invoke, call)
         content = version.content
+        secrets: dict[str, str] = {}
+        if content.secrets:
+            secrets = await asyncio.to_thread(
+                self._secrets.values, namespace_of(version.name), content.secrets
+            )
+        redactor = Redactor(secrets.values())
         key: tuple[str, str, str] | None = None
         if content.deterministic and self._cache.enabled:
-            key = cache_key(version.name, version.sha256, args)
+            key = cache_key(version.name, version.sha256, args, secrets)
             hit = self._cache.get(key)
             metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
             if hit is not None:
-                return await self._record_cached(hit, args_json, context, idempotency_key)
+                return await self._record_cached(
+                    hit, redactor.json_text(args_json), context, idempotency_key
+                )
         job = sandbox.Job(
             source=content.source,
             entrypoint=content.entrypoint,
@@ -221,6 +241,7 @@ class Invocations:
             allowed_imports=content.allowed_imports,
             limits=content.limits,
             filename=f"{version.name}@{version.version}",
+            secrets=secrets,
         )
         info = ExecutionInfo(
             id=uuid.uuid4(),
@@ -249,7 +270,9 @@ class Invocations:
             with self._admission.function_slot(version):
                 result = await self._run(job, self._worker_key(version), self._egress(version))
         except asyncio.CancelledError:
-            cancelled = replace(info, duration_ms=(time.monotonic() - started) * 1000)
+            cancelled = redactor.execution(
+                replace(info, duration_ms=(time.monotonic() - started) * 1000)
+            )
             # Shielded: the record is written even though this task is being cancelled.
             await asyncio.shield(self._record_and_report(cancelled))
             raise
@@ -278,6 +301,7 @@ class Invocations:
                     error_type="OutputSchemaMismatch",
                     error_message="the result does not match the output schema: " + found,
                 )
+        info = redactor.execution(info)
         await self._record_and_report(info, idempotency_key)
         metrics.INVOCATIONS.labels(info.function_name, info.status).inc()
         metrics.RUN_SECONDS.labels(info.function_name).observe(info.duration_ms / 1000)
