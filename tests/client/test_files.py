@@ -6,15 +6,29 @@ call passes, and a chart maker that leaves an SVG in out/.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
+import json
+import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.conftest import ServerProcess
-from toolvault.client import Client, ExecutionFile, ExecutionStatus, InvalidArgument
+from toolvault.cli._files import save_outputs
+from toolvault.cli._input import UsageError
+from toolvault.client import (
+    Client,
+    Execution,
+    ExecutionFile,
+    ExecutionStatus,
+    InvalidArgument,
+)
 
 EXAMPLES = Path(__file__).parents[2] / "examples" / "functions"
 CSV = b"city,temp\nOslo,3\nRome,15\nOslo,4\n"
@@ -210,3 +224,92 @@ def stored_outputs(db_url: str) -> list[str]:
             return sorted(name for (name,) in rows)
     finally:
         engine.dispose()
+
+
+def test_the_cli_passes_files_and_saves_the_outputs(
+    client: Client, files_server: ServerProcess, cli: Callable[..., Any], tmp_path: Path
+) -> None:
+    publish_examples(client)
+    data = tmp_path / "data.csv"
+    data.write_bytes(CSV)
+    server = ("--server", files_server.address)
+
+    code, out, _ = cli(*server, "invoke", "csv_summary", "--file", str(data))
+    assert code == 0 and '"rows": 3' in out
+
+    code, out, err = cli(*server, "--json", "invoke", "svg_chart", "--args", json.dumps(CHART))
+    assert code == 0
+    recorded = json.loads(out)
+    svg = base64.b64decode(recorded["output_files"]["chart.svg"])
+    assert svg.startswith(b"<svg")
+
+    code, out, err = cli(*server, "execution", recorded["execution_id"])
+    assert code == 0
+    assert re.search(rf"^out\s+chart\.svg\s+{len(svg)}\s+[0-9a-f]{{64}}$", out, re.M), out
+
+    saved = tmp_path / "saved"
+    code, _, err = cli(*server, "execution", recorded["execution_id"], "--save", str(saved))
+    assert code == 0, err
+    assert (saved / "chart.svg").read_bytes() == svg
+    assert f"saved {saved / 'chart.svg'}" in err
+
+    # An existing file stays unless --force; a symlink in its place is never followed.
+    (saved / "chart.svg").write_bytes(b"mine")
+    code, _, err = cli(*server, "execution", recorded["execution_id"], "--save", str(saved))
+    assert code != 0 and "exists: pass --force to replace it" in err
+    assert (saved / "chart.svg").read_bytes() == b"mine"
+    code, _, err = cli(
+        *server, "execution", recorded["execution_id"], "--save", str(saved), "--force"
+    )
+    assert code == 0 and (saved / "chart.svg").read_bytes() == svg
+    target = tmp_path / "target"
+    target.write_bytes(b"untouched")
+    (saved / "chart.svg").unlink()
+    (saved / "chart.svg").symlink_to(target)
+    code, _, err = cli(
+        *server, "execution", recorded["execution_id"], "--save", str(saved), "--force"
+    )
+    assert code != 0 and "cannot write" in err
+    assert target.read_bytes() == b"untouched"
+
+    # invoke --save in one go.
+    code, _, err = cli(
+        *server, "invoke", "svg_chart", "--args", json.dumps(CHART), "--save", str(tmp_path / "b")
+    )
+    assert code == 0 and (tmp_path / "b" / "chart.svg").read_bytes() == svg
+
+
+@pytest.mark.parametrize("name", ["../escape", "/etc/passwd", "a/b", "..", ".", "", "a\\b"])
+def test_save_never_writes_outside_its_directory(tmp_path: Path, name: str) -> None:
+    # As from a server that broke its own rules: names are checked again before writing.
+    execution = dataclasses.replace(
+        EMPTY,
+        files=(ExecutionFile("out", name, 1, "0" * 64),),
+        output_files={name: b"x"},
+    )
+    with pytest.raises(UsageError, match="not a plain file name"):
+        save_outputs(execution, str(tmp_path / "dir"), force=True)
+    assert [p.name for p in tmp_path.rglob("*")] == ["dir"]
+
+
+EMPTY = Execution(
+    execution_id="e",
+    function_name="f",
+    version=1,
+    sha256="0" * 64,
+    status=ExecutionStatus.OK,
+    result=None,
+    result_json="",
+    args={},
+    args_json="{}",
+    stdout="",
+    stderr="",
+    error=None,
+    started_at=datetime.now(UTC),
+    duration_ms=0.0,
+    cpu_time_ms=0.0,
+    peak_memory_bytes=0,
+    caller="",
+    args_truncated=False,
+    result_truncated=False,
+)
