@@ -112,15 +112,22 @@ class Attack:
     bystanders: bool = False
     names: list[str] = field(default_factory=list)
 
-    def run(self, source: str, args: dict[str, object] | None = None, **limits: int) -> Execution:
-        """Publish and invoke ``source``; assert no secret leaked and nothing survived."""
+    def run(
+        self,
+        source: str,
+        args: dict[str, object] | None = None,
+        *,
+        files: dict[str, bytes] | None = None,
+        **limits: int,
+    ) -> Execution:
+        """Publish and invoke ``source`` with ``files``; assert no secret leaked or survived."""
         self.count += 1
         name = f"attack_{self.count}"
         self.names.append(name)
         self.client.publish(name, source, **limits)  # type: ignore[arg-type]
         self.assert_nothing_survives()  # the last call's worker has stopped: it is idle
         idle_before = idle_workers(self.server_pid)
-        execution = self.client.invoke(name, args or {})
+        execution = self.client.invoke(name, args or {}, files=files)
         self.assert_no_secret(execution)
         self.assert_nothing_survives()
         kept = set()
