@@ -23,6 +23,7 @@ from tests.conftest import ServerProcess
 from toolvault.cli._files import save_outputs
 from toolvault.cli._input import UsageError
 from toolvault.client import (
+    AgentSpec,
     Client,
     Execution,
     ExecutionFile,
@@ -224,6 +225,19 @@ def stored_outputs(db_url: str) -> list[str]:
             return sorted(name for (name,) in rows)
     finally:
         engine.dispose()
+
+
+def test_an_agents_tool_call_passes_files_and_gets_the_outputs(client: Client) -> None:
+    publish_examples(client)
+    client.create_agent(AgentSpec(name="analyst", tools=("csv_summary", "svg_chart")))
+
+    summary = client.call_tool("analyst", "csv_summary", files={"data.csv": CSV})
+    assert not summary.is_error, summary.text
+    assert json.loads(summary.text)["rows"] == 3
+    assert [file.name for file in summary.execution.files] == ["data.csv"]
+    chart = client.call_tool("analyst", "svg_chart", CHART)
+    assert chart.execution.output_files["chart.svg"].startswith(b"<svg")
+    assert chart.execution.agent == "analyst"
 
 
 def test_the_cli_passes_files_and_saves_the_outputs(

@@ -647,6 +647,7 @@ class Client:
         conversation_id: str = "",
         chain: ChainContext | None = None,
         timeout: float | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> ToolResult:
         """Run one of an agent's tools in a sandbox, as the agent's model asked.
 
@@ -661,6 +662,8 @@ class Client:
             chain: The chain context from `route_task` when the agent works on a
                 delegated task; None for a direct call.
             timeout: Deadline of this call in seconds, instead of the client's default.
+            files: Files for the tool's working directory, as for `invoke`; those it
+                leaves in `out/` are in the result's `execution.output_files`.
 
         Returns:
             The result, with the recorded execution.
@@ -668,7 +671,8 @@ class Client:
         Raises:
             PermissionDenied: The tool is not on the agent's list.
             InvalidArgument: The arguments do not match the tool's input schema, or are
-                larger than `max_args_bytes` (checked before sending).
+                larger than `max_args_bytes`, or the files are over the caps (checked
+                before sending, as for `invoke`).
             FailedPrecondition: The agent is disabled or the chain is too deep.
             NotFound: The agent does not exist.
         """
@@ -678,6 +682,7 @@ class Client:
             arguments_json=self._arguments(arguments, "arguments_json"),
             conversation_id=conversation_id,
             chain=chain.to_proto() if chain is not None else None,
+            files=self._files(files or {}),
         )
         return ToolResult.from_proto(self._call(self._agents.CallTool, request, timeout))
 
