@@ -304,7 +304,10 @@ def _wipe(workdir: str) -> bool:
     for entry in os.scandir(workdir):
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                try:
+                    os.rmdir(entry.path)  # out/ is mostly empty: a third of rmtree's cost
+                except OSError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
     return not os.listdir(workdir)
