@@ -343,9 +343,10 @@ def _collect_outputs(limits: Limits) -> dict[str, Any]:
     """What the call left in out/, for the report: ``files`` ([name, base64] pairs).
 
     Only regular files directly in out/ come back, opened without following a symlink;
-    anything else there, or more than the limits allow, is ``files_problem`` instead (a
-    sentence; the runner makes the run OUTPUT_LIMIT or ERROR of it). Sizes are checked
-    with fstat before a byte is read, so that no file over the caps is ever loaded.
+    instead of them, anything else there is ``files_problem`` (the runner makes an OK run
+    ERROR of it) and more than the limits allow is ``files_over`` (OUTPUT_LIMIT), each a
+    sentence. Sizes are checked with fstat before a byte is read, so that no file over
+    the caps is ever loaded.
     """
     try:
         directory = os.open(OUTPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | _NEW_FILE)

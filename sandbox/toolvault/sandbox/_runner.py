@@ -1625,10 +1625,10 @@ def _parse_report(data: bytes | bytearray, limits: Limits) -> tuple[dict[str, An
 def _parse_files(report: dict[str, Any], limits: Limits) -> str:
     """Turn the report's ``files`` into File values in place; what is wrong with them.
 
-    A memory_limit report has none. Past ``limits`` the files are dropped and
-    ``files_over`` says which limit they passed (the run is OUTPUT_LIMIT); the sandbox's
-    own ``files_over`` and ``files_problem`` are kept as sentences, cut to a message's
-    length.
+    A memory_limit report has none, nor one with a ``files_problem``. Past ``limits``
+    the files are dropped and ``files_over`` says which limit they passed (the run is
+    OUTPUT_LIMIT); the sandbox's own ``files_over`` and ``files_problem`` are kept as
+    sentences, cut to a message's length.
     """
     for key in ("files_over", "files_problem"):
         text = report.get(key, "")
@@ -1636,8 +1636,8 @@ def _parse_files(report: dict[str, Any], limits: Limits) -> str:
             return f"{key} is not a string"
         report[key] = _valid_text(text[:MAX_MESSAGE_CHARS])
     entries = report.get("files", [])
-    if report["status"] == "memory_limit":
-        entries = []
+    if report["status"] == "memory_limit" or report["files_problem"]:
+        entries = []  # no files then, whatever else the report holds
     if not isinstance(entries, list):
         return "files is not a list"
     files: list[File] = []
