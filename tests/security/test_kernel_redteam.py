@@ -159,10 +159,12 @@ def main(secret):
 
     assert seen["secret"] == []
     kept, _ = test_kernel_layer.runtime_paths()
-    root = sorted({"dev", "proc", "sandbox", *(p.split("/")[1] for p in kept)})
+    certificates = [path for _, path in test_kernel_layer.trust_store()]
+    root = sorted({"dev", "proc", "sandbox", *(p.split("/")[1] for p in [*kept, *certificates])})
     for link, listing in seen["dirs"].items():
         assert listing[0] == "ok", link
-        assert listing[1] in (root, []), (link, listing)  # its root, or its empty workdir
+        # Its root, or its working directory, empty but for the empty out/ of every call.
+        assert listing[1] in (root, ["out"]), (link, listing)
     readable = {link: what for link, what in seen["files"].items() if what[0] != "PermissionError"}
     # What opens is a pipe of its own or a file it has mapped anyway: /proc/self/exe is
     # the interpreter, outside the private root but executing in it.
