@@ -285,7 +285,9 @@ def test_the_example_runs_its_agent_with_the_scripted_model(server: str) -> None
     example = [sys.executable, str(EXAMPLES / "run_agent.py"), "--server", server]
     out = subprocess.run(example, capture_output=True, text=True, check=True, timeout=60).stdout
     assert out.splitlines() == [
+        "function csv_summary: version 1",
         "function stats: version 1",
+        "function svg_chart: version 1",
         "function unit_convert: version 1",
         "function word_count: version 1",
         "agent calculator: revision 1 (stored)",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,13 @@ import anyio
 import pytest
 from mcp import ClientSession, MCPError
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.types import INVALID_PARAMS, CallToolResult, TextContent
+from mcp.types import (
+    INVALID_PARAMS,
+    BlobResourceContents,
+    CallToolResult,
+    EmbeddedResource,
+    TextContent,
+)
 
 from toolvault.client import AgentSpec, Client
 
@@ -98,3 +106,29 @@ def test_an_mcp_client_lists_and_calls_an_agents_tools(server: str) -> None:
         "",
         "error: agent 'nobody' not found\n",
     )
+
+
+def test_an_mcp_tools_output_files_come_back_as_embedded_resources(server: str) -> None:
+    chart = Path(__file__).parents[2] / "examples" / "functions" / "svg_chart.py"
+    with Client(server) as client:
+        client.publish("svg_chart", chart.read_text())
+        client.create_agent(AgentSpec(name="charts", tools=("svg_chart",)))
+
+    async def session() -> CallToolResult:
+        params = StdioServerParameters(
+            command=TOOLVAULT, args=["--server", server, "mcp", "--agent", "charts"]
+        )
+        async with stdio_client(params) as streams, ClientSession(*streams) as mcp:
+            await mcp.initialize()
+            return await mcp.call_tool("svg_chart", {"labels": ["a"], "values": [1]})
+
+    result = anyio.run(session)
+    text, resource = result.content
+    assert isinstance(text, TextContent) and not result.is_error
+    assert text.text == '{"file": "out/chart.svg", "bars": 1}'
+    assert isinstance(resource, EmbeddedResource)
+    blob = resource.resource
+    assert isinstance(blob, BlobResourceContents)
+    assert blob.mime_type == "image/svg+xml"
+    assert re.fullmatch(r"toolvault://executions/[0-9a-f-]{36}/out/chart\.svg", blob.uri)
+    assert base64.b64decode(blob.blob).startswith(b"<svg")

@@ -14,7 +14,7 @@ from toolvault.client import AgentSpec, Client, InvalidArgument, ResourceExhaust
 RunCli = Callable[..., tuple[int, str, str]]
 IDENTITY = "def main(x=0):\n    return x\n"
 LARGE = {"x": "y" * 1_100_000}  # past the server's default limit, within its transport's
-HUGE = {"x": "y" * 10_000_000}  # past what the server's transport reads at all
+HUGE = {"x": "y" * 20_000_000}  # past what the server's transport reads (files included)
 
 
 def test_arguments_over_the_limit_are_refused_with_the_servers_own_message(server: str) -> None:
@@ -35,7 +35,7 @@ def test_arguments_over_the_limit_are_refused_with_the_servers_own_message(serve
             assert str(ours.value) == str(servers.value)
             assert str(ours.value) == f"{field} is 1100009 bytes, more than the limit of 1048576"
 
-        with pytest.raises(InvalidArgument, match="^args_json is 10000009 bytes, more than"):
+        with pytest.raises(InvalidArgument, match="^args_json is 20000009 bytes, more than"):
             checked.invoke("f", HUGE)
         # What the check spares the caller: the transport's refusal.
         with pytest.raises(ResourceExhausted, match="larger than max"):
@@ -61,10 +61,10 @@ def test_the_cli_refuses_large_arguments_from_a_file_before_sending(
     assert cli(*command) == (
         2,
         "",
-        "error: --args is 10000009 bytes, more than the limit of 1048576\n",
+        "error: --args is 20000009 bytes, more than the limit of 1048576\n",
     )
     # A server with a larger limit: the client is told the same limit.
-    monkeypatch.setenv("TOOLVAULT_MAX_ARGS_BYTES", str(20_000_000))
+    monkeypatch.setenv("TOOLVAULT_MAX_ARGS_BYTES", str(30_000_000))
     code, _, err = cli(*command)
     assert code == 3 and err.startswith("error: cannot reach the server at ")
 

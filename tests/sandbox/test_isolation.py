@@ -245,7 +245,7 @@ def test_cant_fill_the_disk(plan: Plan, tmp_path: Path) -> None:
     result = confined(
         plan,
         """\
-        attempt("big_file", lambda: open("big", "wb").write(b"x" * (2 << 20)))
+        attempt("big_file", lambda: open("big", "wb").write(b"x" * (8 << 20)))
         written = 0
         def fill():
             global written

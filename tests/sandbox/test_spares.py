@@ -79,7 +79,7 @@ def test_a_spare_serves_one_call_and_is_replaced(spare_host: SandboxHost) -> Non
     for n, (found, before, after) in enumerate(scenario(spare_host, steps)):
         # Its own process: no call before it ran there, no file of one is left.
         assert found["calls"] == [n]
-        assert found["files"] == []
+        assert found["files"] == ["out"]  # the empty out/ of every call
         # One spare served the call and is gone; a new one took its place.
         assert len(set(before) - set(after)) == 1
         assert len(set(after) - set(before)) == 1
@@ -96,7 +96,7 @@ def test_a_spares_call_has_a_process_of_its_own(spare_host: SandboxHost) -> None
     forked, first, second = scenario(spare_host, steps)
     for found, n in ((first, 1), (second, 2)):
         assert found["calls"] == [n]
-        assert found["files"] == []
+        assert found["files"] == ["out"]
         # PID 1 of a namespace of its own, which holds nothing else.
         assert found["pids"] == [1]
         # The job's memfd was read and closed: its channel and the call's three pipes.

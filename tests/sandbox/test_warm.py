@@ -109,9 +109,9 @@ def test_the_working_directory_is_wiped_after_each_call(open_host: SandboxHost) 
     source = """\
 import os
 def main():
-    found = sorted(os.listdir("."))
+    found = [sorted(os.listdir(".")), os.listdir("out")]
     os.makedirs("d/e")
-    for path in ("f", "d/e/g"):
+    for path in ("f", "d/e/g", "out/h"):
         with open(path, "w") as file:
             file.write("x")
     return found
@@ -120,7 +120,8 @@ def main():
     async def steps() -> list[str]:
         return [(await open_host.run(plain(source), worker_key="k")).result_json for _ in range(3)]
 
-    assert scenario(open_host, steps) == ["[]", "[]", "[]"]
+    # Each call finds only its own empty out/.
+    assert scenario(open_host, steps) == ['[["out"], []]'] * 3
     assert open_host.workers == {"k": 1}
 
 

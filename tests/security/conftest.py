@@ -119,16 +119,17 @@ class Attack:
         args: dict[str, object] | None = None,
         *,
         egress: Sequence[str] = (),
+        files: dict[str, bytes] | None = None,
         **limits: int,
     ) -> Execution:
-        """Publish and invoke ``source``; assert no secret leaked and nothing survived."""
+        """Publish and invoke ``source`` with ``files``; assert no secret leaked or survived."""
         self.count += 1
         name = f"attack_{self.count}"
         self.names.append(name)
         self.client.publish(name, source, egress=egress or None, **limits)  # type: ignore[arg-type]
         self.assert_nothing_survives()  # the last call's worker has stopped: it is idle
         idle_before = idle_workers(self.server_pid)
-        execution = self.client.invoke(name, args or {})
+        execution = self.client.invoke(name, args or {}, files=files)
         self.assert_no_secret(execution)
         self.assert_nothing_survives()
         kept = set()

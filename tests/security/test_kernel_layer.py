@@ -537,6 +537,11 @@ def main(workdir):
             if attempt(make)[0] == "ok" and not directory.startswith(workdir):
                 wrote.append(directory)
     mine = attempt(lambda: open(os.path.join(workdir, "fine"), "w").write("fine"))
+    # What it made in out/ would come back (and a symlink there make the run fail).
+    out = os.path.join(workdir, "out")
+    for name in os.listdir(out):
+        path = os.path.join(out, name)
+        (os.rmdir if os.path.isdir(path) and not os.path.islink(path) else os.unlink)(path)
     return {"wrote": sorted(set(wrote)), "mine": mine}
 """,
         workdir=PRIVATE_WORKDIR,

@@ -356,7 +356,8 @@ def main(path):
     assert error(execution) == refused_name("__enter__")
 
 
-@pytest.mark.parametrize("name", ["open", "eval", "exec", "compile", "type", "vars", "globals"])
+# open is the language layer's own, held to the working directory: see the tests below.
+@pytest.mark.parametrize("name", ["eval", "exec", "compile", "type", "vars", "globals"])
 def test_cant_use_unsafe_builtins(attack: Attack, name: str) -> None:
     execution = read_secret(attack, f"def main(path):\n    return {name}\n")
 
@@ -722,3 +723,63 @@ def test_cant_inject_code_into_what_dataclasses_generates(
     assert (status, error_type) == (ExecutionStatus.ERROR, "TypeError")
     assert message.startswith(refusal)
     assert not created.exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "outcome"),
+    [
+        ("open(path).read()", ("PermissionError", "open(")),
+        ("open('out/../' + path).read()", ("PermissionError", "open(")),
+        ("open('/proc/self/environ').read()", ("PermissionError", "open(")),
+        ("open('/proc/self/fd/3', 'w')", ("PermissionError", "open(")),
+        # The report pipe by its fd, and the real open's hooks: not even taken.
+        ("open(3, 'w')", ("TypeError", "open() takes a file name (a str)")),
+        ("open('data.csv', opener=len)", ("TypeError", "unexpected keyword argument 'opener'")),
+        ("open('data.csv', closefd=False)", ("TypeError", "unexpected keyword argument")),
+        ("open('data.csv', 'w')", ("PermissionError", "may write only to files in out/")),
+        ("open('data.csv', 'r+')", ("PermissionError", "may write only to files in out/")),
+        ("open('out/sub/x', 'w')", ("PermissionError", "open(")),
+    ],
+)
+def test_cant_open_anything_but_its_own_files_with_open(
+    attack: Attack, call: str, outcome: tuple[str, str]
+) -> None:
+    execution = attack.run(
+        f"def main(path):\n    return {call}\n",
+        {"path": str(attack.secret_file)},
+        files={"data.csv": b"a,b\n"},
+    )
+
+    status, error_type, message = error(execution)
+    assert (status, error_type) == (ExecutionStatus.ERROR, outcome[0])
+    assert outcome[1] in message
+
+
+@pytest.mark.parametrize(
+    ("walk", "outcome"),
+    [
+        ("getattr(f, '_' + 'CHUNK_SIZE')", refused_name("_CHUNK_SIZE")),
+        ("getattr(f.buffer.raw, '__' + 'init__')", refused_name("__init__")),
+        ("getattr(f, '__' + 'class__')", refused_name("__class__")),
+        ("f.buffer.raw.name", (ExecutionStatus.OK, "", "")),
+        # csv is allowed; io, which it imports, is not.
+        ("csv.StringIO", (ExecutionStatus.ERROR, "ImportError", "StringIO comes from a module")),
+        ("csv.re.copyreg", (ExecutionStatus.ERROR, "ImportError", "import of 'copyreg'")),
+        ("getattr(csv, '_' + 'csv')", refused_name("_csv")),
+        ("csv.reader(f).dialect.delimiter", (ExecutionStatus.OK, "", "")),
+    ],
+)
+def test_open_files_and_the_csv_module_lead_nowhere(
+    attack: Attack, walk: str, outcome: tuple[ExecutionStatus, str, str]
+) -> None:
+    execution = attack.run(
+        f"import csv\ndef main():\n    f = open('data.csv')\n    return {walk}\n",
+        files={"data.csv": b"a,b\n"},
+    )
+
+    if outcome[0] is ExecutionStatus.OK:
+        assert execution.status is ExecutionStatus.OK, execution.error
+        return
+    status, error_type, message = error(execution)
+    assert (status, error_type) == outcome[:2]
+    assert message.startswith(outcome[2]), message

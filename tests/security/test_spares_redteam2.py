@@ -195,7 +195,7 @@ def test_calls_at_once_in_spares_workers_and_forked_sandboxes_share_nothing(
     found, workers, _ = scenario(spare_host, steps)
     for n, seen in enumerate(found):
         assert seen["state"] == [n]
-        assert seen["files"] == [f"left-by-{n}"]
+        assert seen["files"] == [f"left-by-{n}", "out"]
     # Six processes at once: six uids, six PID namespaces.
     assert len({seen["uid"] for seen in found}) == 6
     assert len({seen["pidns"] for seen in found}) == 6
@@ -257,7 +257,7 @@ def test_what_a_spare_does_around_its_done_byte_reaches_no_result_and_no_call(
     assert len(set(before) - set(after)) == 1
     # The next call has a process of its own and finds nothing of it.
     assert following["state"] == [1]
-    assert following["files"] == ["left-by-1"]
+    assert following["files"] == ["left-by-1", "out"]
 
 
 def test_a_spare_serves_only_calls_of_its_own_limits(spare_host: SandboxHost) -> None:

@@ -526,7 +526,8 @@ def test_a_uid_a_retired_worker_ran_as_carries_nothing_to_another_key(
 
     (uid_a, wrote), (uid_b, found, own_seen) = scenario(open_host, steps)
     assert uid_a == uid_b, "the attack needs the second worker to get the first one's uid"
-    assert wrote == [PRIVATE_WORKDIR], wrote  # only its working directory
+    # Only its working directory, and the out/ in it.
+    assert wrote == [PRIVATE_WORKDIR, f"{PRIVATE_WORKDIR}/out"], wrote
     assert own_seen, "the search cannot see its own marker"
     assert found == []
 

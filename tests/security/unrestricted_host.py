@@ -11,19 +11,21 @@ warm worker, keyed by its filename, as the server runs the calls of a function v
 ``--spares`` keeps two spares ready for the jobs (``SandboxHost(spares=2)``) and waits for
 them before each line. A job with ``egress`` (a list of allow-list entries) gets a door
 to the network that allows them, and loopback as the operator's private-address setting
-would (the tests' listeners are all on loopback).
+would (the tests' listeners are all on loopback). A job's ``files`` (name to base64) are
+its files in; a result's ``files`` are what it left in out/, the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import ipaddress
 import json
 import sys
 from typing import Any
 
-from toolvault.sandbox import Egress, Job, Limits, RunResult, SandboxHost, parse_rules
+from toolvault.sandbox import Egress, File, Job, Limits, RunResult, SandboxHost, parse_rules
 
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
@@ -45,6 +47,10 @@ def _job(fields: dict[str, Any]) -> Job:
         limits,
         filename=fields.get("filename", "attack@1"),
         secrets=fields.get("secrets", {}),
+        files=tuple(
+            File(name, base64.b64decode(content))
+            for name, content in fields.get("files", {}).items()
+        ),
     )
 
 
@@ -55,7 +61,8 @@ def _egress(fields: dict[str, Any]) -> Egress | None:
 
 
 def _encode(result: RunResult) -> dict[str, Any]:
-    return {**dataclasses.asdict(result), "status": result.status.value}
+    files = {file.name: base64.b64encode(file.content).decode() for file in result.files}
+    return {**dataclasses.asdict(result), "status": result.status.value, "files": files}
 
 
 async def _serve(data_dir: str, warm: bool, spares: int) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import Iterator
@@ -117,6 +118,25 @@ MALFORMED_REPORTS = {
         "the result is nested too deeply",
     ),
     "an unknown status": (forged(status="OK"), "an unknown status"),
+    "files that are not a list": (forged(files={"a": ""}), "files is not a list"),
+    "a file that is not a pair": (
+        forged(files=[["a"]]),
+        "a file is not a [name, content] pair of strings",
+    ),
+    "a file named ../../etc/cron.d/x": (
+        forged(files=[["../../etc/cron.d/x", ""]]),
+        'the name of a file starts with "."',
+    ),
+    "a file named /etc/passwd": (
+        forged(files=[["/etc/passwd", ""]]),
+        "the name of a file holds '/', which a plain file name may not",
+    ),
+    "a file named twice": (forged(files=[["a", ""], ["a", ""]]), "the file 'a' comes twice"),
+    "a file that is not base64": (
+        forged(files=[["a", "not base64!"]]),
+        "the content of 'a' is not base64",
+    ),
+    "a files_over that is not a string": (forged(files_over=[]), "files_over is not a string"),
     "a traceback that is not a string": (forged(traceback=None), "traceback is not a string"),
 }
 
@@ -220,6 +240,31 @@ def test_a_malformed_report_makes_the_run_crashed_with_one_history_row(
     )
     assert (message.error.type, message.error.message) == ("Crashed", MALFORMED + problem)
     assert message.result_json == "" and message.peak_memory_bytes == row.peak_memory_bytes
+
+
+def test_forged_output_files_within_the_caps_are_kept_and_over_them_are_output_limit(
+    database: Database, functions: FunctionStore, invocations: Invocations, settings: Settings
+) -> None:
+    chart = base64.b64encode(b"<svg/>").decode()
+    publish_attack(functions, "kept", forged(files=[["chart.svg", chart]]))
+    many = [[f"f{n}", ""] for n in range(settings.max_files + 1)]
+    publish_attack(functions, "many", forged(files=many))
+
+    kept, over = invoke(invocations, "kept", "many")
+
+    assert (kept.status, kept.outputs) == ("OK", (sandbox.File("chart.svg", b"<svg/>"),))
+    assert [(file.direction, file.name, file.size) for file in kept.files] == [
+        ("out", "chart.svg", 6)
+    ]
+    assert History(database).get(str(kept.id), outputs=True).outputs == kept.outputs
+    assert outcome(over) == (
+        "OUTPUT_LIMIT",
+        "OutputLimitExceeded",
+        f"out/ holds {settings.max_files + 1} files, more than the limit of {settings.max_files}",
+        "",
+        "",
+    )
+    assert over.outputs == () and over.files == ()
 
 
 def test_a_well_formed_report_followed_by_the_real_one_is_not_json(

@@ -58,7 +58,8 @@ def test_a_message_over_the_servers_limit_is_refused_before_it_is_read(
 ) -> None:
     with Client(server, retries=False, max_source_bytes=None) as unchecked:
         with pytest.raises(ResourceExhausted, match="larger than max"):
-            unchecked.publish("f", "#" * 3_000_000)
+            # Past the source, the arguments and a call's files together (~10 MiB).
+            unchecked.publish("f", "#" * 20_000_000)
     assert client.versions("f")[0].version == 1
 
 

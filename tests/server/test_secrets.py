@@ -175,6 +175,26 @@ def test_a_function_that_prints_returns_and_raises_the_value_shows_only_stars(
     assert {e.execution_id for e in listed} == {returned.execution_id, raised.execution_id}
 
 
+def test_a_file_the_function_leaves_holds_only_stars(client: Client) -> None:
+    source = (
+        "from toolvault import secrets\n"
+        "def main():\n"
+        "    with open('out/key.txt', 'w') as file:\n"
+        "        file.write('key=' + secrets['API_KEY'] + '\\n')\n"
+    )
+    client.set_secret("API_KEY", VALUE)
+    client.publish("writer", source, secrets=["API_KEY"])
+
+    written = client.invoke("writer")
+
+    assert written.ok, written.error
+    assert written.output_files == {"key.txt": b"key=***\n"}
+    kept = client.execution(written.execution_id, include_files=True)
+    assert kept.output_files == {"key.txt": b"key=***\n"}
+    (described,) = kept.files
+    assert described.size == len(b"key=***\n")
+
+
 def test_replays_and_cached_results_are_redacted_too(client: Client) -> None:
     client.set_secret("API_KEY", VALUE)
     client.publish("cached", LEAKY, secrets=["API_KEY"], deterministic=True)

@@ -6,7 +6,9 @@ subprocess. `tools/list` answers with the agent's tool specs and `tools/call` go
 in a sandbox and records the call under the agent, like any other agent call. A failing
 tool, and a call toolvault refuses, come back as results with isError set and the reason
 as text, which is how MCP lets the model see what went wrong; only a tool the agent does
-not offer is a JSON-RPC error (-32602, invalid params), as the MCP spec says.
+not offer is a JSON-RPC error (-32602, invalid params), as the MCP spec says. Files the
+tool left in out/ follow the text as embedded resources (blobs); a tools/call passes
+none in, its arguments being JSON.
 
 Built on the low-level `mcp.server.lowlevel.Server` rather than `MCPServer`, whose tools
 are Python functions with signatures: here the tools and their schemas are data known only
@@ -16,9 +18,12 @@ worker thread and the event loop keeps answering the protocol's own traffic.
 
 from __future__ import annotations
 
+import base64
 import importlib.metadata
+import mimetypes
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -106,7 +111,7 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
             return types.CallToolResult(content=[text], is_error=True)
         structured = result.execution.result
         return types.CallToolResult(
-            content=[types.TextContent(text=result.text)],
+            content=[types.TextContent(text=result.text), *_output_files(result)],
             # MCP clients check the structured content of a tool with an output schema;
             # MCP before 2026-07-28 only allows an object there.
             structured_content=(
@@ -122,3 +127,23 @@ def _server(client: Client, agent: str, conversation_id: str, description: str) 
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )
+
+
+def _output_files(result: ToolResult) -> list[types.EmbeddedResource]:
+    """What the tool left in out/, as MCP's embedded resources with their bytes (blobs).
+
+    MCP is the one tool format whose results carry files; the uri names the execution
+    and the file, which `toolvault execution ID --save DIR` fetches again while kept.
+    """
+    execution = result.execution
+    return [
+        types.EmbeddedResource(
+            type="resource",
+            resource=types.BlobResourceContents(
+                uri=f"toolvault://executions/{execution.execution_id}/out/{quote(name)}",
+                mime_type=mimetypes.guess_type(name)[0] or "application/octet-stream",
+                blob=base64.b64encode(content).decode(),
+            ),
+        )
+        for name, content in sorted(execution.output_files.items())
+    ]

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from toolvault.cli._files import add_save_arguments, print_outputs, read_files, save_outputs
 from toolvault.cli._input import Commands, arguments, positive_int, read_json, read_text
 from toolvault.cli._output import (
     first_line,
@@ -77,6 +78,14 @@ def add_commands(commands: Commands) -> None:
         metavar="KEY",
         help="run once: a repeat with the same key returns the first call's result",
     )
+    cmd.add_argument(
+        "--file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a file the function finds in its working directory by its name (repeatable)",
+    )
+    add_save_arguments(cmd)
     cmd.set_defaults(call=_invoke)
 
     cmd = commands.add_parser("get", help="show a version with its source")
@@ -141,8 +150,13 @@ def _publish(client: Client, args: argparse.Namespace) -> int:
 def _invoke(client: Client, args: argparse.Namespace) -> int:
     values = {} if args.args is None else arguments(args.args)
     execution = client.invoke(
-        args.ref, values, timeout=args.timeout, idempotency_key=args.idempotency_key
+        args.ref,
+        values,
+        timeout=args.timeout,
+        idempotency_key=args.idempotency_key,
+        files=read_files(args.file),
     )
+    saved = [] if args.save is None else save_outputs(execution, args.save, force=args.force)
     if args.json:
         print_json(execution)
         return 0 if execution.ok else 1
@@ -150,6 +164,7 @@ def _invoke(client: Client, args: argparse.Namespace) -> int:
         print(json.dumps(execution.result, indent=2, ensure_ascii=False))
     print_block(sys.stdout, "--- stdout ---", execution.stdout)
     print_block(sys.stderr, "--- stderr ---", execution.stderr)
+    print_outputs(execution, saved)
     if execution.ok:
         return 0
     failure = f"the function failed with status {execution.status}"

@@ -27,6 +27,9 @@ from toolvault.cli import _access, _agents, _functions, _runs, _secrets, _server
 from toolvault.cli._input import BadCommandLine, Parser, UsageError, positive_int, tls
 from toolvault.client import (
     DEFAULT_MAX_ARGS_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_FILES_BYTES,
     DEFAULT_MAX_SOURCE_BYTES,
     DEFAULT_TARGET,
     AlreadyExists,
@@ -88,6 +91,9 @@ def _run(argv: Sequence[str] | None) -> int:
                 tls=tls(args),
                 max_args_bytes=args.max_args_bytes,
                 max_source_bytes=args.max_source_bytes,
+                max_files=args.max_files,
+                max_file_bytes=args.max_file_bytes,
+                max_files_bytes=args.max_files_bytes,
             )
             with client:
                 exit_code = int(args.call(client, args))
@@ -153,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     for option, what, limit in (
         ("max-args-bytes", "--args", DEFAULT_MAX_ARGS_BYTES),
         ("max-source-bytes", "sources to publish", DEFAULT_MAX_SOURCE_BYTES),
+        ("max-files", "numbers of --file", DEFAULT_MAX_FILES),
+        ("max-file-bytes", "files of --file", DEFAULT_MAX_FILE_BYTES),
+        ("max-files-bytes", "--file files together", DEFAULT_MAX_FILES_BYTES),
     ):
         env = "TOOLVAULT_" + option.upper().replace("-", "_")
         parser.add_argument(

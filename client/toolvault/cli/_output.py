@@ -1,11 +1,13 @@
 """How the commands print: JSON documents, aligned tables and "key: value" lines.
 
-`--json` prints one JSON document per command with the SDK models' field names; otherwise
-lists are aligned tables and single objects "key: value" lines.
+`--json` prints one JSON document per command with the SDK models' field names (and the
+bytes of files in base64); otherwise lists are aligned tables and single objects
+"key: value" lines.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sys
 import textwrap
@@ -33,6 +35,8 @@ def print_json(value: object) -> None:
 def _json_default(value: object) -> object:
     if isinstance(value, datetime):
         return value.isoformat()
+    if isinstance(value, bytes):  # the contents of files
+        return base64.b64encode(value).decode()
     if is_dataclass(value) and not isinstance(value, type):
         return {field.name: getattr(value, field.name) for field in fields(value)}
     raise TypeError(f"cannot encode {type(value).__name__} as JSON")

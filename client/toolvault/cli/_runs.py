@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import UTC, datetime, timedelta
 
+from toolvault.cli._files import add_save_arguments, print_outputs, save_outputs
 from toolvault.cli._input import (
     Commands,
     UsageError,
@@ -66,6 +67,7 @@ def add_commands(commands: Commands) -> None:
 
     cmd = commands.add_parser("execution", help="show one recorded run")
     cmd.add_argument("id")
+    add_save_arguments(cmd)
     cmd.set_defaults(call=_execution)
 
 
@@ -149,13 +151,22 @@ def _stats(client: Client, args: argparse.Namespace) -> int:
 
 
 def _execution(client: Client, args: argparse.Namespace) -> int:
-    execution = client.execution(args.id)
+    execution = client.execution(args.id, include_files=args.save is not None)
+    saved = [] if args.save is None else save_outputs(execution, args.save, force=args.force)
     if args.json:
         print_json(execution)
     else:
         # The JSON texts show exactly what was recorded, even when cut to fit the history;
         # the arguments under the name --args gives them, not the wire's.
-        print_object(execution, hide={"result", "args", "egress"}, rename=_USER_NAMES)
+        hide = {"result", "args", "egress", "files", "output_files"}
+        print_object(execution, hide=hide, rename=_USER_NAMES)
+        if execution.files:
+            print("files:")
+            print_table(
+                ("DIRECTION", "NAME", "SIZE", "SHA256"),
+                ((f.direction, f.name, str(f.size), f.sha256) for f in execution.files),
+            )
+        print_outputs(execution, saved)
         if execution.egress:
             print("egress:")
             print_table(_EGRESS_COLUMNS, (_egress_row(request) for request in execution.egress))

@@ -23,6 +23,9 @@ from toolvault.client._agent_models import (
 )
 from toolvault.client._client import (
     DEFAULT_MAX_ARGS_BYTES,
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_FILES_BYTES,
     DEFAULT_MAX_SOURCE_BYTES,
     DEFAULT_TARGET,
     TLS,
@@ -33,6 +36,7 @@ from toolvault.client._models import (
     EgressRequest,
     Execution,
     ExecutionError,
+    ExecutionFile,
     ExecutionStatus,
     Function,
     FunctionFailure,
@@ -58,6 +62,9 @@ from toolvault.client.errors import (
 
 __all__ = [
     "DEFAULT_MAX_ARGS_BYTES",
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_FILES_BYTES",
+    "DEFAULT_MAX_FILE_BYTES",
     "DEFAULT_MAX_SOURCE_BYTES",
     "DEFAULT_TARGET",
     "TLS",
@@ -73,6 +80,7 @@ __all__ = [
     "EgressRequest",
     "Execution",
     "ExecutionError",
+    "ExecutionFile",
     "ExecutionStatus",
     "FailedPrecondition",
     "Function",

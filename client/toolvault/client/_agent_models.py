@@ -285,7 +285,7 @@ class ToolResult:
     @classmethod
     def from_proto(cls, pb: agent_pb2.CallToolResponse) -> ToolResult:
         """Build a tool result from a CallTool response."""
-        return cls(Execution.from_proto(pb.execution), pb.is_error, pb.text)
+        return cls(Execution.from_proto(pb.execution, pb.output_files), pb.is_error, pb.text)
 
 
 class RoutingStrategy(enum.StrEnum):

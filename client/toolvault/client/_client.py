@@ -58,6 +58,9 @@ from toolvault.v1 import (
 __all__ = [
     "DEFAULT_MAX_ARGS_BYTES",
     "DEFAULT_MAX_SOURCE_BYTES",
+    "DEFAULT_MAX_FILES",
+    "DEFAULT_MAX_FILE_BYTES",
+    "DEFAULT_MAX_FILES_BYTES",
     "DEFAULT_TARGET",
     "TLS",
     "Client",
@@ -73,6 +76,9 @@ _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # instead of by the server's transport, whose message limit they can pass.
 DEFAULT_MAX_ARGS_BYTES = 1024 * 1024
 DEFAULT_MAX_SOURCE_BYTES = 256 * 1024
+DEFAULT_MAX_FILES = 16
+DEFAULT_MAX_FILE_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_FILES_BYTES = 8 * 1024 * 1024
 # A target that resolves to several addresses (replicas behind a headless Service, or
 # "ipv4:HOST:PORT,HOST:PORT") spreads calls over all of them; gRPC's default, pick_first,
 # would send every call to one.
@@ -233,6 +239,9 @@ class Client:
         retries: bool = True,
         max_args_bytes: int | None = DEFAULT_MAX_ARGS_BYTES,
         max_source_bytes: int | None = DEFAULT_MAX_SOURCE_BYTES,
+        max_files: int | None = DEFAULT_MAX_FILES,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
+        max_files_bytes: int | None = DEFAULT_MAX_FILES_BYTES,
     ) -> None:
         """Open a channel to the server (lazily: nothing is sent until the first call).
 
@@ -258,6 +267,11 @@ class Client:
                 the check to the server.
             max_source_bytes: The same for the source `publish` sends (the server's
                 TOOLVAULT_MAX_SOURCE_BYTES).
+            max_files: The same for the number of files `invoke` sends (the server's
+                TOOLVAULT_MAX_FILES).
+            max_file_bytes: The same for the size of each (TOOLVAULT_MAX_FILE_BYTES).
+            max_files_bytes: The same for their size together
+                (TOOLVAULT_MAX_FILES_BYTES).
         """
         # An Invoke reply can carry up to three times the server's output cap (stdout,
         # stderr, result); gRPC's default 4 MiB receive limit would refuse it.
@@ -275,6 +289,9 @@ class Client:
         self._timeout = timeout
         self._max_args_bytes = max_args_bytes
         self._max_source_bytes = max_source_bytes
+        self._max_files = max_files
+        self._max_file_bytes = max_file_bytes
+        self._max_files_bytes = max_files_bytes
         self._functions = function_pb2_grpc.FunctionServiceStub(self._channel)
         self._invocations = invocation_pb2_grpc.InvocationServiceStub(self._channel)
         self._history = history_pb2_grpc.HistoryServiceStub(self._channel)
@@ -398,6 +415,7 @@ class Client:
         *,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> Execution:
         """Run a function version in a sandbox and return the recorded run.
 
@@ -410,6 +428,9 @@ class Client:
                 with the same key, ref and args returns the first call's recorded
                 execution instead of running again (for the server's idempotency TTL,
                 24 hours by default).
+            files: Files by name (plain names, not "out") that the function finds in its
+                working directory, read-only; `Execution.output_files` has those it
+                leaves in `out/`.
 
         Returns:
             The execution; check `ok` or `status`, a failing function does not raise.
@@ -417,7 +438,9 @@ class Client:
         Raises:
             NotFound: The reference names no version.
             InvalidArgument: The arguments do not match the input schema, or are larger
-                than `max_args_bytes` (checked before sending).
+                than `max_args_bytes`, or the files are over `max_files`,
+                `max_file_bytes` or `max_files_bytes` (checked before sending), or a
+                file's name is not a plain file name.
             ResourceExhausted: The server or the function is at its concurrency limit.
             FailedPrecondition: The idempotency key was used for a different request.
             DeadlineExceeded: The timeout passed.
@@ -426,9 +449,10 @@ class Client:
             ref=ref,
             args_json=self._arguments(args, "args_json"),
             idempotency_key=idempotency_key or "",
+            files=self._files(files or {}),
         )
         response = self._call(self._invocations.Invoke, request, timeout)
-        return Execution.from_proto(response.execution)
+        return Execution.from_proto(response.execution, response.output_files)
 
     def get(self, ref: str) -> FunctionVersion:
         """Return the version a reference resolves to, with its source."""
@@ -550,10 +574,16 @@ class Client:
         pages = self._pages(self._history.ListExecutions, request, "executions")
         return [Execution.from_proto(pb) for pb in itertools.islice(pages, limit)]
 
-    def execution(self, execution_id: str) -> Execution:
-        """Return one recorded run by its id."""
-        request = history_pb2.GetExecutionRequest(id=execution_id)
-        return Execution.from_proto(self._call(self._history.GetExecution, request).execution)
+    def execution(self, execution_id: str, *, include_files: bool = False) -> Execution:
+        """Return one recorded run by its id.
+
+        With `include_files`, its `output_files` hold the bytes of the files it left in
+        `out/` that the server still keeps (for its file retention, 7 days by default);
+        `files` lists them all, kept or not.
+        """
+        request = history_pb2.GetExecutionRequest(id=execution_id, include_files=include_files)
+        response = self._call(self._history.GetExecution, request)
+        return Execution.from_proto(response.execution, response.output_files)
 
     def create_agent(self, spec: AgentSpec) -> Agent:
         """Create an agent; return its revision 1.
@@ -633,6 +663,7 @@ class Client:
         conversation_id: str = "",
         chain: ChainContext | None = None,
         timeout: float | None = None,
+        files: Mapping[str, bytes] | None = None,
     ) -> ToolResult:
         """Run one of an agent's tools in a sandbox, as the agent's model asked.
 
@@ -647,6 +678,8 @@ class Client:
             chain: The chain context from `route_task` when the agent works on a
                 delegated task; None for a direct call.
             timeout: Deadline of this call in seconds, instead of the client's default.
+            files: Files for the tool's working directory, as for `invoke`; those it
+                leaves in `out/` are in the result's `execution.output_files`.
 
         Returns:
             The result, with the recorded execution.
@@ -654,7 +687,8 @@ class Client:
         Raises:
             PermissionDenied: The tool is not on the agent's list.
             InvalidArgument: The arguments do not match the tool's input schema, or are
-                larger than `max_args_bytes` (checked before sending).
+                larger than `max_args_bytes`, or the files are over the caps (checked
+                before sending, as for `invoke`).
             FailedPrecondition: The agent is disabled or the chain is too deep.
             NotFound: The agent does not exist.
         """
@@ -664,6 +698,7 @@ class Client:
             arguments_json=self._arguments(arguments, "arguments_json"),
             conversation_id=conversation_id,
             chain=chain.to_proto() if chain is not None else None,
+            files=self._files(files or {}),
         )
         return ToolResult.from_proto(self._call(self._agents.CallTool, request, timeout))
 
@@ -821,6 +856,29 @@ class Client:
         text = json.dumps(arguments or {})
         _refuse_over(field, len(text.encode()), self._max_args_bytes)
         return text
+
+    def _files(self, files: Mapping[str, bytes]) -> list[execution_pb2.File]:
+        """The request's files, refused as the server would refuse them for their sizes."""
+        if self._max_files is not None and len(files) > self._max_files:
+            raise InvalidArgument(
+                f"files: {len(files)} files, more than the limit of {self._max_files}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        for name, content in files.items():
+            limit = self._max_file_bytes
+            if limit is not None and len(content) > limit:
+                raise InvalidArgument(
+                    f"files: {name!r} is {len(content)} bytes, more than the limit of {limit}"
+                    " bytes a file",
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                )
+        total = sum(len(content) for content in files.values())
+        if self._max_files_bytes is not None and total > self._max_files_bytes:
+            raise InvalidArgument(
+                f"files: {total} bytes together, more than the limit of {self._max_files_bytes}",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        return [execution_pb2.File(name=name, content=bytes(data)) for name, data in files.items()]
 
     def _call(
         self,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,6 +21,7 @@ from toolvault.v1 import execution_pb2, function_pb2
 __all__ = [
     "Execution",
     "ExecutionError",
+    "ExecutionFile",
     "ExecutionStatus",
     "Function",
     "FunctionFailure",
@@ -243,6 +245,25 @@ class EgressRequest:
 
 
 @dataclass(frozen=True)
+class ExecutionFile:
+    """One file of a run: one it got (`direction` "in") or one it left in `out/` ("out").
+
+    `sha256` is the hex digest of its bytes.
+    """
+
+    direction: str
+    name: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def from_proto(cls, pb: execution_pb2.ExecutionFile) -> ExecutionFile:
+        """Build a file's record from its message."""
+        direction = "in" if pb.direction == execution_pb2.FILE_DIRECTION_IN else "out"
+        return cls(direction=direction, name=pb.name, size=pb.size, sha256=pb.sha256)
+
+
+@dataclass(frozen=True)
 class Execution:
     """One recorded run of a function version.
 
@@ -258,6 +279,9 @@ class Execution:
     its version, `FRESH` in a process of its own (a fresh version's call, or a warm one's
     that found no worker free); None when none ran (cached) or the server did not say.
     `egress` lists the connections it asked its door to the network for, in order.
+    `files` lists the files it got, then those it left in `out/`; `output_files` holds the
+    bytes of those it left, by name, when the reply carried them (`invoke`, and
+    `execution(..., include_files=True)` while the server keeps them).
     """
 
     execution_id: str
@@ -288,6 +312,8 @@ class Execution:
     trace_id: str = ""
     isolation: Isolation | None = None
     egress: tuple[EgressRequest, ...] = ()
+    files: tuple[ExecutionFile, ...] = ()
+    output_files: dict[str, bytes] = field(default_factory=dict, hash=False)
 
     @property
     def ok(self) -> bool:
@@ -295,8 +321,10 @@ class Execution:
         return self.status is ExecutionStatus.OK
 
     @classmethod
-    def from_proto(cls, pb: execution_pb2.Execution) -> Execution:
-        """Build an execution from its message, parsing its JSON arguments and result."""
+    def from_proto(
+        cls, pb: execution_pb2.Execution, output_files: Iterable[execution_pb2.File] = ()
+    ) -> Execution:
+        """Build an execution from its message (and its output files' bytes, if sent)."""
         status = ExecutionStatus.from_proto(pb.status)
         # A result that does not match the output schema is still the function's result.
         has_result = bool(pb.result_json) and not pb.result_truncated
@@ -339,6 +367,8 @@ class Execution:
                 else Isolation.from_proto(pb.isolation)
             ),
             egress=tuple(EgressRequest.from_proto(request) for request in pb.egress),
+            files=tuple(ExecutionFile.from_proto(file) for file in pb.files),
+            output_files={file.name: file.content for file in output_files},
         )
 
 

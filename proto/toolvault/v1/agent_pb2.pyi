@@ -612,6 +612,7 @@ class CallToolRequest(_message.Message):
     ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     CHAIN_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     agent: _builtins.str
     """The agent making the call."""
     tool: _builtins.str
@@ -624,6 +625,12 @@ class CallToolRequest(_message.Message):
     def chain(self) -> Global___ChainContext:
         """Where this call sits in a delegation chain (from RouteTask); unset for depth 0."""
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.File]:
+        """Files the tool finds in its working directory, as InvokeRequest.files (same caps).
+        Models' tool calls carry JSON only: these come from the program that runs the agent.
+        """
+
     def __init__(
         self,
         *,
@@ -632,10 +639,11 @@ class CallToolRequest(_message.Message):
         arguments_json: _builtins.str = ...,
         conversation_id: _builtins.str = ...,
         chain: Global___ChainContext | None = ...,
+        files: _abc.Iterable[_execution_pb2.File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["chain", b"chain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments_json", b"arguments_json", "chain", b"chain", "conversation_id", b"conversation_id", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "arguments_json", b"arguments_json", "chain", b"chain", "conversation_id", b"conversation_id", "files", b"files", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -650,6 +658,7 @@ class CallToolResponse(_message.Message):
     EXECUTION_FIELD_NUMBER: _builtins.int
     IS_ERROR_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILES_FIELD_NUMBER: _builtins.int
     is_error: _builtins.bool
     """True when the tool did not produce a valid result (failed, hit a limit, or its result
     does not match the output schema): the text then explains what went wrong.
@@ -660,16 +669,21 @@ class CallToolResponse(_message.Message):
     def execution(self) -> _execution_pb2.Execution:
         """The recorded run."""
 
+    @_builtins.property
+    def output_files(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.File]:
+        """What the tool left in out/, as InvokeResponse.output_files."""
+
     def __init__(
         self,
         *,
         execution: _execution_pb2.Execution | None = ...,
         is_error: _builtins.bool = ...,
         text: _builtins.str = ...,
+        output_files: _abc.Iterable[_execution_pb2.File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "is_error", b"is_error", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "is_error", b"is_error", "output_files", b"output_files", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -96,6 +96,30 @@ EXECUTION_STATUS_OUTPUT_SCHEMA_MISMATCH: ExecutionStatus.ValueType  # 8
 """The function returned, but its result does not match the version's output schema."""
 Global___ExecutionStatus: _TypeAlias = ExecutionStatus  # noqa: Y015
 
+class _FileDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FileDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FILE_DIRECTION_UNSPECIFIED: _FileDirection.ValueType  # 0
+    """Never set by the server."""
+    FILE_DIRECTION_IN: _FileDirection.ValueType  # 1
+    """A file the caller passed: it was in the working directory, read-only."""
+    FILE_DIRECTION_OUT: _FileDirection.ValueType  # 2
+    """A file the function left in out/: it came back with the result."""
+
+class FileDirection(_FileDirection, metaclass=_FileDirectionEnumTypeWrapper):
+    """Which way a file of a run went."""
+
+FILE_DIRECTION_UNSPECIFIED: FileDirection.ValueType  # 0
+"""Never set by the server."""
+FILE_DIRECTION_IN: FileDirection.ValueType  # 1
+"""A file the caller passed: it was in the working directory, read-only."""
+FILE_DIRECTION_OUT: FileDirection.ValueType  # 2
+"""A file the function left in out/: it came back with the result."""
+Global___FileDirection: _TypeAlias = FileDirection  # noqa: Y015
+
 @_typing.final
 class ExecutionError(_message.Message):
     """Why a run did not return a result."""
@@ -198,6 +222,70 @@ class EgressRequest(_message.Message):
 Global___EgressRequest: _TypeAlias = EgressRequest  # noqa: Y015
 
 @_typing.final
+class File(_message.Message):
+    """A file with its bytes: one a call gets in its working directory, or one it left in out/."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """A plain file name: not empty, at most 255 bytes of UTF-8, no "/", "\\", NUL or other
+    control character, not starting with ".".
+    """
+    content: _builtins.bytes
+    """The file's bytes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___File: _TypeAlias = File  # noqa: Y015
+
+@_typing.final
+class ExecutionFile(_message.Message):
+    """What the history keeps of one file of a run (the contents of output files are kept
+    for the server's file retention period: see GetExecutionRequest.include_files).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    direction: Global___FileDirection.ValueType
+    """Which way it went."""
+    name: _builtins.str
+    """Its name."""
+    size: _builtins.int
+    """Its size in bytes."""
+    sha256: _builtins.str
+    """Hex sha256 of its bytes."""
+    def __init__(
+        self,
+        *,
+        direction: Global___FileDirection.ValueType = ...,
+        name: _builtins.str = ...,
+        size: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["direction", b"direction", "name", b"name", "sha256", b"sha256", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecutionFile: _TypeAlias = ExecutionFile  # noqa: Y015
+
+@_typing.final
 class Execution(_message.Message):
     """One recorded run of a function version."""
 
@@ -229,6 +317,7 @@ class Execution(_message.Message):
     TRACE_ID_FIELD_NUMBER: _builtins.int
     ISOLATION_FIELD_NUMBER: _builtins.int
     EGRESS_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned unique id (a UUID in canonical text form)."""
     function_name: _builtins.str
@@ -303,6 +392,10 @@ class Execution(_message.Message):
     def egress(self) -> _containers.RepeatedCompositeFieldContainer[Global___EgressRequest]:
         """The connections it asked its door for, in order (see EgressRequest)."""
 
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutionFile]:
+        """The files the call got, then those it left in out/, each in name order."""
+
     def __init__(
         self,
         *,
@@ -332,10 +425,11 @@ class Execution(_message.Message):
         trace_id: _builtins.str = ...,
         isolation: Global___Isolation.ValueType = ...,
         egress: _abc.Iterable[Global___EgressRequest] | None = ...,
+        files: _abc.Iterable[Global___ExecutionFile] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "egress", b"egress", "error", b"error", "function_name", b"function_name", "id", b"id", "isolation", b"isolation", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_revision", b"agent_revision", "args_json", b"args_json", "args_truncated", b"args_truncated", "cached", b"cached", "cached_from", b"cached_from", "caller", b"caller", "chain_depth", b"chain_depth", "conversation_id", b"conversation_id", "cpu_time_ms", b"cpu_time_ms", "duration_ms", b"duration_ms", "egress", b"egress", "error", b"error", "files", b"files", "function_name", b"function_name", "id", b"id", "isolation", b"isolation", "peak_memory_bytes", b"peak_memory_bytes", "result_json", b"result_json", "result_truncated", b"result_truncated", "sha256", b"sha256", "start_time", b"start_time", "status", b"status", "stderr", b"stderr", "stdout", b"stdout", "trace_id", b"trace_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

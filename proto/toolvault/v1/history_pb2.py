@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from toolvault.v1 import execution_pb2 as toolvault_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atoolvault/v1/history.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctoolvault/v1/execution.proto\"\xa5\x02\n\x15ListExecutionsRequest\x12\x15\n\rfunction_name\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\t \x01(\t\"^\n\x16ListExecutionsResponse\x12+\n\nexecutions\x18\x01 \x03(\x0b\x32\x17.toolvault.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\"B\n\x14GetExecutionResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.toolvault.v1.Execution2\xc4\x01\n\x0eHistoryService\x12[\n\x0eListExecutions\x12#.toolvault.v1.ListExecutionsRequest\x1a$.toolvault.v1.ListExecutionsResponse\x12U\n\x0cGetExecution\x12!.toolvault.v1.GetExecutionRequest\x1a\".toolvault.v1.GetExecutionResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atoolvault/v1/history.proto\x12\x0ctoolvault.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ctoolvault/v1/execution.proto\"\xa5\x02\n\x15ListExecutionsRequest\x12\x15\n\rfunction_name\x18\x01 \x01(\t\x12-\n\x06status\x18\x02 \x01(\x0e\x32\x1d.toolvault.v1.ExecutionStatus\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x33\n\x0fstart_time_from\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rstart_time_to\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x12\n\npage_token\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\t \x01(\t\"^\n\x16ListExecutionsResponse\x12+\n\nexecutions\x18\x01 \x03(\x0b\x32\x17.toolvault.v1.Execution\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x13GetExecutionRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x15\n\rinclude_files\x18\x02 \x01(\x08\"l\n\x14GetExecutionResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.toolvault.v1.Execution\x12(\n\x0coutput_files\x18\x02 \x03(\x0b\x32\x12.toolvault.v1.File2\xc4\x01\n\x0eHistoryService\x12[\n\x0eListExecutions\x12#.toolvault.v1.ListExecutionsRequest\x1a$.toolvault.v1.ListExecutionsResponse\x12U\n\x0cGetExecution\x12!.toolvault.v1.GetExecutionRequest\x1a\".toolvault.v1.GetExecutionResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,9 +39,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTEXECUTIONSRESPONSE']._serialized_start=403
   _globals['_LISTEXECUTIONSRESPONSE']._serialized_end=497
   _globals['_GETEXECUTIONREQUEST']._serialized_start=499
-  _globals['_GETEXECUTIONREQUEST']._serialized_end=532
-  _globals['_GETEXECUTIONRESPONSE']._serialized_start=534
-  _globals['_GETEXECUTIONRESPONSE']._serialized_end=600
-  _globals['_HISTORYSERVICE']._serialized_start=603
-  _globals['_HISTORYSERVICE']._serialized_end=799
+  _globals['_GETEXECUTIONREQUEST']._serialized_end=555
+  _globals['_GETEXECUTIONRESPONSE']._serialized_start=557
+  _globals['_GETEXECUTIONRESPONSE']._serialized_end=665
+  _globals['_HISTORYSERVICE']._serialized_start=668
+  _globals['_HISTORYSERVICE']._serialized_end=864
 # @@protoc_insertion_point(module_scope)

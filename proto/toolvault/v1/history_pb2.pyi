@@ -113,16 +113,22 @@ class GetExecutionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_FILES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """The execution's id."""
+    include_files: _builtins.bool
+    """Also return the contents of its output files, while the server keeps them (its
+    file retention period, by default 7 days from the run).
+    """
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
+        include_files: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "include_files", b"include_files"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -135,18 +141,26 @@ class GetExecutionResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def execution(self) -> _execution_pb2.Execution:
         """The execution as recorded."""
+
+    @_builtins.property
+    def output_files(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.File]:
+        """With include_files, the output files whose contents are still kept, in name order;
+        an output file of execution.files missing here has expired.
+        """
 
     def __init__(
         self,
         *,
         execution: _execution_pb2.Execution | None = ...,
+        output_files: _abc.Iterable[_execution_pb2.File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "output_files", b"output_files"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

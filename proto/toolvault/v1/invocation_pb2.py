@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from toolvault.v1 import execution_pb2 as toolvault_dot_v1_dot_execution__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtoolvault/v1/invocation.proto\x12\x0ctoolvault.v1\x1a\x1ctoolvault/v1/execution.proto\"H\n\rInvokeRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"<\n\x0eInvokeResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.toolvault.v1.Execution2X\n\x11InvocationService\x12\x43\n\x06Invoke\x12\x1b.toolvault.v1.InvokeRequest\x1a\x1c.toolvault.v1.InvokeResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dtoolvault/v1/invocation.proto\x12\x0ctoolvault.v1\x1a\x1ctoolvault/v1/execution.proto\"k\n\rInvokeRequest\x12\x0b\n\x03ref\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12!\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x12.toolvault.v1.File\"f\n\x0eInvokeResponse\x12*\n\texecution\x18\x01 \x01(\x0b\x32\x17.toolvault.v1.Execution\x12(\n\x0coutput_files\x18\x02 \x03(\x0b\x32\x12.toolvault.v1.File2X\n\x11InvocationService\x12\x43\n\x06Invoke\x12\x1b.toolvault.v1.InvokeRequest\x1a\x1c.toolvault.v1.InvokeResponseB@Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z>github.com/toolvault/toolvault/gen/go/toolvault/v1;toolvaultv1'
   _globals['_INVOKEREQUEST']._serialized_start=77
-  _globals['_INVOKEREQUEST']._serialized_end=149
-  _globals['_INVOKERESPONSE']._serialized_start=151
-  _globals['_INVOKERESPONSE']._serialized_end=211
-  _globals['_INVOCATIONSERVICE']._serialized_start=213
-  _globals['_INVOCATIONSERVICE']._serialized_end=301
+  _globals['_INVOKEREQUEST']._serialized_end=184
+  _globals['_INVOKERESPONSE']._serialized_start=186
+  _globals['_INVOKERESPONSE']._serialized_end=288
+  _globals['_INVOCATIONSERVICE']._serialized_start=290
+  _globals['_INVOCATIONSERVICE']._serialized_end=378
 # @@protoc_insertion_point(module_scope)

@@ -3,8 +3,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 from toolvault.v1 import execution_pb2 as _execution_pb2
 import builtins as _builtins
 import sys
@@ -26,6 +28,7 @@ class InvokeRequest(_message.Message):
     REF_FIELD_NUMBER: _builtins.int
     ARGS_JSON_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
     ref: _builtins.str
     """"name", "name@N" or "name@alias"."""
     args_json: _builtins.str
@@ -37,16 +40,25 @@ class InvokeRequest(_message.Message):
     with a different request fails with FAILED_PRECONDITION. A concurrent duplicate waits
     for the first call's result. Empty means no key.
     """
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.File]:
+        """Files the function finds in its working directory, read-only, by name (each name
+        once, not "out"): at most the server's max_files of them, max_file_bytes each and
+        max_files_bytes together (by default 16, 4 MiB and 8 MiB). The history keeps their
+        names, sizes and sha256, not their bytes.
+        """
+
     def __init__(
         self,
         *,
         ref: _builtins.str = ...,
         args_json: _builtins.str = ...,
         idempotency_key: _builtins.str = ...,
+        files: _abc.Iterable[_execution_pb2.File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "idempotency_key", b"idempotency_key", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "files", b"files", "idempotency_key", b"idempotency_key", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -59,18 +71,26 @@ class InvokeResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTION_FIELD_NUMBER: _builtins.int
+    OUTPUT_FILES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def execution(self) -> _execution_pb2.Execution:
         """The recorded run, with full (capped) stdout and stderr."""
+
+    @_builtins.property
+    def output_files(self) -> _containers.RepeatedCompositeFieldContainer[_execution_pb2.File]:
+        """What the function left in out/, in name order (their metadata is in
+        execution.files). A run over the caps on those files ends OUTPUT_LIMIT, with none.
+        """
 
     def __init__(
         self,
         *,
         execution: _execution_pb2.Execution | None = ...,
+        output_files: _abc.Iterable[_execution_pb2.File] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution", "output_files", b"output_files"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -54,6 +54,8 @@ class InvocationServiceServicer:
         calls waiting, or the function's max_concurrency reached), CANCELLED /
         DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
         idempotency key was used for a different request, or its first call is still running).
+        INVALID_ARGUMENT also for files over the server's caps or with names that are not
+        plain file names, refused before anything runs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -41,6 +41,8 @@ class InvocationServiceStub:
     calls waiting, or the function's max_concurrency reached), CANCELLED /
     DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
     idempotency key was used for a different request, or its first call is still running).
+    INVALID_ARGUMENT also for files over the server's caps or with names that are not
+    plain file names, refused before anything runs.
     """
 
 @_typing.type_check_only
@@ -56,6 +58,8 @@ class InvocationServiceAsyncStub(InvocationServiceStub):
     calls waiting, or the function's max_concurrency reached), CANCELLED /
     DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
     idempotency key was used for a different request, or its first call is still running).
+    INVALID_ARGUMENT also for files over the server's caps or with names that are not
+    plain file names, refused before anything runs.
     """
 
 class InvocationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -74,6 +78,8 @@ class InvocationServiceServicer(metaclass=_abc_1.ABCMeta):
         calls waiting, or the function's max_concurrency reached), CANCELLED /
         DEADLINE_EXCEEDED (the run is killed and recorded), FAILED_PRECONDITION (the
         idempotency key was used for a different request, or its first call is still running).
+        INVALID_ARGUMENT also for files over the server's caps or with names that are not
+        plain file names, refused before anything runs.
         """
 
 def add_InvocationServiceServicer_to_server(servicer: InvocationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

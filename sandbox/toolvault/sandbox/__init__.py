@@ -87,6 +87,12 @@ Approaches not taken, and why:
 - A user namespace when the server is root: one that maps only root makes setuid to an
   unprivileged uid fail, and the real root can switch to one directly.
 
+Files: a job's files travel in its memfd, after the job's header; the sandbox writes
+them into its working directory (mode 0444) and makes an empty ``out/`` before user code
+runs, and after it sends back what ``out/`` holds (regular files only, never through a
+symlink, within the job's limits) in its report, which the runner checks like the rest.
+User code opens them with an ``open`` of the language layer's own (``_globals``).
+
 ``peak_memory_bytes`` is the larger of what the sandbox process reported (its VmHWM,
 which includes the pages it still shares with the host it was forked from, about 20 MiB)
 and wait4's ``ru_maxrss``, the kernel's own figure: a report can raise it, never lower it.
@@ -102,7 +108,17 @@ from ._door import (
     parse_rules,
 )
 from ._isolation import Isolation, Layer, Plan
-from ._models import DEFAULT_ALLOWED_IMPORTS, Job, Limits, RunResult, RunStatus
+from ._models import (
+    DEFAULT_ALLOWED_IMPORTS,
+    MAX_FILES_BYTES,
+    OUTPUT_DIR,
+    File,
+    Job,
+    Limits,
+    RunResult,
+    RunStatus,
+    file_name_problem,
+)
 from ._runner import HostFailed, SandboxHost, detect, run
 from ._validate import CheckedSource, SourceIssue, check_source
 
@@ -121,11 +137,14 @@ __all__ = [
     "DEFAULT_ALLOWED_IMPORTS",
     "EGRESS_IMPORTS",
     "EGRESS_PRELOAD",
+    "MAX_FILES_BYTES",
+    "OUTPUT_DIR",
     "CheckedSource",
     "Egress",
     "EgressError",
     "EgressRecord",
     "EgressRule",
+    "File",
     "HostFailed",
     "Isolation",
     "Job",
@@ -137,6 +156,7 @@ __all__ = [
     "SandboxHost",
     "SourceIssue",
     "check_source",
+    "file_name_problem",
     "isolation_layers",
     "parse_rules",
     "run",

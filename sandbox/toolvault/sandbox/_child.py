@@ -10,12 +10,19 @@ and building its globals; the host does that ahead of the fork.
 
 The report is one JSON object with the string members ``status`` ("ok", "error" or
 "memory_limit"), ``result_json``, ``error_type``, ``error_message`` and ``traceback``,
-and the integer ``peak_memory_bytes`` (missing when memory ran out while reporting).
+and the integer ``peak_memory_bytes`` (missing when memory ran out while reporting);
+unless memory ran out, ``files``: what the call left in ``out/``, a list of [name,
+base64 content] pairs, and when those broke a rule, ``files_over`` (past a limit) or
+``files_problem`` (not a regular file, a bad name) with a sentence saying which.
 Whatever code escaped the language layer writes there instead, so the runner parses it
 as hostile input.
+
+Before user code, the job's files are written into the working directory, mode 0444,
+and an empty ``out/`` is made there; a warm worker's wipe after the call takes both.
 """
 
 import asyncio
+import base64
 import contextlib
 import fcntl
 import importlib
@@ -30,6 +37,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -47,11 +55,14 @@ from ._models import (
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
+    OUTPUT_DIR,
     REPORT_FD,
+    File,
     Job,
     Limits,
     cpu_limit_seconds,
     decode_job,
+    file_name_problem,
     job_fields,
 )
 from ._modules import USER_MODULE
@@ -63,6 +74,8 @@ _LAZY_IMPORTS = ("_strptime",)
 
 
 JOB_FD = 0
+# Never through a symlink, never inherited.
+_NEW_FILE = os.O_NOFOLLOW | os.O_CLOEXEC
 # Where a sandbox forked for a call has its door to the network, when it has one.
 DOOR_FD = 4
 # A warm worker's end of its channel to the runner: where a per-call sandbox has its job.
@@ -114,7 +127,11 @@ def compile_job(source: str, filename: str, *, restricted: bool = True) -> Progr
 
 
 def encode_job(job: Job, program: Program) -> bytes:
-    """The job as a sandbox process reads it: a length, the job as JSON, the code."""
+    """The job as a sandbox process reads it: a length, the job as JSON, its files, the code.
+
+    The files' contents follow the JSON header one after the other (the header gives
+    their sizes), so that they never pass through the host either.
+    """
     header = json.dumps(
         {
             **job_fields(job),
@@ -122,7 +139,14 @@ def encode_job(job: Job, program: Program) -> bytes:
             "error_message": program.error_message,
         }
     ).encode("utf-8", "surrogatepass")
-    return len(header).to_bytes(_LENGTH_BYTES, "big") + header + program.code
+    return b"".join(
+        (
+            len(header).to_bytes(_LENGTH_BYTES, "big"),
+            header,
+            *(file.content for file in job.files),
+            program.code,
+        )
+    )
 
 
 def read_job(fd: int) -> tuple[Job, Program]:
@@ -134,8 +158,9 @@ def read_job(fd: int) -> tuple[Job, Program]:
     data = b"".join(chunks)
     end = _LENGTH_BYTES + int.from_bytes(data[:_LENGTH_BYTES], "big")
     fields = json.loads(data[_LENGTH_BYTES:end].decode("utf-8", "surrogatepass"))
-    program = Program(data[end:], fields.pop("error_type"), fields.pop("error_message"))
-    return decode_job(fields), program
+    code = end + sum(size for _, size in fields["files"])
+    program = Program(data[code:], fields.pop("error_type"), fields.pop("error_message"))
+    return decode_job(fields, data[end:code]), program
 
 
 def preload(modules: Iterable[str]) -> None:
@@ -280,7 +305,10 @@ def _wipe(workdir: str) -> bool:
     for entry in os.scandir(workdir):
         with contextlib.suppress(OSError):
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                try:
+                    os.rmdir(entry.path)  # out/ is mostly empty: a third of rmtree's cost
+                except OSError:
+                    shutil.rmtree(entry.path, ignore_errors=True)
             else:
                 os.unlink(entry.path)
     return not os.listdir(workdir)
@@ -289,18 +317,98 @@ def _wipe(workdir: str) -> bool:
 def _run(job: Job, program: Program, module: ModuleType, out_of_memory: bytes) -> bytes:
     """The report of running ``job``, encoded, or ``out_of_memory``."""
     try:
-        data = _encode(
-            {**_execute(job, program, module), "peak_memory_bytes": _peak_memory_bytes()}
-        )
+        report: dict[str, Any] = _execute(job, program, module)
+        if report["status"] != "memory_limit":
+            report |= _collect_outputs(job.limits)
+        data = _encode({**report, "peak_memory_bytes": _peak_memory_bytes()})
         sys.stdout.flush()
     except MemoryError:
         data = out_of_memory
     return data
 
 
+def _place_inputs(files: Iterable[File]) -> None:
+    """Write the call's files into the working directory, read-only, and make out/ empty."""
+    for file in files:
+        fd = os.open(file.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NEW_FILE, 0o444)
+        try:
+            data = memoryview(file.content)
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+    os.mkdir(OUTPUT_DIR, 0o700)
+
+
+def _collect_outputs(limits: Limits) -> dict[str, Any]:
+    """What the call left in out/, for the report: ``files`` ([name, base64] pairs).
+
+    Only regular files directly in out/ come back, opened without following a symlink;
+    instead of them, anything else there is ``files_problem`` (the runner makes an OK run
+    ERROR of it) and more than the limits allow is ``files_over`` (OUTPUT_LIMIT), each a
+    sentence. Sizes are checked with fstat before a byte is read, so that no file over
+    the caps is ever loaded.
+    """
+    try:
+        directory = os.open(OUTPUT_DIR, os.O_RDONLY | os.O_DIRECTORY | _NEW_FILE)
+    except FileNotFoundError:
+        return {"files": []}
+    except OSError:
+        return {"files": [], "files_problem": f"{OUTPUT_DIR}/ is not a directory"}
+    files: list[list[str]] = []
+    total = 0
+    try:
+        names = sorted(os.listdir(directory))
+        if len(names) > limits.max_files:
+            return _files_over(f"{len(names)} files, more than the limit of {limits.max_files}")
+        for name in names:
+            path = f"{OUTPUT_DIR}/{name}"
+            if problem := file_name_problem(name):
+                return {"files": [], "files_problem": f"the name of {path!r} {problem}"}
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | _NEW_FILE, dir_fd=directory)
+            except OSError:
+                return {"files": [], "files_problem": f"{path} is not a regular file"}
+            try:
+                status = os.fstat(fd)
+                if not stat.S_ISREG(status.st_mode):
+                    return {"files": [], "files_problem": f"{path} is not a regular file"}
+                total += status.st_size
+                if status.st_size > limits.max_file_bytes:
+                    limit = limits.max_file_bytes
+                    return _files_over(f"{path} of {status.st_size} bytes, over {limit} a file")
+                if total > limits.max_files_bytes:
+                    return _files_over(f"files over the limit of {limits.max_files_bytes} bytes")
+                content = _read_all(fd, status.st_size)
+            finally:
+                os.close(fd)
+            files.append([name, base64.b64encode(content).decode()])
+    finally:
+        os.close(directory)
+    return {"files": files}
+
+
+def _files_over(what: str) -> dict[str, Any]:
+    return {"files": [], "files_over": f"{OUTPUT_DIR}/ holds {what}"}
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """At most ``size`` bytes of ``fd``: a file that grew since its fstat is cut there."""
+    chunks = []
+    while size > 0 and (chunk := os.read(fd, min(size, 1 << 20))):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
 def _execute(job: Job, program: Program, module: ModuleType) -> dict[str, str]:
     if not program.code:
         return _report("error", error_type=program.error_type, error_message=program.error_message)
+    try:
+        _place_inputs(job.files)
+    except OSError as exc:
+        message = f"the call's files could not be written to the working directory: {exc}"
+        return _report("error", error_type="OSError", error_message=message)
     try:
         kwargs = json.loads(job.args_json)
     except (ValueError, RecursionError) as exc:

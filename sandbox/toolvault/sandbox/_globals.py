@@ -16,6 +16,11 @@ declares secrets only. Iteration is not checked:
 ``list()``, ``sorted()`` and the like iterate in C anyway; what module code returns was
 checked with all it contains.
 
+``open`` (``_open_file``) opens only a file of the call's working directory by its plain
+name, for reading, or in ``out/``, for reading or writing: no other path, no symlink.
+The kernel layer is what holds the sandbox to its working directory; this is the
+language layer's own check, with errors that say what is allowed.
+
 Class statements go through ``_user_class``, which refuses what the compiler would refuse
 in a class body had it been written there: keys starting with "_" beyond the special
 methods RestrictedPython allows and what the interpreter adds, and metaclasses as bases.
@@ -24,6 +29,8 @@ what the guards or dataclasses believe, stay out of user classes.
 """
 
 import builtins
+import io
+import os
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from types import MappingProxyType, ModuleType
@@ -40,6 +47,7 @@ from RestrictedPython.Guards import (
     safer_getattr,
 )
 
+from ._models import OUTPUT_DIR, file_name_problem
 from ._modules import PLAIN_DATA, USER_MODULE, ModuleProxy, Policy, check_namespace
 from ._validate import SECRETS_ATTRIBUTE, SECRETS_MODULE, import_problem, secrets_import_problem
 
@@ -82,7 +90,23 @@ _MORE_BUILTINS: tuple[Any, ...] = (
     RecursionError,
     StopAsyncIteration,
     TimeoutError,
+    # What open() raises.
+    FileExistsError,
+    FileNotFoundError,
+    IsADirectoryError,
+    PermissionError,
 )
+# What open() returns, and what those objects hold: their methods work on the file
+# opened, whatever modules the code may import.
+_FILE_CLASSES = (
+    io.TextIOWrapper,
+    io.BufferedReader,
+    io.BufferedWriter,
+    io.BufferedRandom,
+    io.FileIO,
+)
+_MODE_CHARACTERS = frozenset("rwxabt+")
+_WRITE_CHARACTERS = frozenset("wxa+")
 
 
 def restricted_globals(allowed_imports: Collection[str]) -> dict[str, Any]:
@@ -107,6 +131,7 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
         **{function.__name__: function for function in _MORE_BUILTINS},
         "__build_class__": builtins.__build_class__,
         "NotImplemented": NotImplemented,
+        "open": _open_file,
     }
 
     def guarded_getattr(obj: object, name: str, default: object = raise_) -> Any:
@@ -151,7 +176,7 @@ def restricted_module(allowed_imports: Collection[str]) -> ModuleType:
         "delattr": _guarded_delattr,
         "__import__": guarded_import,
     }
-    policy = Policy(allowed_imports, builtins_.values())
+    policy = Policy(allowed_imports, builtins_.values(), instances=_FILE_CLASSES)
     module = ModuleType(USER_MODULE)
     module.__dict__.update(
         {
@@ -184,6 +209,55 @@ def secrets_module(values: Mapping[str, str]) -> ModuleProxy:
     module = ModuleProxy(SECRETS_MODULE, "The secrets this version declares.")
     setattr(module, SECRETS_ATTRIBUTE, MappingProxyType(dict(values)))
     return module
+
+
+def _open_file(
+    file: object,
+    mode: object = "r",
+    buffering: int = -1,
+    encoding: str | None = None,
+    errors: str | None = None,
+    newline: str | None = None,
+) -> Any:
+    """open() for user code: a file of the working directory, or of out/ to write.
+
+    ``file`` is a plain file name (one of the call's files, read-only) or ``out/`` and a
+    plain file name (what the call returns). Both directory and file are opened without
+    following a symlink.
+
+    Raises:
+        PermissionError: Any other path, or writing outside out/.
+    """
+    if type(file) is not str:
+        raise TypeError("open() takes a file name (a str) of the working directory")
+    if type(mode) is not str or not _MODE_CHARACTERS.issuperset(mode):
+        raise ValueError(f"invalid mode: {mode!r}")
+    directory, slash, name = file.rpartition("/")
+    writing = not _WRITE_CHARACTERS.isdisjoint(mode)
+    if directory not in ("", OUTPUT_DIR) or (slash and not directory):
+        raise PermissionError(
+            f"open({file!r}): a function may open only a file of its working directory by "
+            f'its name ("data.csv"), or one in {OUTPUT_DIR}/ ("{OUTPUT_DIR}/chart.svg")'
+        )
+    if writing and directory != OUTPUT_DIR:
+        raise PermissionError(
+            f"open({file!r}, {mode!r}): a function may write only to files in {OUTPUT_DIR}/"
+            f' ("{OUTPUT_DIR}/{name}"); the files it gets are read-only'
+        )
+    if problem := file_name_problem(name):
+        raise PermissionError(f"open({file!r}): the file name {problem}")
+
+    def opener(path: str, flags: int) -> int:
+        folder = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | _NO_FOLLOW)
+        try:
+            return os.open(path, flags | _NO_FOLLOW, 0o644, dir_fd=folder)
+        finally:
+            os.close(folder)
+
+    return open(name, mode, buffering, encoding, errors, newline, opener=opener)
+
+
+_NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def _guarded_setattr(obj: object, name: str, value: object) -> None:

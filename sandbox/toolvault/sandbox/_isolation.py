@@ -42,14 +42,15 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import _seccomp
-from ._models import Limits, cpu_limit_seconds
+from ._models import MAX_FILES_BYTES, Limits, cpu_limit_seconds
 
 # The first of the uids sandboxes run as when the server is root, one per concurrent
 # call (slot), so that no two running calls share a uid: above the ranges that useradd
 # and container runtimes hand out as subordinate ids (100000 up, in blocks of 65536)
 # and below the 2**31 that some tools mishandle.
 SANDBOX_UID_BASE = 1_000_000_000
-WORKDIR_BYTES = 16 * 1024 * 1024
+# Room for a call's files in and out, and 8 MiB of its own.
+WORKDIR_BYTES = 2 * MAX_FILES_BYTES + 8 * 1024 * 1024
 _WORKDIR_INODES = 1024
 _MIB = 1024 * 1024
 # Above the four inherited fds plus what asyncio.run opens (epoll and a socket pair).
@@ -294,12 +295,14 @@ def set_limits(limits: Limits, *, cpu_hard_s: int | None = None, kept_fds: int =
     """
     os.closerange(kept_fds, os.sysconf("SC_OPEN_MAX"))
     cpu_seconds = cpu_limit_seconds(limits)
+    file_size = max(_FILE_SIZE_BYTES, limits.max_file_bytes + 1)
     for limit, soft, hard in (
         (resource.RLIMIT_AS, limits.memory_mb * _MIB, limits.memory_mb * _MIB),
         # The soft limit's SIGXCPU kills; the hard one's SIGKILL is a backstop (and the
         # only one that stops the init of a PID namespace, which ignores SIGXCPU).
         (resource.RLIMIT_CPU, cpu_seconds, cpu_hard_s or cpu_seconds + 1),
-        (resource.RLIMIT_FSIZE, _FILE_SIZE_BYTES, _FILE_SIZE_BYTES),
+        # One byte past a file's cap, so that a file over it is seen as such in out/.
+        (resource.RLIMIT_FSIZE, file_size, file_size),
         (resource.RLIMIT_NOFILE, _MAX_OPEN_FILES, _MAX_OPEN_FILES),
         (resource.RLIMIT_CORE, 0, 0),
         # No new processes or threads: counted per real uid, and not enforced for root.

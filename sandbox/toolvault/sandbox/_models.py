@@ -2,8 +2,8 @@
 
 Also the wire protocols, kept here so that both sides agree on them: the server and its
 sandbox host exchange frames (a 4-byte big-endian length, then a JSON object) on a Unix
-socket; a sandbox process spawned per call reads its job as JSON on stdin. Either way
-the sandbox's report comes back on fd 3.
+socket; a sandbox process reads its job from a memfd (``_child.encode_job``). Its
+report comes back on fd 3.
 """
 
 import enum
@@ -37,7 +37,14 @@ DEFAULT_ALLOWED_IMPORTS: tuple[str, ...] = (
     "heapq",
     "bisect",
     "operator",
+    "csv",
 )
+# The directory of the working directory whose files come back with the result.
+OUTPUT_DIR = "out"
+# The most a call's files may hold together, each way: the working directory has room
+# for both ways and as much again for scratch (``_isolation.WORKDIR_BYTES``).
+MAX_FILES_BYTES = 8 * 1024 * 1024
+_MAX_FILE_NAME_BYTES = 255
 
 
 class RunStatus(enum.Enum):
@@ -59,11 +66,30 @@ class Limits:
         timeout_ms: Wall-clock time from spawn to exit.
         memory_mb: Address space of the sandbox process (RLIMIT_AS), in MiB.
         max_output_bytes: Cap on stdout, on stderr and on the JSON result, each.
+        max_files: Cap on the files a call gets, and on those it leaves in ``out/``.
+        max_file_bytes: Cap on the size of each of those files.
+        max_files_bytes: Cap on the size of a call's files together, each way.
     """
 
     timeout_ms: int
     memory_mb: int
     max_output_bytes: int
+    max_files: int = 16
+    max_file_bytes: int = 4 * 1024 * 1024
+    max_files_bytes: int = MAX_FILES_BYTES
+
+
+@dataclass(frozen=True)
+class File:
+    """A file a call gets in its working directory, or leaves in ``out/`` for the caller.
+
+    Attributes:
+        name: A plain file name (see file_name_problem).
+        content: Its bytes.
+    """
+
+    name: str
+    content: bytes
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,7 @@ class Job:
             ``from toolvault import secrets``. They travel in the job's memfd, which
             only the call's sandbox reads; never through the host or the environment.
             Kept out of the repr.
+        files: What the call finds in its working directory (read-only) before it starts.
     """
 
     source: str
@@ -90,6 +117,7 @@ class Job:
     limits: Limits
     filename: str = "<function>"
     secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
+    files: tuple[File, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -112,6 +140,7 @@ class RunResult:
         warm: Whether it ran in a warm worker (else in a process of its own: forked
             for it, or a spare).
         egress: The requests it made through its door to the network, in order.
+        files: What it left in ``out/``, by name; only when it returned or raised.
     """
 
     status: RunStatus
@@ -126,6 +155,30 @@ class RunResult:
     peak_memory_bytes: int
     warm: bool = False
     egress: tuple[EgressRecord, ...] = ()
+    files: tuple[File, ...] = ()
+
+
+def file_name_problem(name: str) -> str:
+    r"""What makes ``name`` no plain file name (``"is empty"``, ...); ``""`` if it is one.
+
+    A plain name is one component of a path on any system the files may be saved on: not
+    empty, at most 255 bytes of UTF-8, no "/", "\", NUL or other control character, and
+    not hidden (no leading "."), which also rules out "." and "..".
+    """
+    if not name:
+        return "is empty"
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return "is not valid UTF-8"
+    if size > _MAX_FILE_NAME_BYTES:
+        return f"is {size} bytes long, more than {_MAX_FILE_NAME_BYTES}"
+    if name.startswith("."):
+        return 'starts with "."'
+    for char in name:
+        if char in "/\\" or ord(char) < 0x20 or ord(char) == 0x7F:
+            return f"holds {char!r}, which a plain file name may not"
+    return ""
 
 
 # The sandbox process writes its report to this fd.
@@ -145,21 +198,32 @@ def cpu_limit_seconds(limits: Limits) -> int:
 
 
 def job_fields(job: Job) -> dict[str, Any]:
-    """The job's wire form (inside a frame, or as JSON on a spawned sandbox's stdin).
+    """The job's wire form without its files' contents: their names and sizes instead.
 
     Built by hand: ``dataclasses.asdict`` deep-copies, forty times slower on every call.
     """
-    return {**vars(job), "limits": vars(job.limits), "secrets": dict(job.secrets)}
+    files = [[file.name, len(file.content)] for file in job.files]
+    return {
+        **vars(job),
+        "limits": vars(job.limits),
+        "secrets": dict(job.secrets),
+        "files": files,
+    }
 
 
-def decode_job(data: bytes | dict[str, Any]) -> Job:
-    """The job from its wire form, or from that form already parsed (inside a frame)."""
-    fields = json.loads(data) if isinstance(data, bytes) else data
+def decode_job(fields: dict[str, Any], contents: bytes = b"") -> Job:
+    """The job from its wire form, its files' contents one after the other in ``contents``."""
+    files = []
+    start = 0
+    for name, size in fields["files"]:
+        files.append(File(name, contents[start : start + size]))
+        start += size
     return Job(
         **{
             **fields,
             "allowed_imports": tuple(fields["allowed_imports"]),
             "limits": Limits(**fields["limits"]),
+            "files": tuple(files),
         }
     )
 

@@ -333,9 +333,17 @@ class Policy:
     Args:
         allowed_imports: The top-level modules the code may import.
         builtins: The builtins the code runs with; they may be handed out again.
+        instances: Classes whose instances the builtins hand out (open's files): their
+            instances pass whatever module the classes come from.
     """
 
-    def __init__(self, allowed_imports: Collection[str], builtins: Collection[object]) -> None:
+    def __init__(
+        self,
+        allowed_imports: Collection[str],
+        builtins: Collection[object],
+        *,
+        instances: Collection[type] = (),
+    ) -> None:
         self.allowed_imports = allowed_imports
         # By id: comparing with == would run user code or fail on unhashable values.
         self._builtins = {id(value): value for value in builtins}
@@ -350,7 +358,7 @@ class Policy:
         self._proxies: dict[str, ModuleProxy] = {}
         # Verdicts by module name and by class: the check of every method call asks.
         self._allowed_modules: dict[str, bool] = {}
-        self._allowed_instances: dict[type, bool] = {}
+        self._allowed_instances: dict[type, bool] = dict.fromkeys(instances, True)
         self._modules: dict[int, ModuleType] = {}
         policy = self
 

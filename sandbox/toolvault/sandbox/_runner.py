@@ -57,6 +57,7 @@ before, and never waits for one. A sandbox forked for a call ends only with the 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import dataclasses
 import functools
@@ -87,6 +88,8 @@ from ._models import (
     MAX_ERROR_TYPE_CHARS,
     MAX_MESSAGE_CHARS,
     MAX_TRACEBACK_CHARS,
+    OUTPUT_DIR,
+    File,
     Job,
     Limits,
     RunResult,
@@ -94,6 +97,7 @@ from ._models import (
     cpu_limit_seconds,
     decode_frames,
     encode_frame,
+    file_name_problem,
 )
 
 log = logging.getLogger("toolvault.sandbox")
@@ -1274,12 +1278,7 @@ class _Call:
         cap = job.limits.max_output_bytes
         self._stdout = _Pipe("stdout", cap)
         self._stderr = _Pipe("stderr", cap)
-        # The report holds the result as an escaped JSON string, at most twice its size,
-        # next to a message and a traceback whose characters take at most 6 bytes each.
-        self._report = _Pipe(
-            "result",
-            2 * cap + 6 * (MAX_ERROR_TYPE_CHARS + MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS) + 1024,
-        )
+        self._report = _Pipe("result", _report_cap(job.limits))
         self._pipes = (self._stdout, self._stderr, self._report)
         self._write_ends: list[int] = []
         self._wait_status: int | None = None
@@ -1447,7 +1446,7 @@ class _Call:
         for pipe in self._pipes:
             self._drain(pipe)
         stderr = self._stderr.data.decode("utf-8", "replace")
-        report, problem = _parse_report(self._report.data)
+        report, problem = _parse_report(self._report.data, self.job.limits)
         if problem and self._verdict is None:
             self._verdict = (
                 RunStatus.CRASHED,
@@ -1460,6 +1459,9 @@ class _Call:
         # from below: code that escaped may report any number, but none smaller.
         claimed = report.get("peak_memory_bytes", 0) if report else 0
         peak = max(claimed, self._maxrss_kb * 1024)
+        files: tuple[File, ...] = ()
+        if report is not None and status in (RunStatus.OK, RunStatus.ERROR):
+            files = report["files"]
         return RunResult(
             status=status,
             result_json=result_json,
@@ -1473,6 +1475,7 @@ class _Call:
             peak_memory_bytes=peak,
             # A spare is a worker without a key, serving its one call.
             warm=self.worker is not None and self.worker.key != "",
+            files=files,
         )
 
     def close(self) -> None:
@@ -1544,10 +1547,16 @@ class _Call:
             if status is RunStatus.MEMORY_LIMIT:
                 message = f"memory limit of {limits.memory_mb} MiB exceeded"
                 return status, "", _ERROR_TYPES[status], message, trace
-            if len(report["result_json"].encode()) <= limits.max_output_bytes:
+            if report["files_over"]:
+                verdict = RunStatus.OUTPUT_LIMIT, report["files_over"]
+            elif len(report["result_json"].encode()) > limits.max_output_bytes:
+                verdict = RunStatus.OUTPUT_LIMIT, self._output_limit_message("result")
+            elif report["files_problem"] and status is RunStatus.OK:
+                # The function returned, but what it left in out/ cannot come back.
+                return RunStatus.ERROR, "", "OutputFilesError", report["files_problem"], ""
+            else:
                 error_type, message = report["error_type"], report["error_message"]
                 return status, report["result_json"], error_type, message, trace
-            verdict = RunStatus.OUTPUT_LIMIT, self._output_limit_message("result")
         if verdict is None:
             assert wait_status is not None  # with no verdict the host reaped it
             verdict = _explain_exit(wait_status, cpu_time_ms, limits, stderr)
@@ -1558,13 +1567,27 @@ class _Call:
         return f"{name} passed the output limit of {self.job.limits.max_output_bytes} bytes"
 
 
-def _parse_report(data: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
+def _report_cap(limits: Limits) -> int:
+    """The most an honest report of a call under ``limits`` can hold, in bytes.
+
+    The result as an escaped JSON string, at most twice its size, next to a message and
+    a traceback whose characters take at most 6 bytes each; the files in base64 with
+    their names escaped, and a sentence about them.
+    """
+    texts = MAX_ERROR_TYPE_CHARS + 2 * MAX_MESSAGE_CHARS + MAX_TRACEBACK_CHARS
+    files = 4 * math.ceil(limits.max_files_bytes / 3) + limits.max_files * (6 * 255 + 16)
+    return 2 * limits.max_output_bytes + 6 * texts + files + 1024
+
+
+def _parse_report(data: bytes | bytearray, limits: Limits) -> tuple[dict[str, Any] | None, str]:
     """The sandbox process's report, checked as hostile input, or what is wrong with it.
 
     Code that escaped the language layer writes the report itself, so nothing in it is
     trusted: the texts come back valid UTF-8 and within their caps, the result valid JSON
     that any reader can parse again (no NaN, no lone surrogate, no integer Python refuses
-    to read), the peak memory within a BIGINT column.
+    to read), the peak memory within a BIGINT column, the files (``_parse_files``) as
+    File values under plain names and within ``limits``; a report over those limits
+    gets a ``files_over`` of the runner's own.
 
     Returns:
         The report and ``""``; ``None`` and ``""`` when there is none (the process died
@@ -1594,7 +1617,64 @@ def _parse_report(data: bytes | bytearray) -> tuple[dict[str, Any] | None, str]:
         report["result_json"] = ""
     elif problem := _json_problem(report["result_json"]):
         return None, f"the result is {problem}"
+    if problem := _parse_files(report, limits):
+        return None, problem
     return report, ""
+
+
+def _parse_files(report: dict[str, Any], limits: Limits) -> str:
+    """Turn the report's ``files`` into File values in place; what is wrong with them.
+
+    A memory_limit report has none, nor one with a ``files_problem``. Past ``limits``
+    the files are dropped and ``files_over`` says which limit they passed (the run is
+    OUTPUT_LIMIT); the sandbox's own ``files_over`` and ``files_problem`` are kept as
+    sentences, cut to a message's length.
+    """
+    for key in ("files_over", "files_problem"):
+        text = report.get(key, "")
+        if not isinstance(text, str):
+            return f"{key} is not a string"
+        report[key] = _valid_text(text[:MAX_MESSAGE_CHARS])
+    entries = report.get("files", [])
+    if report["status"] == "memory_limit" or report["files_problem"]:
+        entries = []  # no files then, whatever else the report holds
+    if not isinstance(entries, list):
+        return "files is not a list"
+    files: list[File] = []
+    names: set[str] = set()
+    total = 0
+    for entry in entries:
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and all(isinstance(part, str) for part in entry)
+        ):
+            return "a file is not a [name, content] pair of strings"
+        name, encoded = entry
+        if problem := file_name_problem(name):
+            return f"the name of a file {problem}"
+        if name in names:
+            return f"the file {name!r} comes twice"
+        names.add(name)
+        try:
+            content = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            return f"the content of {name!r} is not base64"
+        total += len(content)
+        files.append(File(name, content))
+    if len(files) > limits.max_files:
+        over = f"{len(files)} files, more than the limit of {limits.max_files}"
+    elif big := [file for file in files if len(file.content) > limits.max_file_bytes]:
+        over = f"{OUTPUT_DIR}/{big[0].name} of {len(big[0].content)} bytes, over the limit of "
+        over += f"{limits.max_file_bytes} bytes a file"
+    elif total > limits.max_files_bytes:
+        over = f"files of {total} bytes, more than the limit of {limits.max_files_bytes}"
+    else:
+        report["files"] = tuple(files)
+        return ""
+    report["files"] = ()
+    report["files_over"] = f"{OUTPUT_DIR}/ holds {over}"
+    return ""
 
 
 def _valid_text(text: str) -> str:

@@ -164,14 +164,16 @@ async def serve(settings: Settings) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
     keys = Keys(db)
-    # An Invoke reply carries stdout, stderr and the result, each up to the output cap.
-    max_reply = 3 * settings.max_max_output_bytes + MiB
+    # An Invoke reply carries stdout, stderr and the result, each up to the output cap,
+    # and the output files; a request the arguments or the source, and the input files.
+    files = settings.max_files_bytes + settings.max_files * 1024
+    max_reply = 3 * settings.max_max_output_bytes + files + MiB
     server = grpc.aio.server(
         interceptors=interceptors(settings, keys, tracer, gate),
         options=[
             (
                 "grpc.max_receive_message_length",
-                settings.max_source_bytes + settings.max_args_bytes + MiB,
+                settings.max_source_bytes + settings.max_args_bytes + files + MiB,
             ),
             ("grpc.max_send_message_length", max_reply),
             ("grpc.so_reuseport", 0),
@@ -201,7 +203,8 @@ async def serve(settings: Settings) -> None:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
         AgentServicer(agents, settings.default_max_chain_depth), server
     )
-    history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(History(db)), server)
+    history = History(db, file_retention_s=settings.file_retention_s)
+    history_pb2_grpc.add_HistoryServiceServicer_to_server(HistoryServicer(history), server)
     access_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys), server)
     access_pb2_grpc.add_AuditServiceServicer_to_server(AuditServicer(AuditLog(db)), server)
     secret_pb2_grpc.add_SecretServiceServicer_to_server(SecretServicer(secrets), server)

@@ -11,7 +11,14 @@ from cryptography.fernet import Fernet
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from toolvault.sandbox import DEFAULT_ALLOWED_IMPORTS, EgressError, EgressRule, parse_rules
+from toolvault.sandbox import (
+    DEFAULT_ALLOWED_IMPORTS,
+    MAX_FILES_BYTES,
+    EgressError,
+    EgressRule,
+    parse_rules,
+)
+from toolvault.server.domain.executions import DEFAULT_FILE_RETENTION_S
 from toolvault.server.domain.names import NAMESPACE, NAMESPACE_RULE
 
 MiB = 1024 * 1024
@@ -115,6 +122,19 @@ class Settings(BaseSettings):
     egress_max_bytes: int = Field(8 * MiB, ge=1024, description="per call, sent and received each")
     egress_request_timeout_ms: int = Field(
         10_000, ge=100, description="from a request to the end of its connection"
+    )
+    max_files: int = Field(16, ge=0, le=1_000, description="files a call gets, and leaves in out/")
+    max_file_bytes: int = Field(
+        4 * MiB, ge=0, le=MAX_FILES_BYTES, description="the size of each of those files"
+    )
+    max_files_bytes: int = Field(
+        MAX_FILES_BYTES, ge=0, le=MAX_FILES_BYTES, description="a call's files together, each way"
+    )
+    file_retention_s: float = Field(
+        DEFAULT_FILE_RETENTION_S,
+        ge=0,
+        le=100 * 365 * 86_400,
+        description="how long output files' bytes are kept; 0: not kept",
     )
 
     @field_validator(

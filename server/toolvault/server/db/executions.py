@@ -12,16 +12,18 @@ import json
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
-from toolvault.sandbox import EgressRecord
-from toolvault.server.db.tables import Execution
+from toolvault.sandbox import EgressRecord, File
+from toolvault.server.db.tables import Execution, ExecutionOutput
 from toolvault.server.domain.executions import (
     CallContext,
+    ExecutionFile,
     ExecutionFilter,
     ExecutionInfo,
     ExecutionStatus,
+    FileDirection,
 )
 from toolvault.server.domain.functions import Isolation
 from toolvault.server.domain.names import Scope, namespace_of
@@ -30,6 +32,7 @@ from toolvault.server.domain.names import Scope, namespace_of
 HISTORY_TEXT_BYTES = 64 * 1024
 HISTORY_OUTPUT_TAIL_BYTES = 4 * 1024
 _INSERT_EXECUTION = Execution.metadata.tables["executions"].insert()
+_INSERT_OUTPUT = ExecutionOutput.metadata.tables["execution_outputs"].insert()
 
 
 def insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
@@ -39,6 +42,40 @@ def insert(connection: Connection, rows: list[dict[str, Any]]) -> None:
     row, and a session around it a third as much again.
     """
     connection.execute(_INSERT_EXECUTION, rows)
+
+
+def insert_outputs(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert the rows of output files' bytes (made by :func:`output_rows`)."""
+    connection.execute(_INSERT_OUTPUT, rows)
+
+
+def output_rows(info: ExecutionInfo) -> list[dict[str, Any]]:
+    """The rows that keep the bytes of the files ``info``'s run left in out/."""
+    return [
+        {
+            "execution_id": info.id,
+            "name": file.name,
+            "content": file.content,
+            "created_at": info.start_time,
+        }
+        for file in info.outputs
+    ]
+
+
+def outputs(session: Session, execution_id: uuid.UUID, since: dt.datetime) -> tuple[File, ...]:
+    """The output files of an execution still kept: stored at ``since`` or later."""
+    query = (
+        select(ExecutionOutput.name, ExecutionOutput.content)
+        .where(ExecutionOutput.execution_id == execution_id)
+        .where(ExecutionOutput.created_at >= since)
+        .order_by(ExecutionOutput.name)
+    )
+    return tuple(File(name, content) for name, content in session.execute(query))
+
+
+def delete_expired_outputs(connection: Connection, before: dt.datetime) -> None:
+    """Delete the bytes of output files stored before ``before`` (their metadata stays)."""
+    connection.execute(delete(ExecutionOutput).where(ExecutionOutput.created_at < before))
 
 
 def find(session: Session, execution_id: uuid.UUID) -> ExecutionInfo | None:
@@ -119,6 +156,7 @@ def history_row(info: ExecutionInfo) -> dict[str, Any]:
         "trace_id": info.trace_id,
         "isolation": "" if info.isolation is None else info.isolation.value,
         "egress": json.dumps([dataclasses.asdict(record) for record in info.egress]),
+        "files": json.dumps([dataclasses.asdict(file) for file in info.files]),
     }
 
 
@@ -154,6 +192,10 @@ def _execution_info(row: Execution) -> ExecutionInfo:
         trace_id=row.trace_id,
         isolation=Isolation(row.isolation) if row.isolation else None,
         egress=tuple(EgressRecord(**fields) for fields in json.loads(row.egress)),
+        files=tuple(
+            ExecutionFile(**{**fields, "direction": FileDirection(fields["direction"])})
+            for fields in json.loads(row.files)
+        ),
     )
 
 

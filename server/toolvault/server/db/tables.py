@@ -1,4 +1,4 @@
-"""The tables: functions, agents, their revisions, executions, keys, audit events, secrets.
+"""The tables: functions, agents, executions and their outputs, keys, audit events, secrets.
 
 Functions have immutable versions and movable aliases; agents have immutable revisions.
 Functions, agents and executions carry the namespace of their name (``team/name``; a bare
@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -188,6 +189,24 @@ class Execution(Base):
     isolation: Mapped[str] = mapped_column(String(8), server_default="")
     # JSON list of its egress requests (sandbox.EgressRecord's fields), in order.
     egress: Mapped[str] = mapped_column(Text, server_default="[]")
+    # JSON list of its files in and out (domain.executions.ExecutionFile's fields).
+    files: Mapped[str] = mapped_column(Text, server_default="[]")
+
+
+class ExecutionOutput(Base):
+    """The bytes of a file a run left in out/, kept for the file retention period.
+
+    Apart from the execution's row, so that reading executions never loads them; its
+    ``files`` column says what the run had, whether or not the bytes are still kept.
+    """
+
+    __tablename__ = "execution_outputs"
+    __table_args__ = (Index("ix_execution_outputs_created_at", "created_at"),)
+
+    execution_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
 class Agent(Base):

@@ -7,7 +7,7 @@ import enum
 import uuid
 from dataclasses import dataclass
 
-from toolvault.sandbox import EgressRecord
+from toolvault.sandbox import EgressRecord, File
 from toolvault.server.domain.functions import Isolation
 
 
@@ -30,6 +30,27 @@ class ExecutionStatus(enum.StrEnum):
     CANCELLED = "CANCELLED"
     OUTPUT_SCHEMA_MISMATCH = "OUTPUT_SCHEMA_MISMATCH"
     # pylint: enable=duplicate-code
+
+
+# How long the history keeps the bytes of a run's output files, unless configured.
+DEFAULT_FILE_RETENTION_S = 7 * 86_400.0
+
+
+class FileDirection(enum.StrEnum):
+    """Which way a file of a run went; the values are those the history stores."""
+
+    IN = "in"
+    OUT = "out"
+
+
+@dataclass(frozen=True)
+class ExecutionFile:
+    """What the history keeps of one file of a run: never its bytes (see ``outputs``)."""
+
+    direction: FileDirection
+    name: str
+    size: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,11 @@ class ExecutionInfo:
     isolation: Isolation | None = None
     # The requests it made through its door to the network, in order.
     egress: tuple[EgressRecord, ...] = ()
+    # The files it got, then those it left in out/, each in name order.
+    files: tuple[ExecutionFile, ...] = ()
+    # The bytes of the files it left in out/, when at hand: from the run itself, or
+    # from the history while it keeps them (not in lists of executions).
+    outputs: tuple[File, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,14 @@ class Redactor:
                 text = text.replace(form, REDACTED)
         return text
 
+    def content(self, data: bytes) -> bytes:
+        """A file's bytes with every form of every value (as UTF-8) replaced."""
+        for form in self._forms:
+            encoded = form.encode("utf-8", "surrogatepass")
+            if encoded in data:
+                data = data.replace(encoded, REDACTED.encode())
+        return data
+
     def json_text(self, text: str) -> str:
         """JSON ``text`` with every value replaced, still valid JSON.
 

@@ -137,11 +137,13 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             conversation_id=request.conversation_id,
             chain=convert.chain(request.chain),
             caller=recorded_caller(context),
+            files=convert.files(request.files),
         )
         return agent_pb2.CallToolResponse(
             execution=convert.execution_pb(result.execution),
             is_error=result.is_error,
             text=result.text,
+            output_files=convert.files_pb(result.execution.outputs),
         )
 
     @rpc_method

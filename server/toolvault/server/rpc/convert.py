@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from toolvault import sandbox
 from toolvault.server.domain.access import KeyInfo, Role
 from toolvault.server.domain.agents import AgentDefinition, AgentInfo, Chain, ToolInfo
 from toolvault.server.domain.audit import AuditEventInfo
 from toolvault.server.domain.errors import InvalidArgument
-from toolvault.server.domain.executions import ExecutionInfo, ExecutionStatus
+from toolvault.server.domain.executions import ExecutionInfo, ExecutionStatus, FileDirection
 from toolvault.server.domain.functions import FunctionInfo, Isolation, VersionInfo
 from toolvault.server.domain.secrets import SecretInfo
 from toolvault.server.domain.stats import FunctionStatsInfo
@@ -152,7 +154,32 @@ def execution_pb(info: ExecutionInfo) -> execution_pb2.Execution:
             else execution_pb2.Isolation.Value(_ISOLATION_PREFIX + info.isolation.name)
         ),
         egress=[execution_pb2.EgressRequest(**vars(record)) for record in info.egress],
+        files=[
+            execution_pb2.ExecutionFile(
+                direction=_FILE_DIRECTIONS[file.direction],
+                name=file.name,
+                size=file.size,
+                sha256=file.sha256,
+            )
+            for file in info.files
+        ],
     )
+
+
+_FILE_DIRECTIONS = {
+    FileDirection.IN: execution_pb2.FILE_DIRECTION_IN,
+    FileDirection.OUT: execution_pb2.FILE_DIRECTION_OUT,
+}
+
+
+def files(messages: Iterable[execution_pb2.File]) -> tuple[sandbox.File, ...]:
+    """The files of a request."""
+    return tuple(sandbox.File(message.name, message.content) for message in messages)
+
+
+def files_pb(files: Iterable[sandbox.File]) -> list[execution_pb2.File]:
+    """Files as a reply carries them."""
+    return [execution_pb2.File(name=file.name, content=file.content) for file in files]
 
 
 def stats_pb(info: FunctionStatsInfo) -> function_pb2.FunctionStats:

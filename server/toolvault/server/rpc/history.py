@@ -58,5 +58,10 @@ class HistoryServicer(history_pb2_grpc.HistoryServiceServicer):
         ],
     ) -> history_pb2.GetExecutionResponse:
         """See the .proto."""
-        execution = await asyncio.to_thread(self._history.get, request.id, scope=principal().scope)
-        return history_pb2.GetExecutionResponse(execution=convert.execution_pb(execution))
+        execution = await asyncio.to_thread(
+            self._history.get, request.id, scope=principal().scope, outputs=request.include_files
+        )
+        return history_pb2.GetExecutionResponse(
+            execution=convert.execution_pb(execution),
+            output_files=convert.files_pb(execution.outputs),
+        )

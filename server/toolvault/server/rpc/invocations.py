@@ -32,5 +32,9 @@ class InvocationServicer(invocation_pb2_grpc.InvocationServiceServicer):
             request.args_json,
             CallContext(caller=recorded_caller(context)),
             idempotency_key=request.idempotency_key,
+            files=convert.files(request.files),
         )
-        return invocation_pb2.InvokeResponse(execution=convert.execution_pb(execution))
+        return invocation_pb2.InvokeResponse(
+            execution=convert.execution_pb(execution),
+            output_files=convert.files_pb(execution.outputs),
+        )

@@ -17,6 +17,7 @@ import re
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from toolvault import sandbox
 from toolvault.server.config import Settings
 from toolvault.server.db import agents, audit
 from toolvault.server.db.engine import Database
@@ -182,8 +183,9 @@ class Agents:
         conversation_id: str,
         chain: Chain,
         caller: str,
+        files: tuple[sandbox.File, ...] = (),
     ) -> ToolCallResult:
-        """Run one of the agent's tools and say what the model should read."""
+        """Run one of the agent's tools (with ``files``) and say what the model should read."""
         if len(conversation_id) > MAX_CONVERSATION_ID_CHARS:
             raise InvalidArgument(
                 f"conversation_id is longer than {MAX_CONVERSATION_ID_CHARS} characters"
@@ -218,6 +220,7 @@ class Agents:
                 context,
                 spec.input_schema,
                 args_field="arguments_json",
+                files=files,
             )
         finally:
             self._in_flight[agent] -= 1

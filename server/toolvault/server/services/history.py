@@ -15,7 +15,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection
@@ -24,7 +24,13 @@ from sqlalchemy.exc import OperationalError
 from toolvault.server.db import executions, idempotency
 from toolvault.server.db.engine import Database
 from toolvault.server.domain.errors import InvalidArgument, not_found
-from toolvault.server.domain.executions import ExecutionFilter, ExecutionInfo, ExecutionStatus
+from toolvault.server.domain.executions import (
+    DEFAULT_FILE_RETENTION_S,
+    ExecutionFilter,
+    ExecutionInfo,
+    ExecutionStatus,
+    FileDirection,
+)
 from toolvault.server.domain.names import EVERYWHERE, Scope, check_name
 from toolvault.server.domain.paging import decode_token, encode_token, page_size
 
@@ -39,13 +45,17 @@ _CHECKPOINT_EVERY = 100
 
 @dataclass
 class _PendingRow:
-    """A history row waiting for its commit, and the caller waiting for it."""
+    """A history row waiting for its commit, and the caller waiting for it.
+
+    ``outputs`` are the rows of the bytes of its output files, committed with it.
+    """
 
     values: dict[str, Any]
     execution_id: uuid.UUID
     idempotency_key: str
     loop: asyncio.AbstractEventLoop
     committed: asyncio.Future[None] = field(repr=False)
+    outputs: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
 
 def _settle(rows: list[tuple[_PendingRow, BaseException | None]]) -> None:
@@ -89,8 +99,11 @@ class _OnTheLoop:
     the WAL to grow: to 41 and 24 MB over the 1000 commits of the test.)
     """
 
-    def __init__(self, db: Database, fallback: Callable[[_PendingRow], None]) -> None:
+    def __init__(
+        self, db: Database, fallback: Callable[[_PendingRow], None], retention: dt.timedelta
+    ) -> None:
         self._db = db
+        self._retention = retention
         self._fallback = fallback
         self._rows: list[_PendingRow] = []
         self._connection: Connection | None = None
@@ -127,7 +140,7 @@ class _OnTheLoop:
                 settings.execute("PRAGMA busy_timeout=0")
                 settings.execute("PRAGMA wal_autocheckpoint=0")
             with self._connection.begin():
-                _insert(self._connection, rows)
+                _insert(self._connection, rows, self._retention)
         except OperationalError as e:
             if getattr(e.orig, "sqlite_errorname", "") != "SQLITE_BUSY":
                 self._drop()
@@ -172,23 +185,39 @@ class HistoryWriter:
     that a row that cannot be written fails its own call only.
 
     On SQLite, a row is first committed on the event loop, when the write lock is free at
-    once (:class:`_OnTheLoop`); the thread takes it otherwise.
+    once (:class:`_OnTheLoop`); the thread takes it otherwise, and always a row with output
+    files, whose megabytes would hold up the loop.
+
+    A commit with output files also deletes the bytes of those older than ``file_retention_s``
+    (reads never return those anyway: see History.get).
     """
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, file_retention_s: float = DEFAULT_FILE_RETENTION_S) -> None:
         self._db = db
+        self._retention = dt.timedelta(seconds=file_retention_s)
         self._pending: queue.SimpleQueue[_PendingRow | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
-        self._on_the_loop = None if db.reads_block else _OnTheLoop(db, self._to_thread)
+        self._on_the_loop = (
+            None if db.reads_block else _OnTheLoop(db, self._to_thread, self._retention)
+        )
 
     async def write(
-        self, values: dict[str, Any], execution_id: uuid.UUID, idempotency_key: str
+        self,
+        values: dict[str, Any],
+        execution_id: uuid.UUID,
+        idempotency_key: str,
+        outputs: list[dict[str, Any]] | None = None,
     ) -> None:
-        """Insert one execution row (binding ``idempotency_key`` to it); wait for the commit."""
+        """Insert one execution row (binding ``idempotency_key`` to it); wait for the commit.
+
+        ``outputs`` are the rows of its output files' bytes (``executions.output_rows``).
+        """
         loop = asyncio.get_running_loop()
-        row = _PendingRow(values, execution_id, idempotency_key, loop, loop.create_future())
-        if self._on_the_loop is not None:
+        row = _PendingRow(
+            values, execution_id, idempotency_key, loop, loop.create_future(), outputs or []
+        )
+        if self._on_the_loop is not None and not row.outputs:
             self._on_the_loop.add(row)
         else:
             self._to_thread(row)
@@ -253,7 +282,7 @@ class HistoryWriter:
         held = connection or self._db.write_engine.connect()
         try:
             with held.begin():
-                _insert(held, rows)
+                _insert(held, rows, self._retention)
         except Exception:
             held.close()
             raise
@@ -262,35 +291,49 @@ class HistoryWriter:
     def _commit_alone(self, row: _PendingRow) -> Exception | None:
         try:
             with self._db.write_engine.begin() as connection:
-                _insert(connection, [row])
+                _insert(connection, [row], self._retention)
         except Exception as exc:
             return exc
         return None
 
 
-def _insert(connection: Connection, rows: list[_PendingRow]) -> None:
+def _insert(connection: Connection, rows: list[_PendingRow], retention: dt.timedelta) -> None:
     executions.insert(connection, [row.values for row in rows])
+    outputs = [output for row in rows for output in row.outputs]
+    if outputs:
+        executions.delete_expired_outputs(connection, dt.datetime.now(dt.UTC) - retention)
+        executions.insert_outputs(connection, outputs)
     for row in rows:
         if row.idempotency_key:
             idempotency.bind(connection, row.idempotency_key, row.execution_id)
 
 
 class History:
-    """Reads recorded executions."""
+    """Reads recorded executions, and the output files' bytes kept for ``file_retention_s``."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, file_retention_s: float = DEFAULT_FILE_RETENTION_S) -> None:
         self._db = db
+        self._retention = dt.timedelta(seconds=file_retention_s)
 
-    def get(self, execution_id: str, *, scope: Scope = EVERYWHERE) -> ExecutionInfo:
-        """One execution by id, if it ran a function in ``scope``."""
+    def get(
+        self, execution_id: str, *, scope: Scope = EVERYWHERE, outputs: bool = False
+    ) -> ExecutionInfo:
+        """One execution by id, if it ran a function in ``scope``.
+
+        With ``outputs``, the bytes of its output files too, as far as they are kept: never
+        those older than the retention period, deleted or not yet.
+        """
         try:
             key = uuid.UUID(execution_id)
         except ValueError as e:
             raise InvalidArgument(f"id {execution_id!r} is not a UUID") from e
         with self._db.read.begin() as session:
             info = executions.find(session, key)
-        if info is None or not scope.allows(info.function_name):
-            raise not_found("execution", execution_id, quoted=False)
+            if info is None or not scope.allows(info.function_name):
+                raise not_found("execution", execution_id, quoted=False)
+            if outputs and any(file.direction is FileDirection.OUT for file in info.files):
+                since = dt.datetime.now(dt.UTC) - self._retention
+                info = replace(info, outputs=executions.outputs(session, key, since))
         return info
 
     def executions(

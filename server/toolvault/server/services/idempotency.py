@@ -48,9 +48,16 @@ class Claim:
     execution_id: uuid.UUID | None = None
 
 
-def fingerprint(ref: str, args_json: str) -> str:
-    """Hex sha256 of the request a key stands for: the ref and the arguments as sent."""
-    return hashlib.sha256(json.dumps([ref, args_json or "{}"]).encode()).hexdigest()
+def fingerprint(ref: str, args_json: str, files: list[tuple[str, str]] | None = None) -> str:
+    """Hex sha256 of the request a key stands for: the ref and the arguments as sent.
+
+    And its files' names and sha256 (in name order), when it has files; without any, the
+    same as before calls had files.
+    """
+    request: list[object] = [ref, args_json or "{}"]
+    if files:
+        request.append(files)
+    return hashlib.sha256(json.dumps(request).encode()).hexdigest()
 
 
 class IdempotencyKeys:

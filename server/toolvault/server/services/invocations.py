@@ -15,6 +15,10 @@ run happened, as for arguments that fail their schema) while one is not set. Eve
 occurrence of those values in the execution is replaced with ``***`` (``Redactor``)
 before it is recorded, cached, reported to plugins or returned.
 
+A call's files (``sandbox.File``) are checked against the server's caps before anything
+runs; the history records the names, sizes and sha256 of the files in and out, and keeps
+the bytes of the files out for ``file_retention_s``. Calls with files skip the cache.
+
 Plugins hear of each call once its arguments are checked (and may refuse it), and of each
 recorded run. A run's spans are ``validate``, ``queue``, ``sandbox`` and ``record``, under
 the RPC's span; the execution keeps the trace id.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import ipaddress
 import json
 import logging
@@ -38,10 +43,16 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from toolvault import sandbox
 from toolvault.server.config import Settings
 from toolvault.server.db.engine import Database
-from toolvault.server.db.executions import history_row
+from toolvault.server.db.executions import history_row, output_rows
 from toolvault.server.db.tables import utcnow
 from toolvault.server.domain.errors import InvalidArgument
-from toolvault.server.domain.executions import CallContext, ExecutionInfo, ExecutionStatus
+from toolvault.server.domain.executions import (
+    CallContext,
+    ExecutionFile,
+    ExecutionInfo,
+    ExecutionStatus,
+    FileDirection,
+)
 from toolvault.server.domain.functions import Isolation, VersionInfo
 from toolvault.server.domain.names import namespace_of
 from toolvault.server.domain.schemas import parse_json, problems
@@ -108,8 +119,8 @@ class Invocations:
             ttl_s=settings.idempotency_ttl_s,
             lease_s=settings.idempotency_lease_s,
         )
-        self._history = History(db)
-        self._writer = HistoryWriter(db)
+        self._history = History(db, file_retention_s=settings.file_retention_s)
+        self._writer = HistoryWriter(db, file_retention_s=settings.file_retention_s)
         # Started by start_sandbox (or the first run), and again whenever it dies.
         if sandbox_host is None:
             sandbox_host = sandbox.SandboxHost(
@@ -129,16 +140,22 @@ class Invocations:
         )
 
     async def invoke(
-        self, ref: str, args_json: str, context: CallContext, *, idempotency_key: str = ""
+        self,
+        ref: str,
+        args_json: str,
+        context: CallContext,
+        *,
+        idempotency_key: str = "",
+        files: tuple[sandbox.File, ...] = (),
     ) -> ExecutionInfo:
-        """Resolve ``ref``, check the arguments, run the version and record the run.
+        """Resolve ``ref``, check the arguments and files, run the version and record the run.
 
-        With an ``idempotency_key`` used before for the same ``ref`` and ``args_json``,
-        return that call's recorded execution instead; while that call is still running,
-        wait for it.
+        With an ``idempotency_key`` used before for the same ``ref``, ``args_json`` and
+        ``files``, return that call's recorded execution instead (with its output files
+        while they are kept); while that call is still running, wait for it.
         """
         if not idempotency_key:
-            return await self._resolve_and_run(ref, args_json, context, "")
+            return await self._resolve_and_run(ref, args_json, context, "", files)
         if len(idempotency_key) > idempotency.MAX_KEY_LENGTH:
             raise InvalidArgument(
                 f"idempotency_key is {len(idempotency_key)} characters, more than the limit "
@@ -146,20 +163,22 @@ class Invocations:
             )
         # Keys are per namespace: another namespace's keys neither collide nor show.
         idempotency_key = f"{namespace_of(ref)}/{idempotency_key}"
-        request = idempotency.fingerprint(ref, args_json)
+        request = idempotency.fingerprint(ref, args_json, _digests(files))
         while True:
             try:
                 claim = await asyncio.to_thread(self._keys.claim, idempotency_key, request)
             except IntegrityError:
                 continue  # a concurrent duplicate inserted the key first: read its state
             if claim.execution_id is not None:
-                return await asyncio.to_thread(self._history.get, str(claim.execution_id))
+                return await asyncio.to_thread(
+                    self._history.get, str(claim.execution_id), outputs=True
+                )
             if claim.owned:
                 break
             await asyncio.sleep(_KEY_POLL_S)
         renewal = asyncio.create_task(self._renew(idempotency_key))
         try:
-            return await self._resolve_and_run(ref, args_json, context, idempotency_key)
+            return await self._resolve_and_run(ref, args_json, context, idempotency_key, files)
         except BaseException:
             # No run was recorded under the key: free it, so that the caller's retry runs.
             await asyncio.shield(asyncio.to_thread(self._keys.release, idempotency_key))
@@ -179,7 +198,12 @@ class Invocations:
                 log.warning("could not renew idempotency key %r", key, exc_info=True)
 
     async def _resolve_and_run(
-        self, ref: str, args_json: str, context: CallContext, idempotency_key: str
+        self,
+        ref: str,
+        args_json: str,
+        context: CallContext,
+        idempotency_key: str,
+        files: tuple[sandbox.File, ...],
     ) -> ExecutionInfo:
         version = await self._functions.resolve_call(ref)
         content = version.content
@@ -192,6 +216,7 @@ class Invocations:
             content.input_schema or derived_schema_json(content.source, content.entrypoint),
             args_field="args_json",
             idempotency_key=idempotency_key,
+            files=files,
         )
 
     async def run(
@@ -203,11 +228,13 @@ class Invocations:
         *,
         args_field: str,
         idempotency_key: str = "",
+        files: tuple[sandbox.File, ...] = (),
     ) -> ExecutionInfo:
         """Check the arguments against ``input_schema``, run ``version`` and record the run.
 
         ``args_field`` names the arguments in error messages, as the caller's request does.
         ``idempotency_key`` (already claimed) is bound to the execution as it is recorded.
+        ``files`` are put in the run's working directory, once checked against the caps.
 
         A result that does not match the version's output schema is recorded with the
         status OUTPUT_SCHEMA_MISMATCH. A deterministic version's result may come from the
@@ -215,6 +242,7 @@ class Invocations:
         """
         with self._tracer.start_as_current_span("validate"):
             args_json, args = self._checked_args(args_json, input_schema, args_field)
+            self._check_files(files)
             if self._plugins.implemented("before_invoke"):
                 call = Call(version=version, args_json=args_json, context=context)
                 await asyncio.to_thread(self._plugins.before_invoke, call)
@@ -226,7 +254,7 @@ class Invocations:
             )
         redactor = Redactor(secrets.values())
         key: tuple[str, str, str] | None = None
-        if content.deterministic and self._cache.enabled:
+        if content.deterministic and self._cache.enabled and not files:
             key = cache_key(version.name, version.sha256, args, secrets)
             hit = self._cache.get(key)
             metrics.CACHE_LOOKUPS.labels("miss" if hit is None else "hit").inc()
@@ -239,10 +267,17 @@ class Invocations:
             entrypoint=content.entrypoint,
             args_json=args_json,
             allowed_imports=content.allowed_imports,
-            limits=content.limits,
+            limits=replace(
+                content.limits,
+                max_files=self._settings.max_files,
+                max_file_bytes=self._settings.max_file_bytes,
+                max_files_bytes=self._settings.max_files_bytes,
+            ),
             filename=f"{version.name}@{version.version}",
             secrets=secrets,
+            files=files,
         )
+        inputs = _described(FileDirection.IN, files)
         info = ExecutionInfo(
             id=uuid.uuid4(),
             function_name=version.name,
@@ -264,6 +299,7 @@ class Invocations:
             peak_memory_bytes=0,
             context=context,
             trace_id=trace_id(trace.get_current_span()),
+            files=inputs,
         )
         started = time.monotonic()
         try:
@@ -276,6 +312,10 @@ class Invocations:
             # Shielded: the record is written even though this task is being cancelled.
             await asyncio.shield(self._record_and_report(cancelled))
             raise
+        # The files too: what the call returns, and what the history keeps while kept.
+        outputs = tuple(
+            replace(file, content=redactor.content(file.content)) for file in result.files
+        )
         info = replace(
             info,
             status=ExecutionStatus(result.status.name),
@@ -290,6 +330,8 @@ class Invocations:
             peak_memory_bytes=result.peak_memory_bytes,
             isolation=Isolation.WARM if result.warm else Isolation.FRESH,
             egress=result.egress,
+            files=inputs + _described(FileDirection.OUT, outputs),
+            outputs=outputs,
         )
         _count_egress(info)
         if result.status is sandbox.RunStatus.OK and content.output_schema is not None:
@@ -308,6 +350,7 @@ class Invocations:
         if (
             key is not None
             and info.status == ExecutionStatus.OK
+            and not info.outputs
             and _output_bytes(info) <= MAX_ENTRY_BYTES
         ):
             self._cache.put(key, info)
@@ -402,6 +445,36 @@ class Invocations:
         await self._sandbox.close()
         await asyncio.to_thread(self._writer.close)
 
+    def _check_files(self, files: tuple[sandbox.File, ...]) -> None:
+        """Refuse files over the server's caps, or whose names are not plain file names."""
+        settings = self._settings
+        if len(files) > settings.max_files:
+            raise InvalidArgument(
+                f"files: {len(files)} files, more than the limit of {settings.max_files}"
+            )
+        names: set[str] = set()
+        for file in files:
+            if problem := sandbox.file_name_problem(file.name):
+                raise InvalidArgument(f"files: the name {file.name!r} {problem}")
+            if file.name == sandbox.OUTPUT_DIR:
+                raise InvalidArgument(
+                    f"files: the name {file.name!r} is taken: it is the directory where the "
+                    "function leaves the files it returns"
+                )
+            if file.name in names:
+                raise InvalidArgument(f"files: the name {file.name!r} comes twice")
+            names.add(file.name)
+            if len(file.content) > settings.max_file_bytes:
+                raise InvalidArgument(
+                    f"files: {file.name!r} is {len(file.content)} bytes, more than the limit "
+                    f"of {settings.max_file_bytes} bytes a file"
+                )
+        total = sum(len(file.content) for file in files)
+        if total > settings.max_files_bytes:
+            raise InvalidArgument(
+                f"files: {total} bytes together, more than the limit of {settings.max_files_bytes}"
+            )
+
     def _checked_args(
         self, args_json: str, input_schema: str | None, field: str
     ) -> tuple[str, dict[str, Any]]:
@@ -421,7 +494,8 @@ class Invocations:
     async def _record_and_report(self, info: ExecutionInfo, idempotency_key: str = "") -> None:
         """Record a run, then tell the plugins (in a worker thread, if any listens)."""
         with self._tracer.start_as_current_span("record"):
-            await self._writer.write(history_row(info), info.id, idempotency_key)
+            outputs = output_rows(info) if self._settings.file_retention_s > 0 else None
+            await self._writer.write(history_row(info), info.id, idempotency_key, outputs)
         if self._plugins.implemented("after_invoke"):
             await asyncio.to_thread(self._plugins.after_invoke, info)
 
@@ -443,6 +517,25 @@ def _count_egress(info: ExecutionInfo) -> None:
         metrics.EGRESS_REQUESTS.labels(info.function_name, outcome).inc()
         metrics.EGRESS_BYTES.labels(info.function_name, "sent").inc(record.bytes_sent)
         metrics.EGRESS_BYTES.labels(info.function_name, "received").inc(record.bytes_received)
+
+
+def _described(
+    direction: FileDirection, files: tuple[sandbox.File, ...]
+) -> tuple[ExecutionFile, ...]:
+    """What the history keeps of ``files``, in name order."""
+    return tuple(
+        ExecutionFile(direction, file.name, len(file.content), _sha256(file.content))
+        for file in sorted(files, key=lambda file: file.name)
+    )
+
+
+def _sha256(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def _digests(files: tuple[sandbox.File, ...]) -> list[tuple[str, str]]:
+    """The names and sha256 of ``files``, in name order: what a call's fingerprint covers."""
+    return [(file.name, file.sha256) for file in _described(FileDirection.IN, files)]
 
 
 def _output_bytes(info: ExecutionInfo) -> int:
