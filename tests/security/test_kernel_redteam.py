@@ -162,7 +162,8 @@ def main(secret):
 
     assert seen["secret"] == []
     kept, _ = test_kernel_layer.runtime_paths()
-    root = sorted({"dev", "proc", "sandbox", *(p.split("/")[1] for p in kept)})
+    certificates = [path for _, path in test_kernel_layer.trust_store()]
+    root = sorted({"dev", "proc", "sandbox", *(p.split("/")[1] for p in [*kept, *certificates])})
     for link, listing in seen["dirs"].items():
         assert listing[0] == "ok", link
         assert listing[1] in (root, []), (link, listing)  # its root, or its empty workdir
